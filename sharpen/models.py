@@ -170,3 +170,17 @@ def tiny_model(vocab_size: int = 128, seed: int = 0, layers: int = 2, hidden: in
     module = LlamaForCausalLM(config).eval()
     return Model(module=module, tokenizer=ToyTokenizer(vocab_size), name="tiny-random",
                  device=torch.device("cpu"), dtype=torch.float32)
+
+
+def prompt_token_ids(model: Model, text: str, chat: bool = False) -> list[int]:
+    """Token ids of a prompt: raw completion text with BOS (default), or wrapped in the chat template."""
+    tok = model.tokenizer
+    if chat:
+        if not getattr(tok, "chat_template", None):
+            raise SharpenError(f"model {model.name} has no chat template: drop --chat to use a raw prompt")
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                      tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return [int(i) for i in tok.encode(text, add_special_tokens=True)]

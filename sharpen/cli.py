@@ -1,0 +1,135 @@
+"""Command line: parse arguments and dispatch to the stages. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import SharpenError
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One --option per dataclass field, with the field's default and help: defaults are stated once."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        if isinstance(kind, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(flag, type=kind, default=default,
+                            help=f"{help_} (default: {default})" if default is not None else help_)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _cmd_bon(args: argparse.Namespace) -> int:
+    from .bon import BonConfig, run_bon
+    from .selection import format_table
+
+    cfg = config_from_args(BonConfig, args)
+    summary = run_bon(cfg)
+    print(format_table(summary))
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "summary.json").exists():
+        raise SharpenError(f"{run_dir} has no summary.json: give a finished run directory "
+                           "(re-run its command to finish it)")
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .bon import BonConfig, run_bon
+    from .selection import format_table
+
+    start = time.time()
+    cfg = BonConfig(task="prontoqa", limit=args.limit, n=args.n, seeds=10, max_new_tokens=args.max_new_tokens,
+                    out=args.out, data_dir=args.data_dir)
+    print(f"sharpen demo: best-of-{cfg.n} with self-reward on {cfg.limit} ProntoQA items, "
+          f"embedded model {cfg.model}, {cfg.seeds} subsampling seeds")
+    summary = run_bon(cfg)
+    print(format_table(summary))
+    print(f"report: {cfg.out}/report.md   (wall time {time.time() - start:.0f} s)")
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .bon import BonConfig
+
+    parser = argparse.ArgumentParser(
+        prog="sharpen", description="Sharpen a language model toward its own most likely responses.")
+    parser.add_argument("--version", action="version", version=f"sharpen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("bon", help="best-of-N with self-reward: sample, score every selector, report",
+                       description="Draw N samples per prompt with their log-probs, compute every selector "
+                                   "(logprob, logprob_mean, majority, random, oracle, greedy) offline, write a report.")
+    add_config_args(p, BonConfig)
+    p.set_defaults(func=_cmd_bon)
+
+    p = sub.add_parser("report", help="rebuild report.md and plots from a run directory's files")
+    p.add_argument("run_dir", help="a run directory written by sharpen bon")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--limit", type=int, default=16, help="ProntoQA items (default: 16)")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="maximum response tokens (default: 256)")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $SHARPEN_DATA_DIR, else generated)")
+    p.set_defaults(func=_cmd_demo)
+
+    for name, (help_, add, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        add(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except SharpenError as e:
+        if args.debug:
+            raise
+        print(f"sharpen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sharpen: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

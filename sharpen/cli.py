@@ -14,6 +14,13 @@ from . import __version__
 from .errors import SharpenError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (exit code 2) instead of the full usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """One --option per dataclass field, with the field's default and help: defaults are stated once."""
     hints = typing.get_type_hints(cls)
@@ -82,11 +89,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 def _build_parser() -> argparse.ArgumentParser:
     from .bon import BonConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sharpen", description="Sharpen a language model toward its own most likely responses.")
     parser.add_argument("--version", action="version", version=f"sharpen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("bon", help="best-of-N with self-reward: sample, score every selector, report",
                        description="Draw N samples per prompt with their log-probs, compute every selector "

@@ -117,9 +117,14 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
                dtype: str | torch.dtype | None = None) -> Model:
-    """Load `spec`: 'gemma-3-270m' (embedded), a hub id, a local model directory, or a path to a .gguf file."""
+    """Load `spec`: 'gemma-3-270m' (embedded), a hub id, a local model directory, or a path to a .gguf file.
+
+    'tiny-random' gives a random-weight toy model with a character tokenizer, for smoke tests.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if spec == "tiny-random":  # a random-weight toy for smoke tests: no files, no network, instant
+        return tiny_model()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()

@@ -1,0 +1,330 @@
+"""Best-of-N report: reads a run directory's files and writes report.md with PNG plots.
+
+The report never recomputes selection: the numbers come from summary.json (see `selection.summarize`);
+samples.jsonl is read only for the log-prob histograms. Plots use matplotlib's object API (no pyplot), so
+no global backend is switched and it works headless.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import SharpenError
+from .runs import atomic_write_text, load_jsonl, read_json
+
+COLORS = {"logprob": "tab:blue", "logprob_mean": "tab:orange", "majority": "tab:green",
+          "random": "tab:gray", "oracle": "tab:purple"}
+ABOUT = {
+    "logprob": "argmax of the summed log-prob, the self-reward of Eq. 2 (the paper's BoN)",
+    "logprob_mean": "argmax of log-prob per token (length-normalized)",
+    "majority": "most frequent extracted answer (self-consistency)",
+    "random": "one random sample (naive temperature-1 sampling, pass@1)",
+    "oracle": "correct if any of the N is (pass@N; uses the ground truth, a ceiling)",
+}
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write `run_dir`/report.md and its plots from config.json, summary.json and samples.jsonl; return its path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        raise SharpenError(f"{run_dir} has no summary.json: finish the best-of-N run first (re-run its command)")
+    summary = read_json(run_dir / "summary.json")
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    samples = load_jsonl(run_dir / "samples.jsonl")
+    plots = {
+        "accuracy_vs_n.png": plot_accuracy_vs_n(summary),
+        "logprob_hist.png": plot_logprob_hist(samples, summary),
+        "selected_logprob_vs_n.png": plot_selected_logprob(summary),
+    }
+    for name, fig in plots.items():
+        _save_png(fig, run_dir / name)
+    out = run_dir / "report.md"
+    atomic_write_text(out, render_markdown(summary, config))
+    return out
+
+
+# ---- plots ----------------------------------------------------------------------------------------------
+
+def _figure(width: float = 6.4, height: float = 4.2) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    # Atomic: a reader never sees a half-written PNG.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _ns(summary: Mapping[str, Any]) -> list[int]:
+    return [int(k) for k in summary["ns"]]
+
+
+def _log2_axis(ax: Any, ns: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(k) for k in ns])
+    ax.minorticks_off()
+    ax.set_xlabel("N (samples per prompt, subsampled)")
+    ax.grid(alpha=0.3)
+
+
+def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
+    """(a) Accuracy of each selector vs N, error bars = std over subsampling seeds, greedy as a line."""
+    ns = _ns(summary)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for name, by_n in summary["selectors"].items():
+        mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
+        std = [100 * by_n[str(k)]["accuracy_std"] for k in ns]
+        ax.errorbar(ns, mean, yerr=std, marker="o", ms=4, capsize=3, label=name, color=COLORS.get(name),
+                    linestyle="--" if name == "oracle" else "-")
+    if summary.get("greedy"):
+        ax.axhline(100 * summary["greedy"]["accuracy"], color="black", linestyle=":", label="greedy")
+    _log2_axis(ax, ns)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{_title(summary)}: accuracy vs N ({summary['num_prompts']} prompts, "
+                 f"{summary['seeds']} seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_logprob_hist(samples: list[dict], summary: Mapping[str, Any]) -> Any:
+    """(b) Histograms of sample log-probs, correct vs incorrect: summed and per token."""
+    fig = _figure(9.6, 3.8)
+    axes = fig.subplots(1, 2)
+    lp = np.array([math.nan if r.get("logprob") is None else float(r["logprob"]) for r in samples])
+    ntok = np.array([max(int(r.get("num_tokens", 1)), 1) for r in samples])
+    ok = np.array([bool(r.get("correct")) for r in samples], dtype=bool)
+    finite = np.isfinite(lp)
+    lvc = summary.get("likelihood_vs_correctness", {})
+    panels = [(lp, "log pi(y|x) (summed, Eq. 2)", lvc.get("auroc")),
+              (lp / ntok, "log pi(y|x) / tokens", lvc.get("auroc_per_token"))]
+    for ax, (x, label, auc) in zip(axes, panels, strict=True):
+        x = x[finite]
+        y = ok[finite]
+        if x.size == 0:
+            ax.text(0.5, 0.5, "no samples with a finite log-prob", ha="center", transform=ax.transAxes)
+            continue
+        bins = np.linspace(x.min(), x.max(), 41) if x.max() > x.min() else 10
+        for mask, name, color in ((~y, "incorrect", "tab:red"), (y, "correct", "tab:green")):
+            if mask.any():
+                ax.hist(x[mask], bins=bins, density=True, alpha=0.5, color=color,
+                        label=f"{name} ({int(mask.sum())})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+        ax.set_title(f"AUROC {_num(auc, '.3f')} (correct should sit right)", fontsize=10)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_selected_logprob(summary: Mapping[str, Any]) -> Any:
+    """(c) Mean self-reward of the selected responses vs N: does BoN find more likely responses?"""
+    ns = _ns(summary)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for name, by_n in summary["selectors"].items():
+        pts = [(k, by_n[str(k)]["mean_logprob"]) for k in ns if by_n[str(k)]["mean_logprob"] is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=4, label=name, color=COLORS.get(name),
+                    linestyle="--" if name == "oracle" else "-")
+    g = summary.get("greedy") or {}
+    if g.get("mean_logprob") is not None:
+        ax.axhline(g["mean_logprob"], color="black", linestyle=":", label="greedy")
+    _log2_axis(ax, ns)
+    ax.set_ylabel("mean log pi(y|x) of the selected response")
+    ax.set_title(f"{_title(summary)}: self-reward of the selected response", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---- markdown -------------------------------------------------------------------------------------------
+
+def _title(summary: Mapping[str, Any]) -> str:
+    return " / ".join(str(summary[k]) for k in ("task", "model") if summary.get(k)) or "best-of-N"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _noise(p: float, q: float, m: int) -> float:
+    """Rough 95% half-width of a difference of two accuracies over m prompts (unpaired, so conservative)."""
+    return 2 * math.sqrt((p * (1 - p) + q * (1 - q)) / max(m, 1))
+
+
+def _compare(a: float, b: float, m: int) -> str:
+    d, tol = a - b, _noise(a, b, m)
+    if abs(d) <= tol:
+        return f"within noise ({100 * d:+.1f} points, ±{100 * tol:.1f} at {m} prompts)"
+    return f"{'better' if d > 0 else 'worse'} by {100 * abs(d):.1f} points (noise ±{100 * tol:.1f})"
+
+
+def reading(summary: Mapping[str, Any]) -> list[str]:
+    """Plain-language findings from the summary: did BoN beat greedy and random, and why (or why not)."""
+    ns, m = _ns(summary), int(summary["num_prompts"])
+    n = ns[-1]
+    sel = {name: by_n[str(n)] for name, by_n in summary["selectors"].items()}
+    lp, rnd = sel["logprob"]["accuracy_mean"], sel["random"]["accuracy_mean"]
+    g = summary.get("greedy")
+    out = []
+    if g:
+        out.append(f"**Best-of-{n} with the log-prob self-reward vs greedy:** {_pct(lp)}% vs {_pct(g['accuracy'])}%, "
+                   f"{_compare(lp, g['accuracy'], m)}.")
+    else:
+        out.append("No greedy baseline was stored, so lifts over greedy are not available.")
+    out.append(f"**vs naive sampling (random, pass@1):** {_pct(lp)}% vs {_pct(rnd)}%, {_compare(lp, rnd, m)}.")
+    practical = {k: v["accuracy_mean"] for k, v in sel.items() if k != "oracle"}
+    best = max(practical, key=practical.get)
+    out.append(f"**Best selector without ground truth at N={n}:** `{best}` ({_pct(practical[best])}%).")
+    if "oracle" in sel and sel["oracle"]["accuracy_mean"] > 0:
+        o = sel["oracle"]["accuracy_mean"]
+        out.append(f"**Headroom:** a correct answer is among the {n} samples for {_pct(o)}% of prompts (oracle); "
+                   f"log-prob selection recovers {100 * lp / o:.0f}% of that.")
+    lvc = summary.get("likelihood_vs_correctness") or {}
+    auc = lvc.get("auroc_within_prompt")
+    if auc is not None:
+        if auc > 0.55:
+            why = ("correct responses tend to be more likely than incorrect ones to the same prompt, "
+                   "which is what BoN exploits")
+        elif auc < 0.45:
+            why = "likelihood points *away* from correctness here, so log-prob selection should hurt"
+        else:
+            why = "log-prob carries little signal about correctness, so BoN can do little better than random"
+        out.append(f"**Why:** within-prompt AUROC of log-prob as a correctness detector is {auc:.3f} "
+                   f"(over {lvc.get('num_prompts_mixed')} prompts with both correct and incorrect samples): {why}. "
+                   f"Mean log-prob of correct / incorrect samples: {_num(lvc.get('mean_logprob_correct'), '.2f')} / "
+                   f"{_num(lvc.get('mean_logprob_incorrect'), '.2f')}.")
+    tok_lp, tok_rnd = sel["logprob"]["mean_num_tokens"], sel["random"]["mean_num_tokens"]
+    if tok_rnd > 0 and tok_lp < 0.7 * tok_rnd:
+        out.append(f"**Length:** the log-prob pick is much shorter than a typical sample ({tok_lp:.0f} vs "
+                   f"{tok_rnd:.0f} tokens): short, likely answers may skip the reasoning (a failure mode the paper "
+                   "notes); compare `logprob_mean`.")
+    if len(ns) >= 2:
+        prev = ns[-2]
+        d = lp - summary["selectors"]["logprob"][str(prev)]["accuracy_mean"]
+        out.append(f"**Saturation:** log-prob accuracy changes by {100 * d:+.1f} points from N={prev} to N={n}.")
+    sel_lp = sel["logprob"]["mean_logprob"]
+    if g and g.get("mean_logprob") is not None and sel_lp is not None:
+        rel = "higher" if sel_lp > g["mean_logprob"] else "lower"
+        out.append(f"**Sharpening:** the selected responses have mean log-prob {sel_lp:.2f}, {rel} than greedy's "
+                   f"{g['mean_logprob']:.2f}.")
+    if summary.get("truncated_fraction", 0) > 0.05:
+        out.append(f"**Warning:** {_pct(summary['truncated_fraction'])}% of samples hit the token limit; "
+                   "raise max_new_tokens, truncated responses rarely contain an answer.")
+    if summary.get("invalid_logprobs"):
+        out.append(f"**Warning:** {summary['invalid_logprobs']} sample(s) have a NaN/+inf log-prob (a numerically "
+                   "broken model or dtype); they were never selected as best.")
+    if summary.get("num_prompts_incomplete"):
+        out.append(f"**Note:** {summary['num_prompts_incomplete']} prompts lack some of the {summary['n']} samples "
+                   "and are left out (an unfinished run).")
+    return out
+
+
+def _selector_table(summary: Mapping[str, Any], n: int) -> list[str]:
+    lines = ["| selector | accuracy % (mean ± std over seeds) | lift vs greedy | mean log-prob | mean tokens | picks |",
+             "|---|---|---|---|---|---|"]
+    g = summary.get("greedy")
+    if g:
+        lines.append(f"| greedy | {_pct(g['accuracy'])} | | {_num(g['mean_logprob'], '.2f')} | "
+                     f"{g['mean_num_tokens']:.1f} | greedy decoding (the baseline) |")
+    for name, by_n in summary["selectors"].items():
+        st = by_n[str(n)]
+        lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
+        lines.append(f"| {name} | {_pct(st['accuracy_mean'])} ± {_pct(st['accuracy_std'])} | {lift} | "
+                     f"{_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {ABOUT.get(name, '')} |")
+    return lines
+
+
+def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
+    ns = _ns(summary)
+    lines = ["| accuracy % | " + " | ".join(f"N={k}" for k in ns) + " |", "|---" * (len(ns) + 1) + "|"]
+    for name, by_n in summary["selectors"].items():
+        lines.append(f"| {name} | " + " | ".join(_pct(by_n[str(k)]["accuracy_mean"]) for k in ns) + " |")
+    pak = summary.get("pass_at_k", {})
+    lines.append("| pass@k (unbiased, from all n) | " + " | ".join(_pct(pak.get(str(k))) for k in ns) + " |")
+    return lines
+
+
+def _config_table(config: Mapping[str, Any]) -> list[str]:
+    options = config.get("options", config)
+    rows = [(k, v) for k, v in options.items() if not isinstance(v, dict | list)]
+    if not rows:
+        return ["(config.json not found)"]
+    lines = ["| option | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows]
+    versions = config.get("versions")
+    if isinstance(versions, dict) and versions:
+        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return lines
+
+
+def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The report text; plots are referenced by file name, next to report.md."""
+    ns = _ns(summary)
+    n = ns[-1]
+    lvc = summary.get("likelihood_vs_correctness") or {}
+    parts = [
+        f"# Best-of-N with self-reward: {_title(summary)}",
+        "",
+        "## Reading this report",
+        "",
+        *[f"- {line}" for line in reading(summary)],
+        "",
+        f"## Selectors at N = {n}",
+        "",
+        *_selector_table(summary, n),
+        "",
+        "Lift = 100 × (accuracy − greedy) / greedy, as in the paper's Fig. 1. ± is the population std (ddof=0) "
+        f"over {summary['seeds']} subsampling seeds: it measures subsampling variability only, not the "
+        f"uncertainty from having {summary['num_prompts']} prompts.",
+        "",
+        "## Accuracy vs N",
+        "",
+        "![accuracy vs N](accuracy_vs_n.png)",
+        "",
+        *_by_n_table(summary),
+        "",
+        "## Likelihood vs correctness",
+        "",
+        "![log-prob histograms](logprob_hist.png)",
+        "",
+        f"AUROC of log-prob as a detector of correct samples: pooled {_num(lvc.get('auroc'), '.3f')}, "
+        f"per token {_num(lvc.get('auroc_per_token'), '.3f')}, within prompt "
+        f"{_num(lvc.get('auroc_within_prompt'), '.3f')} (0.5 = no signal; selection happens within a prompt, "
+        "so that is the number that predicts BoN's gain).",
+        "",
+        "## Self-reward of the selected response",
+        "",
+        "![selected log-prob vs N](selected_logprob_vs_n.png)",
+        "",
+        "## What was run",
+        "",
+        f"Prompts counted: {summary['num_prompts']} "
+        f"(incomplete, left out: {summary.get('num_prompts_incomplete', 0)}); "
+        f"samples per prompt n = {summary['n']}; seeds = {summary['seeds']}; "
+        f"sample accuracy {_pct(summary.get('sample_accuracy'))}%; "
+        f"truncated at the token limit {_pct(summary.get('truncated_fraction'))}%; "
+        f"invalid (NaN/+inf) log-probs: {summary.get('invalid_logprobs', 0)}.",
+        "",
+        *_config_table(config),
+        "",
+    ]
+    return "\n".join(parts)
+

@@ -6,6 +6,8 @@ from math import comb
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sharpen.errors import SharpenError
 from sharpen.selection import (
@@ -177,9 +179,10 @@ def test_summarize_full_pool_equals_deterministic_selectors_and_std_is_zero():
     for name in ("logprob", "logprob_mean", "majority", "oracle"):
         pools = [[r for r in samples if r["prompt_id"] == f"p{p}"] for p in range(20)]
         expect = np.mean([pool[select(name, pool)]["correct"] for pool in pools])
-        st = s["selectors"][name]["6"]
-        assert st["accuracy_mean"] == pytest.approx(expect)
-        assert st["accuracy_std"] == pytest.approx(0.0, abs=1e-12) and st["accuracy_per_seed"] == [pytest.approx(expect)] * 3
+        stats = s["selectors"][name]["6"]
+        assert stats["accuracy_mean"] == pytest.approx(expect)
+        assert stats["accuracy_std"] == pytest.approx(0.0, abs=1e-12)
+        assert stats["accuracy_per_seed"] == [pytest.approx(expect)] * 3
     assert s["greedy"] is None and s["selectors"]["logprob"]["6"]["lift_pct_mean"] is None
 
 
@@ -220,3 +223,22 @@ def test_format_table_content():
     assert "N = 2" in format_table(s, n=2)
     with pytest.raises(SharpenError):
         format_table(s, n=3)
+
+
+lp_values = st.sampled_from([-3.0, -1.0, -1.0, -0.5, math.nan, math.inf, -math.inf])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(lp_values, st.sampled_from([None, "a", "b"]), st.booleans(), st.integers(1, 9)),
+                min_size=1, max_size=7), st.randoms(use_true_random=False))
+def test_selectors_ignore_row_order_and_skip_invalid(spec, shuffler):
+    pool = [row(i, lp, ans, ok, num_tokens=nt) for i, (lp, ans, ok, nt) in enumerate(spec)]
+    shuffled = pool[:]
+    shuffler.shuffle(shuffled)
+    has_valid = any(not (math.isnan(r["logprob"]) or r["logprob"] == math.inf) for r in pool)
+    for name in ("logprob", "logprob_mean", "majority", "oracle"):
+        picked = pool[select(name, pool)]
+        assert shuffled[select(name, shuffled)]["index"] == picked["index"]
+        if name in ("logprob", "logprob_mean") and has_valid:
+            assert not (math.isnan(picked["logprob"]) or picked["logprob"] == math.inf)
+    assert pool[select("oracle", pool)]["correct"] == any(r["correct"] for r in pool)

@@ -1,0 +1,420 @@
+"""The one LoRA training core shared by SFT-, DPO- and XPO-sharpening.
+
+A stage supplies a dataset (a list of examples of any kind), `loss_fn(model, batch) -> (loss, metrics)` and
+optionally `eval_fn(model) -> metrics`; `train` does the rest: AdamW with linear decay to zero, gradient-norm
+clipping, gradient accumulation, held-out evaluation every K steps, keeping the best adapter (PEFT format), a
+metrics.jsonl log, and atomic checkpoints that an interrupted run resumes from exactly.
+
+Multi-GPU: launch the same command with `accelerate launch -m sharpen.cli ...` (or torchrun). Each process
+loads the model on its own device (`process_device`), takes a disjoint share of every optimizer step's
+examples, and the LoRA gradients are summed across processes with one all-reduce per step; evaluation and
+checkpoints happen on the main process. The model is not wrapped in DistributedDataParallel: losses call
+sub-modules directly (logits only at response positions), which DDP's forward hooks would not see, and the
+adapter gradients are small enough that one explicit all-reduce costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import runs
+from .bon import opt
+from .errors import SharpenError
+from .models import Model
+
+LossFn = Callable[[Model, list[Any]], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[Model], dict[str, float]]
+
+
+@dataclass
+class TrainConfig:
+    """LoRA fine-tuning options; defaults are the paper's SFT-sharpening setup (App. A.3) where it gives one."""
+
+    lr: float = opt(3e-4, "peak learning rate, decayed linearly to zero (the paper: 3e-4)")
+    epochs: int = opt(30, "passes over the training data (the paper: 30)")
+    batch_size: int = opt(4, "examples per micro-batch and process (the paper: 4)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; effective batch = batch-size x grad-accum x GPUs")
+    lora_rank: int = opt(16, "LoRA rank (the paper: 16, 8 for Mistral)")
+    lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank; the paper does not say)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    lora_targets: str = opt("all-linear", "modules given adapters: 'all-linear' or comma-separated names")
+    weight_decay: float = opt(0.0, "AdamW weight decay (the paper swept 0.0-1.0 per task)")
+    clip: float = opt(0.1, "gradient-norm clipping threshold (the paper: 0.1); 0 disables")
+    eval_every: int = opt(50, "optimizer steps between held-out evaluations and checkpoints")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (default: all epochs)")
+    seed: int = opt(0, "seed of sampling, data order, LoRA initialization and dropout")
+    mixed_precision: str = opt("no", "'no' (fp32 math) or 'bf16' (autocast, on CPU too)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, slower)")
+
+    # Options that change the trained weights: a checkpoint refuses to resume under other values.
+    IDENTITY = ("lr", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
+                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "eval_every"):
+            if getattr(self, name) < 1:
+                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SharpenError(f"--lr must be a positive number (got {self.lr})")
+        if self.weight_decay < 0 or self.clip < 0:
+            raise SharpenError("--weight-decay and --clip must be >= 0 (--clip 0 disables clipping)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SharpenError(f"--max-steps must be at least 1 (got {self.max_steps})")
+        if not 0 <= self.lora_dropout < 1:
+            raise SharpenError(f"--lora-dropout must lie in [0, 1) (got {self.lora_dropout})")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise SharpenError(f"--mixed-precision must be 'no' or 'bf16' (got {self.mixed_precision!r})")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.IDENTITY}
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps done
+    best_step: int | None  # step of the kept adapter (None: no eval_fn, the final adapter is kept)
+    best_eval: dict[str, float] | None
+    adapter_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+def accelerator() -> Any:
+    """The process's `accelerate.Accelerator`; a long collective timeout, because the main process may
+    sample or evaluate for a long time while the others wait at a barrier."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=24))])
+
+
+def distributed() -> bool:
+    """True under `accelerate launch` / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_device(device: str) -> str:
+    """The device this process should load the model on: its own GPU when launched on several."""
+    return str(accelerator().device) if distributed() else device
+
+
+def attach_lora(model: Model, cfg: TrainConfig) -> Model:
+    """Wrap `model.module` in a PEFT LoRA model (in place); only the adapter weights are trainable.
+
+    LoRA's B matrices start at zero, so the wrapped model starts out equal to pi_base; with the adapter
+    disabled (`module.disable_adapter()`) it *is* pi_base, the frozen reference, without a second copy.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = cfg.lora_targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+                      lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)  # the A matrices are random: make them a function of the seed
+    try:
+        module = get_peft_model(model.module, lora)
+    except ValueError as e:
+        raise SharpenError(f"cannot attach LoRA adapters ({str(e).splitlines()[0][:160]}): "
+                           "check --lora-targets names modules of this model") from e
+    return dataclasses.replace(model, module=module)
+
+
+def load_adapter(model: Model, adapter_dir: str | Path, trainable: bool = False) -> Model:
+    """`model` with the PEFT adapter saved in `adapter_dir` attached."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").exists():
+        raise SharpenError(f"{path} holds no PEFT adapter (no adapter_config.json): give the adapter "
+                           "directory a training run wrote (its adapter/ folder)")
+    module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
+    module.to(model.device)
+    return dataclasses.replace(model, module=module.eval())
+
+
+def merge_adapter(model: Model, out: str | Path) -> Path:
+    """Fold the adapter into the base weights and save a plain model directory (with its tokenizer)."""
+    out = Path(out)
+    merged = model.module.merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    merged.save_pretrained(tmp)
+    model.tokenizer.save_pretrained(tmp)
+    _swap_dir(tmp, out)
+    return out
+
+
+def collate(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt, response) token-id pairs -> right-padded input_ids, attention_mask, response_mask, all (B, T).
+
+    Right padding leaves the positions of real tokens unchanged; the response mask marks the tokens a loss
+    scores (the prompt is never a target).
+    """
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    pad = model.tokenizer.pad_token_id or 0
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), T), dtype=torch.long)
+    resp = torch.zeros((len(prompts), T), dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        n = len(p) + len(r)
+        ids[b, :n] = torch.tensor([*p, *r], dtype=torch.long)
+        attn[b, :n] = 1
+        resp[b, len(p):n] = True
+    return ids.to(model.device), attn.to(model.device), resp.to(model.device)
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+def steps_per_epoch(num_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+    return math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum * world))
+
+
+def total_steps(num_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+    n = steps_per_epoch(num_examples, cfg, world) * cfg.epochs
+    return n if cfg.max_steps is None else min(n, cfg.max_steps)
+
+
+def linear_decay(step: int, total: int) -> float:
+    """LR multiplier of update `step` (0-based): 1 at the first update, decaying linearly to 0 (App. A.3)."""
+    return max(0.0, 1.0 - step / total)
+
+
+def step_batches(num_examples: int, step: int, cfg: TrainConfig, world: int = 1, rank: int = 0
+                 ) -> tuple[list[list[int]], int]:
+    """This process's micro-batches (example indices) for optimizer step `step`, and the step's example count.
+
+    Each epoch visits the examples in a permutation fixed by (seed, epoch), so the plan depends only on the
+    step number: resuming needs no data-loader state, and batch 4 x accumulation 1 sees exactly the examples
+    of batch 1 x accumulation 4. A step's examples are dealt round-robin to the processes.
+    """
+    per_epoch = steps_per_epoch(num_examples, cfg, world)
+    epoch, k = divmod(step, per_epoch)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = torch.randperm(num_examples, generator=gen).tolist()
+    size = cfg.batch_size * cfg.grad_accum * world
+    chosen = order[k * size:(k + 1) * size]
+    mine = chosen[rank::world]
+    return [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)], len(chosen)
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    # Every random draw of a step (dropout, sampling inside a loss) is a function of (seed, step, rank):
+    # a resumed run replays exactly what the uninterrupted one would have done, on any number of processes.
+    s = (seed * 1_000_003 + step * 7_919 + rank) % 2**32
+    random.seed(s)
+    torch.manual_seed(s)
+    try:
+        import numpy as np
+
+        np.random.seed(s)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+def _swap_dir(tmp: Path, target: Path) -> None:
+    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        import shutil
+
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        import shutil
+
+        shutil.rmtree(old)
+
+
+def save_adapter(module: Any, out: Path) -> None:
+    """Save the adapter in PEFT format (loads with `PeftModel.from_pretrained`), atomically."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    module.save_pretrained(str(tmp))
+    _swap_dir(tmp, out)
+
+
+def _trainable(module: Any) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"trainable": {n: p.detach().cpu() for n, p in _trainable(module).items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint
+
+
+def _load_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, identity: dict) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("identity") != identity:
+        diff = next(k for k in sorted(identity) if ckpt.get("identity", {}).get(k) != identity[k])
+        raise SharpenError(f"{path} was trained with {diff}={ckpt.get('identity', {}).get(diff)!r}, not "
+                           f"{identity[diff]!r}: re-run with the same options to resume, or use a new --out")
+    params = _trainable(module)
+    if set(ckpt["trainable"]) != set(params):
+        raise SharpenError(f"{path} holds other adapter weights than this model: use a new --out")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(ckpt["trainable"][n])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfig, out_dir: str | Path,
+          eval_fn: EvalFn | None = None, best_key: Callable[[dict], Any] | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train the LoRA adapters of `model` (see `attach_lora`) on `dataset`; resumable.
+
+    Writes `out_dir/metrics.jsonl` (one row per step, one per evaluation), `out_dir/checkpoint.pt` (adapter,
+    optimizer, scheduler, step, best so far: written atomically at every evaluation) and `out_dir/adapter/`
+    (PEFT format): the adapter with the largest `best_key(eval metrics)`, judged at step 0 (the base model
+    itself) and every `cfg.eval_every` steps; without `eval_fn`, the final adapter. `loss_fn` returns the
+    mean loss over its batch; micro-batches are weighted by their size, so accumulation matches one big batch.
+    """
+    cfg.validate()
+    if not dataset:
+        raise SharpenError("no training examples: check the training prompts (--train-limit, the task's split)")
+    module = model.module
+    if not hasattr(module, "disable_adapter"):
+        raise TypeError("train() needs a model with LoRA adapters: call attach_lora(model, cfg) first")
+    acc = accelerator()
+    world, rank = acc.num_processes, acc.process_index
+    out = Path(out_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    params = list(_trainable(module).values())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = total_steps(len(dataset), cfg, world)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_decay(s, total))
+    if cfg.gradient_checkpointing:
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    identity = {**cfg.identity(), "num_examples": len(dataset), "world": world}
+    ckpt_path, metrics_path, adapter_dir = out / "checkpoint.pt", out / "metrics.jsonl", out / "adapter"
+    key = best_key or (lambda m: m.get("accuracy", 0.0))
+
+    # 1) Resume from the last checkpoint (the log keeps only rows the checkpoint has seen).
+    step, best_step, best_eval, best_val = 0, None, None, None
+    if ckpt_path.exists():
+        ckpt = _load_checkpoint(ckpt_path, module, optimizer, scheduler, identity)
+        step, best_step, best_eval, best_val = ckpt["step"], ckpt["best_step"], ckpt["best_eval"], ckpt["best_val"]
+        if acc.is_main_process:
+            runs.repair_jsonl(metrics_path, keep=lambda r: r["step"] <= step)
+    elif acc.is_main_process:
+        runs.write_jsonl(metrics_path, [])
+
+    def evaluate_and_save() -> None:
+        nonlocal best_step, best_eval, best_val
+        if acc.is_main_process:
+            if eval_fn is not None:
+                metrics = _run_eval(model, eval_fn, cfg)
+                runs.append_jsonl(metrics_path, [{"kind": "eval", "step": step, **metrics}])
+                val = _as_list(key(metrics))
+                if best_val is None or val > best_val:  # ties keep the earlier (less trained) adapter
+                    best_step, best_eval, best_val = step, metrics, val
+                    save_adapter(module, adapter_dir)
+            _save_checkpoint(ckpt_path, module, optimizer, scheduler, {
+                "step": step, "identity": identity, "best_step": best_step, "best_eval": best_eval,
+                "best_val": best_val})
+        acc.wait_for_everyone()
+
+    if step == 0 and not ckpt_path.exists():
+        evaluate_and_save()  # step 0: the base model is a candidate too
+    bar = _bar(total, step, progress and acc.is_main_process)
+    module.train()
+    autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+                if cfg.mixed_precision == "bf16" else nullcontext())
+    # 2) Optimizer steps: micro-batches -> summed gradients -> (all-reduce) -> clip -> AdamW -> next LR.
+    while step < total:
+        _seed_step(cfg.seed, step, rank)
+        micro, count = step_batches(len(dataset), step, cfg, world, rank)
+        sums: dict[str, float] = {}
+        for idx in micro:
+            batch = [dataset[i] for i in idx]
+            with autocast:
+                loss, metrics = loss_fn(model, batch)
+            # Weight by the micro-batch's share of the step's examples: the gradient of the step's mean loss.
+            acc.backward(loss * (len(batch) / count))
+            for k, v in {"loss": float(loss.detach()), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+        _sync_grads(acc, params, world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else math.inf)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        mine = sum(len(b) for b in micro)
+        row = {"kind": "train", "step": step, "epoch": (step - 1) // steps_per_epoch(len(dataset), cfg, world),
+               "lr": lr, "grad_norm": float(grad_norm), "examples": count,
+               **{k: v / max(mine, 1) for k, v in sums.items()}}  # main process's share (always non-empty)
+        if acc.is_main_process:
+            runs.append_jsonl(metrics_path, [row])
+        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == total:
+            evaluate_and_save()
+            module.train()
+    bar.close()
+    module.eval()
+    if eval_fn is None and acc.is_main_process:
+        save_adapter(module, adapter_dir)  # no judge of checkpoints: keep the final adapter
+    acc.wait_for_everyone()
+    return TrainResult(steps=step, best_step=best_step, best_eval=best_eval, adapter_dir=adapter_dir)
+
+
+def _as_list(v: Any) -> list:
+    return [float(x) for x in v] if isinstance(v, list | tuple) else [float(v)]
+
+
+def _run_eval(model: Model, eval_fn: EvalFn, cfg: TrainConfig) -> dict[str, float]:
+    was_training = model.module.training
+    model.module.eval()
+    try:
+        with torch.no_grad():
+            return dict(eval_fn(model))
+    finally:
+        model.module.train(was_training)
+
+
+def _sync_grads(acc: Any, params: list[torch.Tensor], world: int) -> None:
+    """Sum the adapter gradients over processes (one all-reduce); absent gradients count as zero."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world == 1:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    flat = acc.reduce(flat, reduction="sum")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+def _bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

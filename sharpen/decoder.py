@@ -1,0 +1,301 @@
+"""Decoders for the engine: a fast shared-prompt KV cache over Hugging Face weights, and a generic fallback.
+
+A decoder holds `slots` prompts with `rows_per_slot` response rows each (B = slots * rows_per_slot rows) and
+offers two phases:
+  prefill(slots, prompts) -> (k, V) logits of the first response token of each prompt (one forward per prompt)
+  decode_step(tokens (B,), resp_pos (B,), width) -> (B, V) next-token logits after feeding `tokens`
+
+FastDecoder (Llama, Mistral, Qwen2/3, Phi-3, Gemma 3 text) keeps ONE copy of each prompt's KV, shape
+(slots, kv_heads, max_prompt, head_dim), plus per-row response KV (B, kv_heads, max_new, head_dim), both
+preallocated. In attention the R rows of a slot act as R x (heads per kv head) queries against their shared
+prompt keys, so the prompt part is one batched matmul per layer and no prompt KV is copied. It reuses the
+model's own modules (projections, norms, MLPs, rotary embedding), so LoRA adapters apply unchanged; only the
+attention and the cache are written here. A row can restart at response position 0 at any step, which the
+engine uses to start the prompt's next sample in a finished row.
+
+HFDecoder works for any causal LM: it prefills one prompt, repeats its cache for the rows, and calls the
+model's forward; its rows cannot restart (refill_rows = False).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import SharpenError
+from .models import resolve_dtype
+from .scoring import backbone, causal_lm, lm_logits
+
+FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
+_CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (signature, cast copy)
+
+
+def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: Any = None,
+                 max_rows: int | None = None, backend: str = "auto") -> Any:
+    """Pick the decoder and its batch shape for this call."""
+    lm = causal_lm(model.module)
+    dt = resolve_dtype(dtype, model.device) if dtype is not None else next(lm.parameters()).dtype
+    lm = module_in_dtype(lm, dt)
+    kind = getattr(lm.config, "model_type", "")
+    if backend not in ("auto", "fast", "hf"):
+        raise SharpenError(f"unknown backend {backend!r}: use auto, fast or hf")
+    fast = kind in FAST_TYPES and backend != "hf"
+    if backend == "fast" and not fast:
+        raise SharpenError(f"no fast decoder for model type {kind!r}: use backend='hf' (or 'auto')")
+    rows = max_rows or _auto_rows(lm, model.device, max(len(p) for p in prompts) + max_new, dt)
+    R = max(1, min(n, rows))
+    if not fast:
+        return HFDecoder(lm, R, model.device)
+    S = max(1, min(len(prompts), rows // R))
+    return FastDecoder(lm, S, R, max(len(p) for p in prompts), max_new, model.device)
+
+
+def _auto_rows(lm: Any, device: torch.device, length: int, dtype: torch.dtype) -> int:
+    """Rows decoded together: as many as fit a KV budget (2 GiB on CPU, a quarter of free GPU memory)."""
+    cfg = lm.config
+    per_token = 2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * dtype.itemsize
+    if device.type == "cuda":
+        budget, cap = torch.cuda.mem_get_info(device)[0] // 4, 1024
+    else:
+        budget, cap = 2 << 30, 256
+    return max(1, min(cap, budget // max(1, per_token * length)))
+
+
+def module_in_dtype(lm: Any, dtype: torch.dtype) -> Any:
+    """`lm` itself if it already computes in `dtype`, else a cached copy cast to it (refreshed after training
+    steps change the weights)."""
+    if next(lm.parameters()).dtype == dtype:
+        return lm
+    sig = (dtype, tuple((p.data_ptr(), p._version) for p in lm.parameters()))
+    hit = _CAST.get(lm)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    _CAST.pop(lm, None)
+    cast = copy.deepcopy(lm).to(dtype).eval()
+    _CAST[lm] = (sig, cast)
+    return cast
+
+
+def _kv_heads(cfg: Any) -> int:
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+def _head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _windows(cfg: Any) -> list[int | None]:
+    """Sliding-window size per layer (None = full attention), as the Hugging Face masks apply it."""
+    n, sw = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [sw if t == "sliding_attention" else None for t in types[:n]]
+    if cfg.model_type in ("mistral", "phi3"):  # these apply the window to every layer
+        return [sw] * n
+    return [None] * n
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on the first cos.shape[-1] dims of x (..., D) (partial rotary as in Phi-3)."""
+    d = cos.shape[-1]
+    xr, xp = x[..., :d], x[..., d:]
+    x1, x2 = xr[..., : d // 2], xr[..., d // 2:]
+    rot = xr * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((rot, xp), dim=-1) if xp.shape[-1] else rot
+
+
+class FastDecoder:
+    """Shared-prompt KV decoding over a Hugging Face decoder-only model's own modules."""
+
+    refill_rows = True
+
+    def __init__(self, lm: Any, slots: int, rows_per_slot: int, max_prompt: int, max_new: int,
+                 device: torch.device) -> None:
+        cfg = lm.config
+        self.lm, self.body = lm, backbone(lm)
+        self.device, self.slots, self.rows_per_slot = device, slots, rows_per_slot
+        self.B = slots * rows_per_slot
+        self.layers = list(self.body.layers)[: cfg.num_hidden_layers]
+        self.Hq, self.Hkv, self.D = cfg.num_attention_heads, _kv_heads(cfg), _head_dim(cfg)
+        self.windows = _windows(cfg)
+        types = getattr(cfg, "layer_types", None)
+        takes_type = "layer_type" in inspect.signature(self.body.rotary_emb.forward).parameters
+        self.rope_keys = [types[i] if takes_type else None for i in range(len(self.layers))]
+        self.softcap = getattr(cfg, "attn_logit_softcapping", None)
+        self.sandwich = hasattr(self.layers[0], "pre_feedforward_layernorm")  # Gemma: norms around each block
+        dt = next(lm.parameters()).dtype
+        kv = dict(dtype=dt, device=device)
+        self.Lp, self.Lr = max_prompt, max_new
+        # Preallocated caches, one pair per layer: prompt KV shared by a slot's rows, response KV per row.
+        self.kp = [torch.zeros(slots, self.Hkv, max_prompt, self.D, **kv) for _ in self.layers]
+        self.vp = [torch.zeros(slots, self.Hkv, max_prompt, self.D, **kv) for _ in self.layers]
+        self.kr = [torch.zeros(self.B, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
+        self.vr = [torch.zeros(self.B, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
+        self.prompt_len = torch.zeros(slots, dtype=torch.long, device=device)  # (S,)
+        self.rows_slot = torch.arange(self.B, device=device) // rows_per_slot  # (B,)
+
+    # ---- shared pieces -------------------------------------------------------------------------------
+    def _qkv(self, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (..., H) -> q (..., Hq, D), k and v (..., Hkv, D), with Gemma/Qwen3 q/k norms applied."""
+        if hasattr(attn, "qkv_proj"):  # Phi-3 fuses the three projections
+            q, k, v = attn.qkv_proj(x).split([self.Hq * self.D, self.Hkv * self.D, self.Hkv * self.D], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q = q.unflatten(-1, (self.Hq, self.D))
+        k = k.unflatten(-1, (self.Hkv, self.D))
+        v = v.unflatten(-1, (self.Hkv, self.D))
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q, k, v
+
+    def _rope(self, x: Tensor, positions: Tensor) -> dict[Any, tuple[Tensor, Tensor]]:
+        """cos/sin per rotary kind (Gemma 3 uses a different theta for sliding layers): positions (B, T)."""
+        out = {}
+        for key in set(self.rope_keys):
+            args = (x, positions) if key is None else (x, positions, key)
+            out[key] = self.body.rotary_emb(*args)  # each (B, T, rot_dim)
+        return out
+
+    def _layer(self, i: int, layer: Any, h: Tensor, attend: Any) -> Tensor:
+        """One decoder block around an attention function attend(attn_module, normed_h) -> (..., H)."""
+        a = attend(layer.self_attn, layer.input_layernorm(h))
+        if self.sandwich:
+            h = h + layer.post_attention_layernorm(a)
+            return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+        h = h + a
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    # ---- phase 1: prefill ----------------------------------------------------------------------------
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+        """Run prompts (one forward each, batched) into the prompt KV of `slots`; (k, V) first-token logits."""
+        out = []
+        # Bound the (k x T x T) attention scores of one prefill call.
+        per_call = max(1, 8192 // max(len(p) for p in prompts))
+        for a in range(0, len(prompts), per_call):
+            out.append(self._prefill(slots[a:a + per_call], prompts[a:a + per_call]))
+        return torch.cat(out)
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+        k, T = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(k, T, dtype=torch.long)
+        for j, p in enumerate(prompts):
+            ids[j, :len(p)] = torch.tensor(p)  # right padding: real tokens never see the pads (causal)
+        ids = ids.to(self.device)
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)  # (k,)
+        sl = torch.tensor(slots, device=self.device)  # (k,)
+        self.prompt_len[sl] = lens
+        pos = torch.arange(T, device=self.device)  # (T,)
+        causal = pos[None, :] <= pos[:, None]  # (T, T) query x key
+        masks = {w: causal if w is None else causal & (pos[None, :] > pos[:, None] - w) for w in set(self.windows)}
+        h = self.body.embed_tokens(ids)  # (k, T, H)
+        rope = self._rope(h, pos[None].expand(k, T))
+
+        for i, layer in enumerate(self.layers):
+            def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
+                q, kk, v = self._qkv(attn, x)  # (k, T, heads, D)
+                cos, sin = rope[self.rope_keys[i]]
+                q = _rotate(q, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hq, T, D)
+                kk = _rotate(kk, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hkv, T, D)
+                v = v.transpose(1, 2)
+                self.kp[i][sl, :, :T] = kk
+                self.vp[i][sl, :, :T] = v
+                o = self._full_attention(attn, q, kk, v, masks[self.windows[i]])  # (k, Hq, T, D)
+                return attn.o_proj(o.transpose(1, 2).flatten(2))  # (k, T, H)
+            h = self._layer(i, layer, h, attend)
+        last = h[torch.arange(k, device=self.device), lens - 1]  # (k, H)
+        return lm_logits(self.lm, self.body.norm(last))  # (k, V)
+
+    def _full_attention(self, attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        g = self.Hq // self.Hkv
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (k, Hq, T, D)
+        s = torch.matmul(q, k.transpose(-1, -2)).float() * attn.scaling  # (k, Hq, T, T)
+        if self.softcap:
+            s = torch.tanh(s / self.softcap) * self.softcap
+        s = s.masked_fill(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(s, dim=-1).to(q.dtype), v)  # (k, Hq, T, D)
+
+    # ---- phase 2: one decode step for all rows --------------------------------------------------------
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int) -> Tensor:
+        """Feed tokens (B,) at response index resp_pos (B,); width = 1 + max resp_pos. Returns (B, V) logits."""
+        B, S, R, W = self.B, self.slots, self.rows_per_slot, width
+        plen = self.prompt_len[self.rows_slot]  # (B,)
+        pos = plen + resp_pos  # (B,) absolute position of the fed token
+        rows = torch.arange(B, device=self.device)
+        # Additive masks over [prompt keys | response keys], one per window size: (B, 1, 1, Lp + W).
+        kp_idx = torch.arange(self.Lp, device=self.device)[None, :]  # (1, Lp)
+        kr_idx = torch.arange(W, device=self.device)[None, :]  # (1, W)
+        masks = {}
+        for w in set(self.windows):
+            ok_p = kp_idx < plen[:, None]
+            ok_r = kr_idx <= resp_pos[:, None]
+            if w is not None:
+                ok_p = ok_p & (kp_idx > pos[:, None] - w)
+                ok_r = ok_r & (kr_idx + plen[:, None] > pos[:, None] - w)
+            ok = torch.cat([ok_p, ok_r], dim=-1)  # (B, Lp + W)
+            masks[w] = torch.zeros(ok.shape, device=self.device).masked_fill_(~ok, float("-inf"))[:, None, None]
+        h = self.body.embed_tokens(tokens[:, None])  # (B, 1, H)
+        rope = self._rope(h, pos[:, None])
+
+        for i, layer in enumerate(self.layers):
+            def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
+                q, k, v = self._qkv(attn, x[:, 0])  # (B, Hq, D), (B, Hkv, D), (B, Hkv, D)
+                cos, sin = rope[self.rope_keys[i]]
+                cos, sin = cos[:, 0, None], sin[:, 0, None]  # (B, 1, rot), broadcast over heads
+                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                self.kr[i][rows, :, resp_pos] = k
+                self.vr[i][rows, :, resp_pos] = v
+                o = self._decode_attention(attn, i, q, masks[self.windows[i]], S, R, W)  # (B, Hq * D)
+                return attn.o_proj(o)[:, None]  # (B, 1, H)
+            h = self._layer(i, layer, h, attend)
+        return lm_logits(self.lm, self.body.norm(h[:, 0]))  # (B, V)
+
+    def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, S: int, R: int, W: int) -> Tensor:
+        B, Hkv, D, Lp = self.B, self.Hkv, self.D, self.Lp
+        g = self.Hq // Hkv
+        # Prompt part: the R rows x g heads of a slot are queries against the slot's shared prompt keys.
+        qs = q.view(S, R, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, R * g, D)
+        sp = torch.matmul(qs, self.kp[i].transpose(-1, -2))  # (S, Hkv, R*g, Lp)
+        sp = sp.view(S, Hkv, R, g, Lp).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, Lp)
+        # Response part: each row against its own keys.
+        sr = torch.matmul(q.view(B, Hkv, g, D), self.kr[i][:, :, :W].transpose(-1, -2))  # (B, Hkv, g, W)
+        s = torch.cat([sp, sr], dim=-1).float() * attn.scaling  # (B, Hkv, g, Lp + W)
+        if self.softcap:
+            s = torch.tanh(s / self.softcap) * self.softcap
+        p = torch.softmax(s + mask, dim=-1).to(q.dtype)
+        pp = p[..., :Lp].reshape(S, R, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, R * g, Lp)
+        op = torch.matmul(pp, self.vp[i])  # (S, Hkv, R*g, D)
+        op = op.view(S, Hkv, R, g, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, D)
+        orr = torch.matmul(p[..., Lp:], self.vr[i][:, :, :W])  # (B, Hkv, g, D)
+        return (op + orr).reshape(B, Hkv * g * D)
+
+
+class HFDecoder:
+    """Generic fallback through the model's own forward and cache: one prompt at a time, its cache repeated
+    for the rows after a single prefill."""
+
+    refill_rows = False
+    slots = 1
+
+    def __init__(self, lm: Any, rows: int, device: torch.device) -> None:
+        self.lm, self.rows_per_slot, self.device = lm, rows, device
+        self.cache: Any = None
+        self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+        (prompt,) = prompts
+        out = self.lm(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        self.cache = getattr(out, self.cache_kw)
+        self.cache.batch_repeat_interleave(self.rows_per_slot)  # (1, ...) -> (R, ...): no second prefill
+        return out.logits[:, -1]  # (1, V)
+
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int) -> Tensor:
+        out = self.lm(input_ids=tokens[:, None], use_cache=True, **{self.cache_kw: self.cache})
+        self.cache = getattr(out, self.cache_kw)
+        return out.logits[:, -1]  # (R, V)
+
+

@@ -1,0 +1,121 @@
+"""Per-row random streams and next-token draws: pure tensor functions used by the engine's decode loop.
+
+Every response row owns a counter-based random stream: the uniform for token h of sample i of the prompt with
+key k under seed s is hash(s, k, i, h). Nothing depends on which other rows share the batch, so the draws are
+the same whatever the batch size or composition, on CPU and CUDA alike (the hash is integer arithmetic on
+values below 2**49, so no overflow behaviour is relied on).
+
+A token is drawn by inversion: the smallest token j whose cumulative tempered probability exceeds u. The
+cumulative sum runs in two levels (blocks of about sqrt(V) tokens, then within the chosen block) in float64,
+so no full-vocabulary float64 copy is made and the tail of a 262k vocabulary keeps its resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import Tensor
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for 32-bit x, without intermediate values above 2**49 (works on ints and tensors)."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x):
+    """murmur3's 32-bit finalizer: a bijection with good avalanche (ints or int64 tensors of 32-bit values)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def key_hash(key: str | list[int]) -> int:
+    """A stable 32-bit hash of a prompt key (a string, or the prompt's token ids)."""
+    data = key.encode() if isinstance(key, str) else b",".join(str(int(t)).encode() for t in key)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little")
+
+
+def seed_hash(seed: int) -> int:
+    """Fold an arbitrary Python int seed into 32 bits."""
+    h = 0x9E3779B9
+    seed = int(seed)
+    sign = 1 if seed < 0 else 0
+    seed = abs(seed)
+    while True:
+        h = _mix32(h ^ (seed & _M32))
+        seed >>= 32
+        if seed == 0:
+            break
+    return _mix32(h ^ sign)
+
+
+def uniforms(seed: int, keys: Tensor, index: Tensor, step: Tensor) -> Tensor:
+    """u in (0, 1), float64, one per row: a function of (seed, key, sample index, step) only.
+
+    keys: (B,) int64 32-bit prompt-key hashes; index: (B,) sample index; step: (B,) token position in the
+    response. Returns (B,) float64 with 53 random bits.
+    """
+    h = _mix32(keys ^ seed_hash(seed))
+    h = _mix32(h ^ (index & _M32))
+    h = _mix32(h ^ (step & _M32))
+    a = _mix32(h ^ 0x68E31DA4)  # two independent 32-bit words from the row state
+    b = _mix32(a ^ 0xB5297A4D)
+    return ((a << 21) + (b >> 11)).double().add_(0.5).mul_(2.0 ** -53)  # (B,)
+
+
+def draw(logits: Tensor, temperature: float, u: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Draw one token per row and return (tokens (B,) int64, raw log-probs (B,) fp32).
+
+    logits: (B, V) any float dtype. The draw uses softmax(logits / temperature) (temperature 0: argmax);
+    the returned log-prob is always the raw temperature-1 log-softmax of the chosen token (Eq. 2).
+    """
+    x = logits.float()  # (B, V); a no-op for fp32 logits
+    m = x.amax(dim=-1, keepdim=True)  # (B, 1)
+    if temperature == 0:
+        tok = x.argmax(dim=-1)  # first maximum on ties
+        lse = torch.logsumexp(x, dim=-1)
+    else:
+        if u is None:
+            raise ValueError("u is required when temperature > 0")
+        p = x - m  # (B, V) unnormalized tempered probabilities, built in place
+        if temperature != 1.0:
+            p.mul_(1.0 / temperature)
+        p.exp_()
+        tok, total = _invert_cdf(p, u)
+        if temperature == 1.0:
+            lse = m.squeeze(-1) + total.log().float()  # the sampling pass already summed exp(x - m)
+        else:
+            lse = torch.logsumexp(x, dim=-1)
+    lp = x.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse  # (B,)
+    return tok, lp
+
+
+def _invert_cdf(p: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Smallest j with cumsum(p)[j] > u * sum(p), per row; p (B, V) >= 0 unnormalized. Returns (tok, total)."""
+    B, V = p.shape
+    bs = max(1, math.isqrt(V - 1) + 1)  # block size ~ sqrt(V): 512 for a 262144 vocabulary
+    nb = V // bs
+    sums = [p[:, :nb * bs].reshape(B, nb, bs).sum(-1)] if nb else []  # (B, nb)
+    if nb * bs < V:
+        sums.append(p[:, nb * bs:].sum(-1, keepdim=True))  # the short last block
+    cum = torch.cat(sums, dim=-1).double().cumsum(-1)  # (B, nblocks) float64
+    total = cum[:, -1]  # (B,)
+    target = (u.to(cum.device) * total).unsqueeze(-1)  # (B, 1)
+    blk = torch.searchsorted(cum, target, right=True).clamp_(max=cum.shape[1] - 1)  # (B, 1)
+    before = torch.where(blk > 0, cum.gather(-1, (blk - 1).clamp(min=0)), torch.zeros_like(target))
+    cols = blk * bs + torch.arange(bs, device=p.device)  # (B, bs) token ids of the chosen block
+    inside = cols < V
+    pb = p.gather(-1, cols.clamp(max=V - 1)) * inside  # (B, bs)
+    cin = pb.double().cumsum(-1)  # (B, bs)
+    j = torch.searchsorted(cin, target - before, right=True)  # (B, 1)
+    # Rounding can leave the target at the block's end: fall back to its last token with nonzero mass.
+    last = torch.where(pb > 0, torch.arange(bs, device=p.device), -1).amax(-1, keepdim=True)  # (B, 1)
+    j = torch.minimum(j, last)
+    return (blk * bs + j).squeeze(-1), total

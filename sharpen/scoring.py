@@ -1,0 +1,153 @@
+"""Token log-probabilities of given responses: the one primitive that best-of-N, training and evaluation share.
+
+The self-reward of the paper is r_self(y | x) = sum_h log pi(y_h | x, y_<h) (Eq. 2), taken from the model's raw
+next-token distribution (temperature 1). Everything here computes log-softmax in fp32, whatever the model's dtype.
+
+Memory: Gemma 3 has a 262k-token vocabulary, so a (B x T x V) logits tensor does not fit for real batches.
+`sequence_logprobs` runs the transformer body once, then applies the LM head only at response positions, a
+`chunk` of positions at a time; with gradients on, each chunk is checkpointed so backward recomputes its logits
+instead of keeping them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .errors import SharpenError
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
+    """log softmax(logits)[labels] in fp32: logits (..., V), labels (...) -> (...)."""
+    logits = logits.float()
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (...)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def causal_lm(module: Any) -> Any:
+    """The Hugging Face *ForCausalLM under a PeftModel wrapper (or the module itself)."""
+    if hasattr(module, "get_base_model"):  # peft.PeftModel: the LoRA layers are injected in place
+        return module.get_base_model()
+    return module
+
+
+def lm_logits(module: Any, hidden: Tensor) -> Tensor:
+    """Final hidden states (..., H) -> logits (..., V), with the model's final logit soft-capping if any."""
+    lm = causal_lm(module)
+    logits = lm.get_output_embeddings()(hidden)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def backbone(module: Any) -> Any:
+    """The transformer body (embeddings + layers + final norm) that returns last hidden states."""
+    lm = causal_lm(module)
+    body = getattr(lm, "base_model", None)
+    if body is None or body is lm:
+        raise SharpenError(f"{type(lm).__name__} has no separate transformer body: "
+                           "use a Hugging Face *ForCausalLM model")
+    return body
+
+
+def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                            chunk: int = 256) -> Tensor:
+    """Log-probs of the response tokens, flattened in row-major order: (B, T) masks -> (K,), K = mask.sum().
+
+    response_mask[b, t] = 1 marks input_ids[b, t] as a response token, scored given input_ids[b, :t]; position 0
+    can never be scored. Differentiable.
+    """
+    hidden = backbone(module)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    mask = response_mask.bool().clone()
+    mask[:, 0] = False
+    b_idx, t_idx = mask.nonzero(as_tuple=True)  # (K,), (K,) row-major
+    h = hidden[b_idx, t_idx - 1]  # (K, H): the state before token t predicts token t
+    labels = input_ids[b_idx, t_idx]  # (K,)
+    pieces = []
+    for start in range(0, h.shape[0], chunk):
+        hs, ls = h[start:start + chunk], labels[start:start + chunk]
+        if torch.is_grad_enabled() and hs.requires_grad:
+            # Recompute this chunk's (chunk x V) logits in backward instead of keeping them alive.
+            pieces.append(checkpoint(_chunk_logprobs, module, hs, ls, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(module, hs, ls))
+    if not pieces:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces)
+
+
+def _chunk_logprobs(module: Any, h: Tensor, labels: Tensor) -> Tensor:
+    return token_logprobs(lm_logits(module, h), labels)
+
+
+def sequence_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                      chunk: int = 256) -> Tensor:
+    """Per-sequence sum of response-token log-probs (Eq. 2), differentiable: (B, T) -> (B,) fp32."""
+    mask = response_mask.bool().clone()
+    mask[:, 0] = False
+    lp = response_token_logprobs(module, input_ids, attention_mask, mask, chunk)  # (K,)
+    rows = mask.nonzero(as_tuple=True)[0]  # (K,) the row of each scored token
+    out = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    return out.index_add(0, rows, lp)
+
+
+def _as_batch(ids: list[list[int]] | list[int]) -> tuple[list[list[int]], bool]:
+    if len(ids) > 0 and isinstance(ids[0], int):
+        return [list(ids)], True  # type: ignore[arg-type]
+    return [list(x) for x in ids], False  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
+          response_token_ids: list[list[int]] | list[int], batch_size: int = 8,
+          chunk: int = 256) -> list[list[float]] | list[float]:
+    """Per-token log-probs of each response given its prompt (raw distribution, fp32).
+
+    `model` is a sharpen Model; prompts already include any BOS (see engine.encode_prompts). Single lists in,
+    a single list out. The sum of a row is the self-reward r_self (Eq. 2).
+    """
+    prompts, single = _as_batch(prompt_token_ids)
+    responses, single_r = _as_batch(response_token_ids)
+    if single != single_r or len(prompts) != len(responses):
+        raise SharpenError(f"score got {len(prompts)} prompts and {len(responses)} responses: "
+                           "pass one response per prompt, both as lists of token-id lists")
+    if any(len(p) == 0 for p in prompts):
+        raise SharpenError("score got an empty prompt: every prompt needs at least one token (e.g. BOS)")
+    module = model.module
+    was_training = module.training
+    module.eval()
+    try:
+        out: list[list[float]] = [[] for _ in prompts]
+        # Longest first so that padding within a batch stays small.
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            _score_batch(model, [prompts[i] for i in batch], [responses[i] for i in batch], chunk,
+                         [out[i] for i in batch])
+    finally:
+        module.train(was_training)
+    return out[0] if single else out
+
+
+def _score_batch(model: Any, prompts: list[list[int]], responses: list[list[int]], chunk: int,
+                 outs: list[list[float]]) -> None:
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+    T = max(lengths)
+    pad = model.tokenizer.pad_token_id or 0
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), T), dtype=torch.long)
+    resp = torch.zeros((len(prompts), T), dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        ids[b, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attn[b, :len(p) + len(r)] = 1  # right padding: positions of real tokens are unaffected
+        resp[b, len(p):len(p) + len(r)] = True
+    dev = model.device
+    lp = response_token_logprobs(model.module, ids.to(dev), attn.to(dev), resp.to(dev), chunk).tolist()
+    pos = 0
+    for r, out in zip(responses, outs, strict=True):
+        out.extend(lp[pos:pos + len(r)])
+        pos += len(r)

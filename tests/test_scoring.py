@@ -1,0 +1,108 @@
+"""Token log-probs: the shared primitive, the memory-lean path, score() batching, LoRA models."""
+
+import pytest
+import torch
+
+from sharpen.errors import SharpenError
+from sharpen.models import tiny_model
+from sharpen.scoring import lm_logits, score, sequence_logprobs, token_logprobs
+
+
+def _naive(module, ids, attn, resp):
+    """Full (B, T, V) log-softmax, the obvious way: per-sequence sums and per-token values."""
+    logp = torch.log_softmax(module(input_ids=ids, attention_mask=attn).logits.float(), -1)  # (B, T, V)
+    tok = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1) log p(x_t | x_<t)
+    tok = tok * resp[:, 1:]
+    return tok.sum(-1), tok
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 100, (3, 12), generator=g)
+    attn = torch.ones(3, 12, dtype=torch.long)
+    attn[1, 9:] = 0  # right padding
+    attn[2, 6:] = 0
+    resp = torch.zeros(3, 12)
+    resp[0, 4:] = 1
+    resp[1, 5:9] = 1
+    resp[2, 2:6] = 1
+    return ids, attn, resp
+
+
+def test_token_logprobs_is_log_softmax_gather_in_fp32():
+    logits = torch.randn(2, 5, 50).bfloat16()
+    labels = torch.randint(0, 50, (2, 5))
+    out = token_logprobs(logits, labels)
+    assert out.dtype == torch.float32 and out.shape == (2, 5)
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None]).squeeze(-1)
+    torch.testing.assert_close(out, ref)
+
+
+def test_sequence_logprobs_matches_naive_full_log_softmax():
+    m = tiny_model()
+    ids, attn, resp = _batch()
+    with torch.no_grad():
+        ref, _ = _naive(m.module, ids, attn, resp)
+        for chunk in (1, 3, 256):  # chunk boundaries must not matter
+            out = sequence_logprobs(m.module, ids, attn, resp, chunk=chunk)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_sequence_logprobs_gradient_matches_naive():
+    m = tiny_model()
+    ids, attn, resp = _batch()
+    params = [p for p in m.module.parameters() if p.requires_grad]
+    ref, _ = _naive(m.module, ids, attn, resp)
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    out = sequence_logprobs(m.module, ids, attn, resp, chunk=4)  # checkpointed chunks
+    g_out = torch.autograd.grad(out.sum(), params)
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_score_per_token_values_and_batching():
+    m = tiny_model()
+    prompts = [[1, 10, 11, 12], [1, 20], [1, 30, 31, 32, 33, 34, 35]]
+    responses = [[40, 41, 42], [50, 51, 52, 53, 54], [60]]
+    out = score(m, prompts, responses, batch_size=2)
+    assert [len(x) for x in out] == [3, 5, 1]
+    for p, r, lp in zip(prompts, responses, out, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(m.module(torch.tensor([p + r])).logits[0], -1)
+        ref = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(r)]
+        assert max(abs(a - b) for a, b in zip(lp, ref, strict=True)) < 1e-5
+    flat = [x for row in out for x in row]
+    assert [x for row in score(m, prompts, responses, batch_size=1) for x in row] == pytest.approx(flat, abs=1e-5)
+    assert score(m, prompts[0], responses[0]) == pytest.approx(out[0], abs=1e-5)  # single lists
+
+
+def test_score_rejects_mismatched_inputs():
+    m = tiny_model()
+    with pytest.raises(SharpenError):
+        score(m, [[1, 2]], [[3], [4]])
+    with pytest.raises(SharpenError):
+        score(m, [[]], [[3]])
+
+
+def test_lm_logits_applies_final_softcapping():
+    m = tiny_model()
+    m.module.config.final_logit_softcapping = 0.5
+    h = torch.randn(2, m.module.config.hidden_size) * 10
+    out = lm_logits(m.module, h)
+    assert out.abs().max() <= 0.5
+    torch.testing.assert_close(out, torch.tanh(m.module.lm_head(h) / 0.5) * 0.5)
+
+
+def test_sequence_logprobs_works_through_a_lora_model():
+    peft = pytest.importorskip("peft")
+    m = tiny_model()
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(m.module, cfg).eval()
+    ids, attn, resp = _batch()
+    with torch.no_grad():
+        ref, _ = _naive(model, ids, attn, resp)
+        out = sequence_logprobs(model, ids, attn, resp)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        with model.disable_adapter():  # the adapter changes the result, so it was really applied
+            base = sequence_logprobs(model, ids, attn, resp)
+    assert (base - out).abs().max() > 1e-4

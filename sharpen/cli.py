@@ -120,6 +120,50 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---- training stages: `sharpen sft` and `sharpen eval` ---------------------------------------------------
+
+def _add_sft(p: argparse.ArgumentParser) -> None:
+    from .sft import SftConfig
+    from .train import TrainConfig
+
+    add_config_args(p, SftConfig)
+    add_config_args(p, TrainConfig)
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from .sft import SftConfig, run_sft
+    from .sft_report import format_summary
+    from .train import TrainConfig
+
+    cfg = config_from_args(SftConfig, args)
+    summary = run_sft(cfg, config_from_args(TrainConfig, args))
+    if summary:  # empty on the non-main processes of a multi-GPU launch
+        print(format_summary(summary))
+        print(f"report: {cfg.out}/report.md   adapter: {cfg.out}/adapter")
+    return 0
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    from .evaluate import EvalConfig
+
+    add_config_args(p, EvalConfig)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, format_eval, run_eval
+
+    cfg = config_from_args(EvalConfig, args)
+    result = run_eval(cfg)
+    print(format_eval({k: result[k] for k in ("greedy", "sample") if k in result},
+                      title=f"{cfg.task} / {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else "")))
+    return 0
+
+
+COMMANDS["sft"] = ("SFT-sharpening: train LoRA adapters on each prompt's best-of-N response", _add_sft, _cmd_sft)
+COMMANDS["eval"] = ("greedy / sample accuracy and mean log pi_base of a model (optionally with an adapter)",
+                    _add_eval, _cmd_eval)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)

@@ -1,0 +1,122 @@
+"""Training-step speed: a plain PEFT LoRA step with `labels=` versus ours (logits only at response tokens).
+
+Both sides run in one process on the same batch (B sequences of T tokens, the last T - prompt_len of them the
+response) with the same LoRA adapters and AdamW. The plain side is what a Hugging Face Trainer does: full
+(B, T, V) logits, cross-entropy on the response labels (prompt labels -100). Ours is the SFT loss of
+`sharpen sft`: `scoring.sequence_logprobs`, which runs the transformer body once and applies the LM head only
+at response positions, in checkpointed chunks. Prints the median step time, tokens/s of each and their ratio,
+then a per-phase split (forward / backward / optimizer) and the top operators of one profiled step.
+
+    python bench/training.py                       # embedded Gemma 3 270M, fp32, batch 4 x 256
+    python bench/training.py --mixed-precision bf16 --gradient-checkpointing
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sharpen.models import load_model
+from sharpen.sft import sft_batch_loss
+from sharpen.train import TrainConfig, attach_lora
+
+
+def make_batch(model: Any, batch: int, length: int, prompt_len: int, seed: int = 0) -> list[dict]:
+    """Random token ids (specials excluded): B examples of prompt_len prompt + (length - prompt_len) response."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.module.config.vocab_size
+    rows = []
+    for _ in range(batch):
+        ids = torch.randint(10, min(vocab, 200_000), (length,), generator=g).tolist()
+        rows.append({"prompt_token_ids": ids[:prompt_len], "token_ids": ids[prompt_len:]})
+    return rows
+
+
+def plain_loss(model: Any, batch: list[dict]) -> torch.Tensor:
+    """What a Hugging Face Trainer computes: full logits, token-mean cross-entropy on the response labels."""
+    ids = torch.tensor([r["prompt_token_ids"] + r["token_ids"] for r in batch], device=model.device)
+    labels = ids.clone()
+    for b, r in enumerate(batch):
+        labels[b, :len(r["prompt_token_ids"])] = -100
+    return model.module(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+
+
+def ours_loss(model: Any, batch: list[dict]) -> torch.Tensor:
+    return sft_batch_loss(model, batch)[0]
+
+
+def step(model: Any, opt: Any, loss_fn: Callable, batch: list[dict], autocast: Any) -> dict[str, float]:
+    """One optimizer step; seconds spent in each phase."""
+    t0 = time.perf_counter()
+    with autocast():
+        loss = loss_fn(model, batch)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_([p for p in model.module.parameters() if p.requires_grad], 0.1)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "total": t3 - t0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--length", type=int, default=256, help="tokens per sequence (prompt + response)")
+    ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (not in the loss)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sides", default="plain,ours")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = load_model(args.model)
+    model = attach_lora(model, TrainConfig(lora_rank=16))
+    if args.gradient_checkpointing:
+        model.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.module.train()
+    opt = torch.optim.AdamW([p for p in model.module.parameters() if p.requires_grad], lr=1e-5)
+    batch = make_batch(model, args.batch, args.length, args.prompt_len)
+    tokens = args.batch * args.length
+
+    def autocast() -> Any:
+        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
+
+    sides = {"plain": plain_loss, "ours": ours_loss}
+    print(f"model {args.model}  batch {args.batch} x {args.length} tokens ({args.prompt_len} prompt)  "
+          f"precision {args.mixed_precision}  grad-ckpt {args.gradient_checkpointing}  "
+          f"threads {torch.get_num_threads()}  device {model.device}")
+    results: dict[str, dict[str, float]] = {}
+    for name in args.sides.split(","):
+        fn = sides[name]
+        step(model, opt, fn, batch, autocast)  # warm-up
+        times = [step(model, opt, fn, batch, autocast) for _ in range(args.steps)]
+        med = {k: statistics.median(t[k] for t in times) for k in times[0]}
+        results[name] = med
+        print(f"{name:>6}: {med['total']:7.2f} s/step  {tokens / med['total']:8.1f} tokens/s   "
+              f"(forward {med['forward']:.2f}  backward {med['backward']:.2f}  optimizer {med['optimizer']:.2f})")
+    if "plain" in results and "ours" in results:
+        print(f"speed-up ours / plain: {results['plain']['total'] / results['ours']['total']:.2f}x")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for name in args.sides.split(","):
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+                step(model, opt, sides[name], batch, autocast)
+            print(f"\n--- {name}: top operators of one step (self CPU time) ---")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""SFT-sharpening summary and report: reads an sft run directory's files, writes report.md and training curves.
+
+The paper's Table 1 quantities compare the sharpened model's temperature-1 samples with the base model's greedy
+responses: accuracy lift (%) and likelihood lift (difference of mean log pi_base).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import SharpenError
+from .evaluate import finite_mean, summarize_responses
+from .runs import atomic_write_text, load_jsonl, read_json
+
+# Table 1 of the paper: lift of the SFT-sharpened model's temperature-1 samples over base greedy.
+PAPER_TABLE1 = [("Phi-3.5-mini", "MATH", 19.24, 48.33), ("Phi-3.5-mini", "GSM8K", 1.82, 1.49),
+                ("Phi-3.5-mini", "ProntoQA", 12.46, 5.64), ("Mistral-7B", "MATH", 8.88, 5.71)]
+
+
+def table1(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> dict[str, Any]:
+    """Accuracy lift % and likelihood lift of the sharpened responses over base greedy (Table 1)."""
+    from .selection import lift_pct
+
+    g = base.get("greedy") or {}
+    out: dict[str, Any] = {}
+    for kind in ("sample", "greedy"):
+        st = sharp.get(kind)
+        if not st or not g:
+            continue
+        lp, glp = st["mean_logprob_base"], g["mean_logprob_base"]
+        out[kind] = {"accuracy_lift_pct": lift_pct(st["accuracy"], g["accuracy"]),
+                     "accuracy_diff": st["accuracy"] - g["accuracy"],
+                     "likelihood_lift": None if lp is None or glp is None else lp - glp}
+    return out
+
+
+def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+                  data: Sequence[dict], result: Any) -> dict[str, Any]:
+    """summary.json of an sft run from its evaluation rows, training set and training result."""
+    sampling = read_json(out / "sampling.json")
+    bon_dir = Path(sampling["bon_dir"])
+    bon_greedy = None
+    if (bon_dir / "summary.json").exists():
+        bon_greedy = (read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
+    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
+    return {
+        "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
+        "protocol": "train-on-eval" if cfg.train_on_eval else "held-out",
+        "num_train_prompts": len(data),
+        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
+        "train_eval_overlap": sampling.get("overlap"),
+        # The training targets are the base model's best-of-N picks: their accuracy is base best-of-N at N = n
+        # on the training prompts (one pool per prompt, no subsampling).
+        "base_bon": {
+            "prompts": "evaluated" if cfg.train_on_eval else "training",
+            "accuracy": sum(bool(r["correct"]) for r in data) / len(data),
+            "mean_logprob_base": finite_mean([r["logprob"] for r in data]),
+            "mean_num_tokens": sum(r["num_tokens"] for r in data) / len(data),
+            "truncated_fraction": sum(r["finish_reason"] == "length" for r in data) / len(data),
+            "greedy_accuracy": bon_greedy,
+        },
+        "base": base,
+        "sharpened": sharp,
+        "table1": table1(base, sharp),
+        "training": {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
+                     "adapter": "adapter"},
+    }
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """Plain-text before/after table and the Table 1 lifts, for the terminal."""
+    from .evaluate import format_eval
+
+    lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
+             format_eval(s["sharpened"], title=f"sharpened (adapter of step {s['training']['best_step']})")]
+    t = s["table1"].get("sample")
+    if t:
+        lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
+        lk = "n/a" if t["likelihood_lift"] is None else f"{t['likelihood_lift']:+.2f}"
+        lines += ["", f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
+                      f"log pi_base {lk}"]
+    return "\n".join(lines)
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+
+def write_sft_report(run_dir: Path) -> Path:
+    """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
+    from .report import _save_png
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        raise SharpenError(f"{run_dir} has no summary.json: finish the sft run first (re-run its command)")
+    summary = read_json(run_dir / "summary.json")
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    _save_png(plot_training(load_jsonl(run_dir / "metrics.jsonl"), summary), run_dir / "training_curves.png")
+    out = run_dir / "report.md"
+    atomic_write_text(out, render(summary, config))
+    return out
+
+
+def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
+    """Training loss per step; held-out greedy accuracy and mean log pi_base at each evaluation."""
+    from .report import _figure
+
+    fig = _figure(12.0, 3.6)
+    ax_loss, ax_acc, ax_lp = fig.subplots(1, 3)
+    train = [r for r in metrics if r.get("kind") == "train" and r.get("loss") is not None]
+    evals = [r for r in metrics if r.get("kind") == "eval"]
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax_loss.set(xlabel="optimizer step", ylabel="loss: mean -log pi(y|x) of the targets", title="training loss")
+    best = (summary.get("training") or {}).get("best_step")
+    for ax, key, label in ((ax_acc, "accuracy", "held-out greedy accuracy (%)"),
+                           (ax_lp, "logprob_base", "held-out mean log pi_base(greedy)")):
+        pts = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, [100 * y for y in ys] if key == "accuracy" else ys, marker="o", ms=3)
+        if best is not None:
+            ax.axvline(best, color="gray", ls=":", label=f"kept: step {best}")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="optimizer step", ylabel=label, title=label.split(" (")[0])
+    for ax in (ax_loss, ax_acc, ax_lp):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _protocol(s: Mapping[str, Any]) -> str:
+    if s["protocol"] == "train-on-eval":
+        return (f"**Protocol: train-on-eval** (the paper's): the model was trained on the {s['num_train_prompts']} "
+                "prompts it is evaluated on, so the 'held-out' numbers below are not held out.")
+    text = (f"**Protocol: held-out.** Trained on {s['num_train_prompts']} prompts, evaluated on "
+            f"{s['num_eval_prompts']} others")
+    if s.get("train_eval_overlap"):
+        text += f" (**warning:** {s['train_eval_overlap']} training prompts also appear among the evaluated ones)"
+    return text + ". The kept checkpoint was chosen on the evaluated prompts, which favours it slightly."
+
+
+def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The report text."""
+    from .report import _config_table
+
+    b, sh, bon = s["base"], s["sharpened"], s["base_bon"]
+    rows = [("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
+            ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))]
+    table = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | prompts |",
+             "|---|---|---|---|---|---|"]
+    for name, st in rows:
+        if st:
+            table.append(f"| {name} | {_pct(st['accuracy'])} | {_num(st['mean_logprob_base'])} | "
+                         f"{st['mean_num_tokens']:.1f} | {_pct(st['truncated_fraction'])} | {st['num_prompts']} |")
+    table.append(f"| base best-of-{s['n']} (`{s['selector']}`, {bon['prompts']} prompts) | {_pct(bon['accuracy'])} | "
+                 f"{_num(bon['mean_logprob_base'])} | {bon['mean_num_tokens']:.1f} | "
+                 f"{_pct(bon['truncated_fraction'])} | {s['num_train_prompts']} |")
+    t1 = ["| sharpened responses | accuracy lift over base greedy | likelihood lift (mean log pi_base) |",
+          "|---|---|---|"]
+    for kind, v in s["table1"].items():
+        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
+        lk = "n/a" if v["likelihood_lift"] is None else f"{v['likelihood_lift']:+.2f}"
+        t1.append(f"| {'temperature-1 samples (Table 1)' if kind == 'sample' else 'greedy'} | {lift} | {lk} |")
+    paper = ["| model | task | accuracy lift | likelihood lift |", "|---|---|---|---|"]
+    paper += [f"| {m} | {t} | +{a:.2f}% | +{lk:.2f} |" for m, t, a, lk in PAPER_TABLE1]
+    tr = s["training"]
+    best = tr.get("best_eval") or {}
+    bon_greedy = bon.get("greedy_accuracy")
+    parts = [
+        f"# SFT-sharpening: {s['task']} / {s['model']}",
+        "",
+        _protocol(s),
+        "",
+        f"Training targets: for each training prompt, the `{s['selector']}` pick among {s['n']} base samples at "
+        "temperature 1; the loss is -log pi(y|x) summed over the response tokens (prompt masked).",
+        "",
+        "## Before and after",
+        "",
+        *table,
+        "",
+        "log pi_base is always scored under the base model (adapter disabled). The best-of-N row is the accuracy "
+        "of the training targets themselves" + (f" (base greedy on those prompts: {_pct(bon_greedy)}%)"
+                                                 if bon_greedy is not None else "") + ".",
+        "",
+        "## The paper's Table 1 quantities",
+        "",
+        *t1,
+        "",
+        "Accuracy lift = 100 × (acc − acc_base_greedy) / acc_base_greedy; likelihood lift = mean log pi_base of the "
+        "sharpened responses − that of base greedy. The paper's values for comparison (other models, full scale):",
+        "",
+        *paper,
+        "",
+        "## Training",
+        "",
+        f"{tr['steps']} optimizer steps; kept adapter: step {tr.get('best_step')} "
+        f"(held-out greedy accuracy {_pct(best.get('accuracy'))}%, mean log pi_base "
+        f"{_num(best.get('logprob_base'))}), saved in `adapter/` (PEFT format; "
+        "`sharpen eval --adapter DIR/adapter` re-evaluates it). Step 0 is the base model itself.",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "## Configuration",
+        "",
+        *_config_table(config),
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,189 @@
+"""SFT-sharpening: training-set construction, base-model scoring through a disabled adapter, Table 1, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from sharpen.errors import SharpenError
+from sharpen.evaluate import base_logprobs, summarize_responses
+from sharpen.models import tiny_model
+from sharpen.scoring import score
+from sharpen.sft import SftConfig, adapter_is_identity, best_key, best_responses
+from sharpen.sft_report import table1
+from sharpen.train import TrainConfig, attach_lora
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sample(pid: str, index: int, logprob: float, correct: bool = False, n_tok: int = 3) -> dict:
+    return {"prompt_id": pid, "index": index, "text": f"{pid}-{index}", "token_ids": [10 + index] * n_tok,
+            "logprob": logprob, "num_tokens": n_tok, "finish_reason": "eos", "answer": None, "correct": correct}
+
+
+def test_best_responses_keeps_each_prompts_argmax():
+    prompts = [{"id": "a", "prompt_token_ids": [1, 5]}, {"id": "b", "prompt_token_ids": [1, 6]},
+               {"id": "c", "prompt_token_ids": [1, 7]}]
+    samples = [_sample("a", 0, -5.0), _sample("a", 1, -2.0, True), _sample("a", 2, -1.0),  # index 2 >= n
+               _sample("b", 1, -3.0), _sample("b", 0, -3.0),  # tie: the lowest index wins
+               _sample("c", 0, -1.0)]  # incomplete pool: left out
+    data = best_responses(prompts, samples, n=2, selector="logprob")
+    assert [(d["prompt_id"], d["index"]) for d in data] == [("a", 1), ("b", 0)]
+    assert data[0]["prompt_token_ids"] == [1, 5] and data[0]["token_ids"] == [11, 11, 11]
+    assert data[0]["logprob"] == -2.0 and data[0]["correct"] is True
+
+
+def test_best_responses_length_normalized_selector_differs():
+    prompts = [{"id": "a", "prompt_token_ids": [1]}]
+    samples = [_sample("a", 0, -4.0, n_tok=2), _sample("a", 1, -6.0, n_tok=6)]
+    assert best_responses(prompts, samples, 2, "logprob")[0]["index"] == 0
+    assert best_responses(prompts, samples, 2, "logprob_mean")[0]["index"] == 1
+
+
+def test_base_logprobs_switch_the_adapter_off():
+    cfg = TrainConfig(lora_rank=4)
+    model = attach_lora(tiny_model(), cfg)
+    assert adapter_is_identity(model.module)
+    with torch.no_grad():
+        for n, p in model.module.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    assert not adapter_is_identity(model.module)
+    prompts, responses = [[1, 20, 21], [1, 30]], [[40, 41, 2], [50, 2]]
+    base = [sum(t) for t in score(tiny_model(), prompts, responses)]
+    adapted = [sum(t) for t in score(model, prompts, responses)]
+    assert base_logprobs(model, prompts, responses) == pytest.approx(base, abs=1e-5)
+    assert all(abs(a - b) > 1e-3 for a, b in zip(adapted, base, strict=True))
+    assert base_logprobs(tiny_model(), prompts, responses) == pytest.approx(base, abs=1e-5)
+
+
+def test_engine_samples_from_the_adapted_model():
+    from sharpen.engine import greedy
+
+    model = attach_lora(tiny_model(), TrainConfig(lora_rank=4))
+    with torch.no_grad():
+        for n, p in model.module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    prompt = [[1, 20, 21, 22]]
+    ours = greedy(model, prompt, max_new_tokens=8)[0]
+    assert ours.token_ids != greedy(tiny_model(), prompt, max_new_tokens=8)[0].token_ids
+    assert ours.logprob == pytest.approx(sum(score(model, prompt[0], ours.token_ids)), abs=1e-4)
+
+
+def test_summaries_and_table1_by_hand():
+    rows = [{"prompt_id": "a", "kind": "greedy", "correct": True, "logprob_base": -2.0, "logprob": -2.0,
+             "num_tokens": 4, "finish_reason": "eos"},
+            {"prompt_id": "b", "kind": "greedy", "correct": False, "logprob_base": -4.0, "logprob": -4.0,
+             "num_tokens": 6, "finish_reason": "length"},
+            {"prompt_id": "a", "kind": "sample", "correct": True, "logprob_base": float("-inf"), "logprob": -1.0,
+             "num_tokens": 2, "finish_reason": "eos"}]
+    st = summarize_responses(rows)
+    assert st["greedy"]["accuracy"] == 0.5 and st["greedy"]["mean_logprob_base"] == -3.0
+    assert st["greedy"]["truncated_fraction"] == 0.5 and st["sample"]["mean_logprob_base"] is None
+    base = {"greedy": {"accuracy": 0.5, "mean_logprob_base": -3.0}}
+    sharp = {"sample": {"accuracy": 0.6, "mean_logprob_base": -1.0},
+             "greedy": {"accuracy": 0.4, "mean_logprob_base": -2.5}}
+    t = table1(base, sharp)
+    assert t["sample"]["accuracy_lift_pct"] == pytest.approx(20.0)
+    assert t["sample"]["likelihood_lift"] == pytest.approx(2.0)
+    assert t["greedy"]["accuracy_lift_pct"] == pytest.approx(-20.0)
+
+
+def test_best_key_prefers_accuracy_then_likelihood():
+    a = best_key({"accuracy": 0.5, "logprob_base": -10.0})
+    b = best_key({"accuracy": 0.5, "logprob_base": -3.0})
+    c = best_key({"accuracy": 0.6, "logprob_base": None})
+    assert a < b < c
+
+
+def test_config_validation():
+    for kw in (dict(n=0), dict(selector="best"), dict(train_limit=0), dict(temperature=0.0)):
+        with pytest.raises(SharpenError):
+            SftConfig(**kw).validate()
+
+
+def test_cli_has_every_option_with_the_papers_defaults():
+    from sharpen.cli import _build_parser
+
+    args = _build_parser().parse_args(["sft", "--task", "prontoqa", "--out", "x"])
+    assert (args.n, args.selector, args.lora_rank, args.lr, args.clip, args.batch_size) == \
+        (50, "logprob", 16, 3e-4, 0.1, 4)
+    assert (args.temperature, args.epochs, args.grad_accum, args.train_on_eval) == (1.0, 30, 1, False)
+    flags = ["--n", "--selector", "--train-limit", "--eval-limit", "--epochs", "--batch-size", "--lr",
+             "--lora-rank", "--weight-decay", "--max-new-tokens", "--eval-every", "--grad-accum", "--from-run",
+             "--train-on-eval", "--merge"]
+    help_text = _build_parser()._subparsers._group_actions[0].choices["sft"].format_help()
+    for f in flags:
+        assert f in help_text, f
+    args = _build_parser().parse_args(["eval", "--model", "tiny-random", "--adapter", "a", "--task", "gsm8k"])
+    assert args.adapter == "a" and args.samples == 1
+
+
+def test_from_run_refuses_another_models_samples(tmp_path):
+    from sharpen.sft import _from_run
+
+    run = tmp_path / "bon"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    (run / "samples.jsonl").write_text("")
+    (run / "config.json").write_text(json.dumps({"command": "bon", "options": {
+        "task": "prontoqa", "model": "other", "chat": False, "n": 8}}))
+    with pytest.raises(SharpenError, match="model"):
+        _from_run(SftConfig(task="prontoqa", model="tiny-random", from_run=str(run), n=4))
+    with pytest.raises(SharpenError, match="--n"):
+        _from_run(SftConfig(task="prontoqa", model="other", from_run=str(run), n=16))
+    assert _from_run(SftConfig(task="prontoqa", model="other", from_run=str(run), n=8))[1]["n"] == 8
+
+
+DATA = os.environ.get("SHARPEN_DATA_DIR")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DATA, reason="needs SHARPEN_DATA_DIR")
+def test_sft_end_to_end_on_a_tiny_model(tmp_path):
+    from sharpen.cli import main
+
+    out = tmp_path / "sft"
+    argv = ["sft", "--model", "tiny-random", "--task", "prontoqa", "--n", "4", "--train-limit", "8",
+            "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "24", "--eval-every", "1",
+            "--out", str(out), "--data-dir", DATA, "--merge"]
+    assert main(argv) == 0
+    for name in ("sft_data.jsonl", "eval_base.jsonl", "eval_sharpened.jsonl", "metrics.jsonl", "summary.json",
+                 "report.md", "training_curves.png", "adapter/adapter_config.json", "bon/samples.jsonl",
+                 "merged/config.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_train_prompts"] == 8 and summary["num_eval_prompts"] == 4
+    assert summary["protocol"] == "held-out" and summary["train_eval_overlap"] == 0
+    assert summary["training"]["steps"] == 2
+    assert set(summary["table1"]) == {"sample", "greedy"}
+    data = [json.loads(x) for x in (out / "sft_data.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (out / "bon" / "samples.jsonl").read_text().splitlines()]
+    for d in data:  # each target is its prompt's highest-log-prob sample
+        pool = [s for s in samples if s["prompt_id"] == d["prompt_id"]]
+        assert d["logprob"] == max(s["logprob"] for s in pool)
+    report = (out / "report.md").read_text()
+    assert "Protocol: held-out" in report and "Table 1" in report
+    # Re-running the finished command redoes nothing and gives the same summary.
+    mtime = (out / "eval_sharpened.jsonl").stat().st_mtime
+    assert main(argv) == 0
+    assert (out / "eval_sharpened.jsonl").stat().st_mtime == mtime
+    assert json.loads((out / "summary.json").read_text())["sharpened"] == summary["sharpened"]
+    # The adapter evaluates through `sharpen eval`, and its base log-probs match the run's.
+    assert main(["eval", "--model", "tiny-random", "--adapter", str(out / "adapter"), "--task", "prontoqa",
+                 "--limit", "4", "--max-new-tokens", "24", "--data-dir", DATA, "--out", str(tmp_path / "ev")]) == 0
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert ev["greedy"]["accuracy"] == summary["sharpened"]["greedy"]["accuracy"]
+    assert ev["greedy"]["mean_logprob_base"] == pytest.approx(summary["sharpened"]["greedy"]["mean_logprob_base"],
+                                                              abs=1e-3)
+

@@ -7,6 +7,7 @@ import os
 
 from ..errors import SharpenError
 from .base import Item, Task
+from .data import take
 
 __all__ = ["TASKS", "Item", "Task", "load_task"]
 
@@ -26,5 +27,6 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, split: str =
     """
     if name not in _MODULES:
         raise SharpenError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
+    take([], limit)  # refuses a bad limit before any data is read
     module = importlib.import_module(f".{_MODULES[name]}", __name__)
     return module.load(data_dir=data_dir, split=split, limit=limit, **options)

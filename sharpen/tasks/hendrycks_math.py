@@ -138,12 +138,13 @@ def load(data_dir=None, split: str = "test", limit: int | None = None, **options
         boxed = _gold(row, where)
         integer = as_integer(boxed)
         if integer is not None:
-            chosen.append((i, row, boxed, integer))
+            chosen.append((i, where, row, boxed, integer))
     chosen = chosen[:PAPER_SIZE] if split == "test" else chosen[PAPER_SIZE:]
     items = [
         Item(id=f"math-{split}-{i}", prompt=f"{header}Question: {row['problem'].strip()}\nAnswer:", answer=integer,
-             meta={"index": i, "boxed": boxed, "level": row.get("level"), "type": row.get("type"),
+             meta={"index": i, "source": where, "question": row["problem"], "boxed": boxed, "level": row.get("level"),
+                   "type": row.get("type"),
                    "solution": row["solution"]})
-        for i, row, boxed, integer in take(chosen, limit)
+        for i, where, row, boxed, integer in take(chosen, limit)
     ]
     return MATH(items)

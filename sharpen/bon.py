@@ -32,6 +32,7 @@ class BonConfig:
     data_dir: str | None = opt(None, "benchmark data directory (default: $SHARPEN_DATA_DIR, else the hub)")
     subject: str | None = opt(None, "MMLU subject(s), comma separated (default: the paper's three college ones)")
     limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
+    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts (used by sft)")
     n: int = opt(50, "samples per prompt (the paper: 50)")
     seeds: int = opt(10, "subsampling seeds for accuracy at each N (the paper: 10)")
     seed: int = opt(0, "sampling seed: samples depend only on (seed, prompt id, sample index)")
@@ -43,8 +44,8 @@ class BonConfig:
     chunk: int = opt(8, "prompts per sampling call: the unit of progress that survives an interruption")
 
     # Options that change results: a run directory refuses to resume with other values for them.
-    IDENTITY = ("task", "model", "subject", "limit", "n", "seed", "max_new_tokens", "temperature", "chat",
-                "dtype", "chunk")
+    IDENTITY = ("task", "model", "subject", "limit", "split", "n", "seed", "max_new_tokens", "temperature",
+                "chat", "dtype", "chunk")
 
     def validate(self) -> None:
         if self.n < 1:
@@ -101,7 +102,7 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
     options = {k: v for k, v in asdict(cfg).items()}
     identity = {k: options[k] for k in cfg.IDENTITY}
     out = Path(cfg.out)
-    task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.limit,
+    task = load_task(cfg.task, data_dir=cfg.data_dir, split=cfg.split, limit=cfg.limit,
                      **({"subject": cfg.subject} if cfg.subject else {}))
     runs.prepare_run_dir(out, identity, {"options": options, "num_prompts": len(task.items),
                                          "versions": runs.package_versions()}, command="bon")

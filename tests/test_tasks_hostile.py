@@ -58,6 +58,12 @@ HOSTILE = {
     "true spam": "true " * 200_000,
     "control chars": "\x00\x01\x1b[31m\ud800 The answer is \ufeff(B)\u202e",
     "code": "Answer: __import__('os').system('echo hacked')",
+    "spaces after cue": "The answer is" + " " * DEEP + "x",  # regex backtracking
+    "tabs and colons": "answer is :\t" * 50_000,
+    "comma digits": "1," * DEEP,
+    "minus run": "-" * DEEP + "1",
+    "equals run": "Answer: " + "=" * DEEP,
+    "open boxes with spaces": "\\boxed " * 50_000,
 }
 
 

@@ -29,35 +29,37 @@ _NUMBER = re.compile(r"(?<![0-9.])-?[0-9]+(?:\.[0-9]+)?(?![0-9])")
 _DECORATION = re.compile(r"\\[!,;: ]|\s|\\\$|\^\s*\{?\\circ\}?|\\%|\\text\{\s*\}")
 
 
-def _group(text: str, start: int) -> tuple[str, int] | None:
-    """The brace group opening at text[start] == '{' as (content, end index), brace-matched (not a regex)."""
-    depth, i = 0, start
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of each '{' -> index of its matching '}', in one pass (\\{ and \\} are literal braces)."""
+    match, stack, i = {}, [], 0
     while i < len(text):
         ch = text[i]
         if ch == "\\":
-            i += 2  # \{ and \} are literal braces
+            i += 2
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1: i], i + 1
+            stack.append(i)
+        elif ch == "}" and stack:
+            match[stack.pop()] = i
         i += 1
-    return None
+    return match
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} (or \\fbox, or '\\boxed 5'); None when there is none."""
+    """Content of the last complete \\boxed{...} (or \\fbox, or '\\boxed 5'); None when there is none.
+
+    Brace-matched, not a regex; linear in the length of `text` even when every box is left open.
+    """
+    closing = None
     for m in reversed(list(_BOX.finditer(text))):
         rest = m.end()
         while rest < len(text) and text[rest] == " ":
             rest += 1
         if rest < len(text) and text[rest] == "{":
-            group = _group(text, rest)
-            if group is not None:
-                return group[0].strip()
-        elif rest > m.end():  # '\boxed 5': the argument is the next token
+            closing = _closing_braces(text) if closing is None else closing
+            if rest in closing:
+                return text[rest + 1: closing[rest]].strip()
+        elif rest > m.end():  # '\\boxed 5': the argument is the next token
             token = re.match(r"[^\s$.,]+", text[rest:])
             if token:
                 return token.group()
@@ -142,9 +144,8 @@ def load(data_dir=None, split: str = "test", limit: int | None = None, **options
     chosen = chosen[:PAPER_SIZE] if split == "test" else chosen[PAPER_SIZE:]
     items = [
         Item(id=f"math-{split}-{i}", prompt=f"{header}Question: {row['problem'].strip()}\nAnswer:", answer=integer,
-             meta={"index": i, "source": where, "question": row["problem"], "boxed": boxed, "level": row.get("level"),
-                   "type": row.get("type"),
-                   "solution": row["solution"]})
+             meta={"index": i, "source": where, "question": row["problem"], "boxed": boxed,
+                   "level": row.get("level"), "type": row.get("type"), "solution": row["solution"]})
         for i, where, row, boxed, integer in take(chosen, limit)
     ]
     return MATH(items)

@@ -109,6 +109,7 @@ class _Checker:
         self.lock = threading.Lock()
         self.worker: _Worker | None = None
         self.spare: _Worker | None = None
+        self.pid = os.getpid()
 
     def check(self, answer: str, gold: str) -> bool:
         with self.lock:
@@ -128,6 +129,9 @@ class _Checker:
                 self._fail()
 
     def _ready(self) -> _Worker:
+        if self.pid != os.getpid():  # a forked copy of this process: the pipes belong to the parent
+            self.worker = self.spare = None
+            self.pid = os.getpid()
         if self.worker is None:
             import importlib.util
 

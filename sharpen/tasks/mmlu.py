@@ -56,8 +56,9 @@ RATIONALES = {
         "decrease from La to Lu, so D is not true."),
 }
 
-# Case-insensitive cue, upper-case letter: 'the answer is a ...' is an article, not choice A.
-_ANSWER = re.compile(r"(?i:answer(?: is)?\s*:?\s*(?:option\s*)?)\(?([ABCD])\)?(?![A-Za-z0-9])")
+# Case-insensitive cue, upper-case letter: 'the answer is a ...' is an article, not choice A. No two
+# adjacent \s* (a long run of spaces would make the regex backtrack quadratically).
+_ANSWER = re.compile(r"(?i:answer(?: is)?\s*(?::\s*)?(?:option\s*)?)\(?([ABCD])\)?(?![A-Za-z0-9])")
 
 
 def format_question(question: str, choices: list[str]) -> str:

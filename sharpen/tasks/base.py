@@ -13,6 +13,9 @@ from typing import Any
 
 # The final answer sits at the end of a response; 4 KB is far more than any answer line needs.
 TAIL_CHARS = 4096
+# Where a base model's answer ends in the 'Question: ...\nAnswer: ...\n\n' format: at the blank line before
+# the next example, at the next question, or when it starts another answer line without a question.
+STOP_AT_NEXT_EXAMPLE = ["\n\n", "\nAnswer:", "Question:"]
 
 
 def tail(text: str, chars: int = TAIL_CHARS) -> str:

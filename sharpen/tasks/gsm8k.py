@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from ..errors import SharpenError
-from .base import Item, Task, canonical_number, tail
+from .base import STOP_AT_NEXT_EXAMPLE, Item, Task, canonical_number, tail
 from .data import check_options, check_split, data_file, data_root, hub_rows, read_jsonl, take
 
 PAPER_SIZE = 256
@@ -48,7 +48,7 @@ def _numbers(text: str) -> list[str]:
 
 class GSM8K(Task):
     name = "gsm8k"
-    stop = ["Question:"]
+    stop = list(STOP_AT_NEXT_EXAMPLE)
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items

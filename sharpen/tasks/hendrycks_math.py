@@ -10,7 +10,7 @@ import re
 
 from ..errors import SharpenError
 from . import mathcheck
-from .base import Item, Task, canonical_number, tail
+from .base import STOP_AT_NEXT_EXAMPLE, Item, Task, canonical_number, tail
 from .data import check_options, check_split, data_file, data_root, hub_rows, read_jsonl, take
 
 PAPER_SIZE = 256
@@ -84,7 +84,7 @@ def as_integer(answer: str) -> str | None:
 
 class MATH(Task):
     name = "math"
-    stop = ["Question:"]
+    stop = list(STOP_AT_NEXT_EXAMPLE)
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ..errors import SharpenError
-from .base import Item, Task, tail
+from .base import STOP_AT_NEXT_EXAMPLE, Item, Task, tail
 from .data import check_options, check_split, data_file, data_root, hub_rows, read_csv, take
 
 PAPER_SUBJECTS = ("college_biology", "college_physics", "college_chemistry")
@@ -69,7 +69,7 @@ def format_question(question: str, choices: list[str]) -> str:
 
 class MMLU(Task):
     name = "mmlu"
-    stop = ["Question:"]
+    stop = list(STOP_AT_NEXT_EXAMPLE)
 
     def __init__(self, items: list[Item], subjects: tuple[str, ...]) -> None:
         self.items = items

@@ -12,7 +12,7 @@ import re
 
 from ..errors import SharpenError
 from . import prontoqa_gen
-from .base import Item, Task, tail
+from .base import STOP_AT_NEXT_EXAMPLE, Item, Task, tail
 from .data import check_options, check_split, data_file, data_root, read_json_records, take
 
 PAPER_SIZE = 256
@@ -40,7 +40,7 @@ def _parse(record: dict, where: str) -> tuple[str, str, str]:
 
 class ProntoQA(Task):
     name = "prontoqa"
-    stop = ["Question:"]
+    stop = list(STOP_AT_NEXT_EXAMPLE)
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items

@@ -47,23 +47,36 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
     fast = kind in FAST_TYPES and backend != "hf"
     if backend == "fast" and not fast:
         raise SharpenError(f"no fast decoder for model type {kind!r}: use backend='hf' (or 'auto')")
-    rows = max_rows or _auto_rows(lm, model.device, max(len(p) for p in prompts) + max_new, dt)
-    R = max(1, min(n, rows))
-    if not fast:
-        return HFDecoder(lm, R, model.device)
-    S = max(1, min(len(prompts), rows // R))
-    return FastDecoder(lm, S, R, max(len(p) for p in prompts), max_new, model.device)
+    L = max(len(p) for p in prompts)
+    per_token = _kv_bytes_per_token(lm.config, dt)
+    budget, cap = _budget(model.device)
+    if not fast:  # B copies of prompt + response in the model's own cache
+        B = max_rows or max(1, min(cap, n, budget // max(1, per_token * (L + max_new))))
+        return HFDecoder(lm, max(1, min(B, n)), model.device)
+    B = min(max_rows or cap, len(prompts) * n)
+    while True:
+        # Enough prompt slots to keep every row busy while some prompts finish their last samples.
+        S = max(1, min(len(prompts), B, -(-3 * B // (2 * n)) + 1))
+        if max_rows or B == 1 or per_token * (B * max_new + S * L) <= budget:
+            return FastDecoder(lm, B, S, L, max_new, model.device)
+        B = max(1, B * 3 // 4)
 
 
-def _auto_rows(lm: Any, device: torch.device, length: int, dtype: torch.dtype) -> int:
-    """Rows decoded together: as many as fit a KV budget (2 GiB on CPU, a quarter of free GPU memory)."""
-    cfg = lm.config
-    per_token = 2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * dtype.itemsize
+def _kv_bytes_per_token(cfg: Any, dtype: torch.dtype) -> int:
+    return 2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * dtype.itemsize
+
+
+def _budget(device: torch.device) -> tuple[int, int]:
+    """KV-cache budget in bytes and the most rows per step: a quarter of free memory, at most 4 GiB on CPU."""
     if device.type == "cuda":
-        budget, cap = torch.cuda.mem_get_info(device)[0] // 4, 1024
-    else:
-        budget, cap = 2 << 30, 256
-    return max(1, min(cap, budget // max(1, per_token * length)))
+        return torch.cuda.mem_get_info(device)[0] // 4, 1024
+    free = 16 << 30
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration):
+        pass
+    return min(4 << 30, free // 4), 256
 
 
 def module_in_dtype(lm: Any, dtype: torch.dtype) -> Any:
@@ -114,12 +127,11 @@ class FastDecoder:
 
     refill_rows = True
 
-    def __init__(self, lm: Any, slots: int, rows_per_slot: int, max_prompt: int, max_new: int,
+    def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
                  device: torch.device) -> None:
         cfg = lm.config
         self.lm, self.body = lm, backbone(lm)
-        self.device, self.slots, self.rows_per_slot = device, slots, rows_per_slot
-        self.B = slots * rows_per_slot
+        self.device, self.rows, self.slots = device, rows, slots
         self.layers = list(self.body.layers)[: cfg.num_hidden_layers]
         self.Hq, self.Hkv, self.D = cfg.num_attention_heads, _kv_heads(cfg), _head_dim(cfg)
         self.windows = _windows(cfg)
@@ -131,13 +143,33 @@ class FastDecoder:
         dt = next(lm.parameters()).dtype
         kv = dict(dtype=dt, device=device)
         self.Lp, self.Lr = max_prompt, max_new
-        # Preallocated caches, one pair per layer: prompt KV shared by a slot's rows, response KV per row.
+        # Preallocated caches, one pair per layer: prompt KV per slot (shared by all rows sampling that
+        # prompt) and response KV per row.
         self.kp = [torch.zeros(slots, self.Hkv, max_prompt, self.D, **kv) for _ in self.layers]
         self.vp = [torch.zeros(slots, self.Hkv, max_prompt, self.D, **kv) for _ in self.layers]
-        self.kr = [torch.zeros(self.B, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
-        self.vr = [torch.zeros(self.B, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
-        self.prompt_len = torch.zeros(slots, dtype=torch.long, device=device)  # (S,)
-        self.rows_slot = torch.arange(self.B, device=device) // rows_per_slot  # (B,)
+        self.kr = [torch.zeros(rows, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
+        self.vr = [torch.zeros(rows, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
+        self.prompt_len = torch.ones(slots, dtype=torch.long, device=device)  # (S,)
+        self.last_hidden = torch.zeros(slots, cfg.hidden_size, **kv)  # (S, H) final state after each prompt
+        self.set_rows([0] * rows)
+
+    def set_rows(self, row_slot: list[int]) -> None:
+        """Which slot's prompt each row continues (-1: idle). Rows of a slot are grouped, padded to the
+        largest group, so the prompt part of attention is one batched matmul against each slot's KV."""
+        S, B = self.slots, self.rows
+        groups: list[list[int]] = [[] for _ in range(S)]
+        for r, s in enumerate(row_slot):
+            if s >= 0:
+                groups[s].append(r)
+        self.Rmax = max(1, max(len(g) for g in groups))
+        qidx = torch.full((S, self.Rmax), B, dtype=torch.long)  # (S, Rmax) row id, B = padding
+        back = torch.zeros(B, dtype=torch.long)  # (B,) flat (slot, rank) of each row; idle rows: any
+        for s, g in enumerate(groups):
+            for k, r in enumerate(g):
+                qidx[s, k] = r
+                back[r] = s * self.Rmax + k
+        self.qidx, self.back = qidx.flatten().to(self.device), back.to(self.device)
+        self.row_slot = torch.tensor([max(s, 0) for s in row_slot], dtype=torch.long, device=self.device)
 
     # ---- shared pieces -------------------------------------------------------------------------------
     def _qkv(self, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,7 +193,7 @@ class FastDecoder:
             out[key] = self.body.rotary_emb(*args)  # each (B, T, rot_dim)
         return out
 
-    def _layer(self, i: int, layer: Any, h: Tensor, attend: Any) -> Tensor:
+    def _layer(self, layer: Any, h: Tensor, attend: Any) -> Tensor:
         """One decoder block around an attention function attend(attn_module, normed_h) -> (..., H)."""
         a = attend(layer.self_attn, layer.input_layernorm(h))
         if self.sandwich:
@@ -171,16 +203,13 @@ class FastDecoder:
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
     # ---- phase 1: prefill ----------------------------------------------------------------------------
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
-        """Run prompts (one forward each, batched) into the prompt KV of `slots`; (k, V) first-token logits."""
-        out = []
-        # Bound the (k x T x T) attention scores of one prefill call.
-        per_call = max(1, 8192 // max(len(p) for p in prompts))
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
+        """Run prompts (one forward each, batched) into the prompt KV and final state of `slots`."""
+        per_call = max(1, 8192 // max(len(p) for p in prompts))  # bounds the (k x T x T) attention scores
         for a in range(0, len(prompts), per_call):
-            out.append(self._prefill(slots[a:a + per_call], prompts[a:a + per_call]))
-        return torch.cat(out)
+            self._prefill(slots[a:a + per_call], prompts[a:a + per_call])
 
-    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
+    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
         k, T = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(k, T, dtype=torch.long)
         for j, p in enumerate(prompts):
@@ -188,7 +217,6 @@ class FastDecoder:
         ids = ids.to(self.device)
         lens = torch.tensor([len(p) for p in prompts], device=self.device)  # (k,)
         sl = torch.tensor(slots, device=self.device)  # (k,)
-        self.prompt_len[sl] = lens
         pos = torch.arange(T, device=self.device)  # (T,)
         causal = pos[None, :] <= pos[:, None]  # (T, T) query x key
         masks = {w: causal if w is None else causal & (pos[None, :] > pos[:, None] - w) for w in set(self.windows)}
@@ -206,9 +234,9 @@ class FastDecoder:
                 self.vp[i][sl, :, :T] = v
                 o = self._full_attention(attn, q, kk, v, masks[self.windows[i]])  # (k, Hq, T, D)
                 return attn.o_proj(o.transpose(1, 2).flatten(2))  # (k, T, H)
-            h = self._layer(i, layer, h, attend)
-        last = h[torch.arange(k, device=self.device), lens - 1]  # (k, H)
-        return lm_logits(self.lm, self.body.norm(last))  # (k, V)
+            h = self._layer(layer, h, attend)
+        self.prompt_len[sl] = lens
+        self.last_hidden[sl] = self.body.norm(h[torch.arange(k, device=self.device), lens - 1])  # (k, H)
 
     def _full_attention(self, attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         g = self.Hq // self.Hkv
@@ -220,10 +248,15 @@ class FastDecoder:
         return torch.matmul(torch.softmax(s, dim=-1).to(q.dtype), v)  # (k, Hq, T, D)
 
     # ---- phase 2: one decode step for all rows --------------------------------------------------------
-    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int) -> Tensor:
-        """Feed tokens (B,) at response index resp_pos (B,); width = 1 + max resp_pos. Returns (B, V) logits."""
-        B, S, R, W = self.B, self.slots, self.rows_per_slot, width
-        plen = self.prompt_len[self.rows_slot]  # (B,)
+    def start_logits(self) -> Tensor:
+        """(B, V) logits of every row's first response token (its slot's prompt state); no forward."""
+        return lm_logits(self.lm, self.last_hidden[self.row_slot])
+
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor) -> Tensor:
+        """Feed tokens (B,) at response index resp_pos (B,), width = 1 + max resp_pos; rows with fresh (B,)
+        set start a new response instead (their prompt's state). Returns (B, V) next-token logits."""
+        B, W = self.rows, width
+        plen = self.prompt_len[self.row_slot]  # (B,)
         pos = plen + resp_pos  # (B,) absolute position of the fed token
         rows = torch.arange(B, device=self.device)
         # Additive masks over [prompt keys | response keys], one per window size: (B, 1, 1, Lp + W).
@@ -249,53 +282,60 @@ class FastDecoder:
                 q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
                 self.kr[i][rows, :, resp_pos] = k
                 self.vr[i][rows, :, resp_pos] = v
-                o = self._decode_attention(attn, i, q, masks[self.windows[i]], S, R, W)  # (B, Hq * D)
+                o = self._decode_attention(attn, i, q, masks[self.windows[i]], W)  # (B, Hq * D)
                 return attn.o_proj(o)[:, None]  # (B, 1, H)
-            h = self._layer(i, layer, h, attend)
-        return lm_logits(self.lm, self.body.norm(h[:, 0]))  # (B, V)
+            h = self._layer(layer, h, attend)
+        h = torch.where(fresh[:, None], self.last_hidden[self.row_slot], self.body.norm(h[:, 0]))  # (B, H)
+        return lm_logits(self.lm, h)  # (B, V)
 
-    def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, S: int, R: int, W: int) -> Tensor:
-        B, Hkv, D, Lp = self.B, self.Hkv, self.D, self.Lp
+    def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, W: int) -> Tensor:
+        B, S, Rm, Hkv, D, Lp = self.rows, self.slots, self.Rmax, self.Hkv, self.D, self.Lp
         g = self.Hq // Hkv
-        # Prompt part: the R rows x g heads of a slot are queries against the slot's shared prompt keys.
-        qs = q.view(S, R, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, R * g, D)
-        sp = torch.matmul(qs, self.kp[i].transpose(-1, -2))  # (S, Hkv, R*g, Lp)
-        sp = sp.view(S, Hkv, R, g, Lp).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, Lp)
+        # Prompt part: the rows of a slot (x g heads per kv head) are queries against its one prompt KV.
+        qpad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])  # (B + 1, Hq, D), row B is padding
+        qs = qpad[self.qidx].view(S, Rm, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, D)
+        sp = torch.matmul(qs, self.kp[i].transpose(-1, -2))  # (S, Hkv, Rm*g, Lp)
+        sp = sp.view(S, Hkv, Rm, g, Lp).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, Lp)[self.back]
         # Response part: each row against its own keys.
         sr = torch.matmul(q.view(B, Hkv, g, D), self.kr[i][:, :, :W].transpose(-1, -2))  # (B, Hkv, g, W)
         s = torch.cat([sp, sr], dim=-1).float() * attn.scaling  # (B, Hkv, g, Lp + W)
         if self.softcap:
             s = torch.tanh(s / self.softcap) * self.softcap
         p = torch.softmax(s + mask, dim=-1).to(q.dtype)
-        pp = p[..., :Lp].reshape(S, R, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, R * g, Lp)
-        op = torch.matmul(pp, self.vp[i])  # (S, Hkv, R*g, D)
-        op = op.view(S, Hkv, R, g, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, g, D)
+        ppad = torch.cat([p[..., :Lp], p.new_zeros(1, Hkv, g, Lp)])  # (B + 1, Hkv, g, Lp)
+        pp = ppad[self.qidx].view(S, Rm, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, Lp)
+        op = torch.matmul(pp, self.vp[i])  # (S, Hkv, Rm*g, D)
+        op = op.view(S, Hkv, Rm, g, D).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, D)[self.back]
         orr = torch.matmul(p[..., Lp:], self.vr[i][:, :, :W])  # (B, Hkv, g, D)
         return (op + orr).reshape(B, Hkv * g * D)
 
 
 class HFDecoder:
     """Generic fallback through the model's own forward and cache: one prompt at a time, its cache repeated
-    for the rows after a single prefill."""
+    for the rows after a single prefill. Rows cannot restart on their own (refill_rows = False)."""
 
     refill_rows = False
     slots = 1
 
     def __init__(self, lm: Any, rows: int, device: torch.device) -> None:
-        self.lm, self.rows_per_slot, self.device = lm, rows, device
+        self.lm, self.rows, self.device = lm, rows, device
+        self.prompt: list[int] = []
         self.cache: Any = None
         self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> Tensor:
-        (prompt,) = prompts
-        out = self.lm(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
-        self.cache = getattr(out, self.cache_kw)
-        self.cache.batch_repeat_interleave(self.rows_per_slot)  # (1, ...) -> (R, ...): no second prefill
-        return out.logits[:, -1]  # (1, V)
+    def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
+        (self.prompt,) = prompts  # run by start_logits, when the rows (re)start on it
 
-    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int) -> Tensor:
+    def set_rows(self, row_slot: list[int]) -> None:
+        pass
+
+    def start_logits(self) -> Tensor:
+        out = self.lm(input_ids=torch.tensor([self.prompt], device=self.device), use_cache=True)
+        self.cache = getattr(out, self.cache_kw)
+        self.cache.batch_repeat_interleave(self.rows)  # (1, ...) -> (B, ...): no second prefill
+        return out.logits[:, -1].expand(self.rows, -1)  # (B, V)
+
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor) -> Tensor:
         out = self.lm(input_ids=tokens[:, None], use_cache=True, **{self.cache_kw: self.cache})
         self.cache = getattr(out, self.cache_kw)
-        return out.logits[:, -1]  # (R, V)
-
-
+        return out.logits[:, -1]  # (B, V)

@@ -121,7 +121,11 @@ def _prompt_ids(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]]) ->
 
 
 class _Loop:
-    """Host-side bookkeeping of the decode loop: which row holds which sample, when rows end, refills."""
+    """Host-side bookkeeping of the decode loop: which row holds which sample, when rows end, refills.
+
+    A row can take any pending sample of any loaded prompt (continuous batching); prompts are loaded into
+    free slots of the decoder's prompt cache when the loaded ones have no samples left to start.
+    """
 
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
@@ -130,15 +134,21 @@ class _Loop:
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
         self.eos, self.stops = eos, stops
         self.stop_window = max((len(s) for s in stops), default=0) + 8  # tokens decoded for the stop check
-        self.S, self.R = decoder.slots, decoder.rows_per_slot
-        self.B = self.S * self.R
+        self.B, self.S = decoder.rows, decoder.slots
         self.queue = deque(range(len(ids)))
         self.next_index = [0] * len(ids)  # next sample index to start, per prompt
         self.slot_prompt = [-1] * self.S
+        self.slot_rows = [0] * self.S  # rows currently sampling each slot's prompt
         self.row: list[tuple[int, int] | None] = [None] * self.B  # (prompt, sample index) or idle
+        self.row_slot = [-1] * self.B
         self.row_tokens: list[list[int]] = [[] for _ in range(self.B)]
         self.row_lps: list[list[float]] = [[] for _ in range(self.B)]
         self.results: list[list[Sample | None]] = [[None] * n for _ in ids]
+        dev = decoder.device
+        self.keys_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) prompt-key hash per row
+        self.index_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) sample index per row
+        self.step_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) tokens drawn so far per row
+        self.active_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) 1 while the row has a sample
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -146,32 +156,27 @@ class _Loop:
             self.bar = tqdm(total=len(ids) * n, desc="sampling", unit="sample")
 
     def run(self) -> list[list[Sample]]:
-        dev = self.dec.device
-        self.keys_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) prompt-key hash per row
-        self.index_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) sample index per row
-        self.step_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) tokens drawn so far per row
-        self.active_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) 1 while the row has a sample
-        self.first_logits: torch.Tensor | None = None  # (S, V) next-token logits right after each prompt
-        fresh = self._fill_slots(list(range(self.S)))
-        logits = self.first_logits[torch.arange(self.B, device=dev) // self.R].clone()  # (B, V)
+        self._assign(list(range(self.B)))
+        logits = self.dec.start_logits()  # (B, V)
         while True:
             u = uniforms(self.seed, self.keys_t, self.index_t, self.step_t) if self.temperature > 0 else None
             tok, lp = draw(logits, self.temperature, u)  # (B,), (B,)
             self.step_t += 1
             tok_l, lp_l = tok.tolist(), lp.tolist()  # the one host sync per step
             finished = [r for r in range(self.B) if self.row[r] is not None and self._append(r, tok_l, lp_l)]
-            fresh = self._refill(finished)
+            fresh = self._assign(finished) if finished else []
             busy = [r for r in range(self.B) if self.row[r] is not None]
             if not busy:
                 break
-            if len(fresh) < len(busy):  # some rows continue a response: advance them
-                # Response index of the fed token; idle and fresh rows write a harmless dummy at index 0.
-                resp_pos = (self.step_t - 1).clamp_(min=0) * self.active_t  # (B,)
-                width = max(len(self.row_tokens[r]) for r in busy)
-                logits = self.dec.decode_step(tok, resp_pos, max(1, width))  # (B, V)
-            if fresh:
-                rows = torch.tensor(fresh, device=dev)
-                logits[rows] = self.first_logits[rows // self.R].to(logits.dtype)
+            if len(fresh) == len(busy):  # every row starts a new response: no token to feed
+                logits = self.dec.start_logits()
+                continue
+            # Response index of the fed token; idle and fresh rows write a harmless dummy at index 0.
+            resp_pos = (self.step_t - 1).clamp_(min=0) * self.active_t  # (B,)
+            width = max(len(self.row_tokens[r]) for r in busy)
+            is_fresh = torch.zeros(self.B, dtype=torch.bool)
+            is_fresh[fresh] = True
+            logits = self.dec.decode_step(tok, resp_pos, max(1, width), is_fresh.to(self.dec.device))  # (B, V)
         if self.bar is not None:
             self.bar.close()
         return self.results  # type: ignore[return-value]
@@ -204,55 +209,60 @@ class _Loop:
         self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=math.fsum(lps),
                                     finish_reason=reason, prompt_index=p, sample_index=i)
         self.row[r] = None
-        self.active_t[r] = 0
+        self.slot_rows[self.row_slot[r]] -= 1
+        self.row_slot[r] = -1
         if self.bar is not None:
             self.bar.update(1)
         return True
 
-    def _refill(self, finished: list[int]) -> list[int]:
-        """Give finished rows the next sample of their prompt, or new prompts to empty slots; returns new rows."""
-        fresh = []
-        if self.dec.refill_rows:
-            for r in finished:
-                p = self.slot_prompt[r // self.R]
-                if self.next_index[p] < self.n:
-                    self._start_row(r, p)
-                    fresh.append(r)
-        empty = [s for s in range(self.S) if all(self.row[r] is None for r in range(s * self.R, (s + 1) * self.R))]
-        fresh += self._fill_slots(empty)
+    def _assign(self, free: list[int]) -> list[int]:
+        """Start pending samples in the free rows; load prompts into free slots when needed. Returns the rows
+        that start (their first token comes from their prompt's state)."""
+        # A decoder without row refill restarts its rows only all together.
+        can_start = self.dec.refill_rows or all(r is None for r in self.row)
+        fresh: list[int] = []
+        for r in free if can_start else []:
+            s = self._pick_slot()
+            if s is None and self._load_prompts():
+                s = self._pick_slot()
+            if s is None:
+                break
+            p = self.slot_prompt[s]
+            i = self.next_index[p]
+            self.next_index[p] += 1
+            self.row[r], self.row_slot[r] = (p, i), s
+            self.slot_rows[s] += 1
+            self.row_tokens[r], self.row_lps[r] = [], []
+            fresh.append(r)
+        idle = [r for r in free if self.row[r] is None]
+        dev = self.dec.device
+        if fresh:
+            rows = torch.tensor(fresh, device=dev)
+            self.keys_t[rows] = torch.tensor([self.key_ids[self.row[r][0]] for r in fresh], device=dev)
+            self.index_t[rows] = torch.tensor([self.row[r][1] for r in fresh], device=dev)
+            self.step_t[rows] = 0
+            self.active_t[rows] = 1
+        if idle:
+            self.active_t[torch.tensor(idle, device=dev)] = 0
+        self.dec.set_rows(self.row_slot)
         return fresh
 
-    def _fill_slots(self, slots: list[int]) -> list[int]:
-        """Prefill the next prompts into `slots` (a prompt keeps its slot while it has samples left)."""
-        todo: list[tuple[int, int]] = []
-        for s in slots:
-            p = self.slot_prompt[s]
-            if p < 0 or self.next_index[p] >= self.n:
-                if not self.queue:
-                    continue
-                p = self.queue.popleft()
-            todo.append((s, p))
+    def _pick_slot(self) -> int | None:
+        """The loaded prompt with samples left and the fewest rows (keeps the slot groups balanced)."""
+        best = None
+        for s, p in enumerate(self.slot_prompt):
+            if p >= 0 and self.next_index[p] < self.n and (best is None or self.slot_rows[s] < self.slot_rows[best]):
+                best = s
+        return best
+
+    def _load_prompts(self) -> bool:
+        """Prefill queued prompts into every free slot (no rows, no samples left); False if none loaded."""
+        free = [s for s in range(self.S) if self.slot_rows[s] == 0
+                and (self.slot_prompt[s] < 0 or self.next_index[self.slot_prompt[s]] >= self.n)]
+        todo = [(s, self.queue.popleft()) for s in free[:len(self.queue)]]
         if not todo:
-            return []
-        first = self.dec.prefill([s for s, _ in todo], [self.ids[p] for _, p in todo])  # (len(todo), V)
-        if self.first_logits is None:
-            self.first_logits = first.new_zeros(self.S, first.shape[-1])
-        self.first_logits[torch.tensor([s for s, _ in todo], device=first.device)] = first
-        fresh = []
+            return False
         for s, p in todo:
             self.slot_prompt[s] = p
-            for r in range(s * self.R, (s + 1) * self.R):
-                if self.next_index[p] < self.n:
-                    self._start_row(r, p)
-                    fresh.append(r)
-        return fresh
-
-    def _start_row(self, r: int, p: int) -> None:
-        i = self.next_index[p]
-        self.next_index[p] += 1
-        self.row[r] = (p, i)
-        self.row_tokens[r], self.row_lps[r] = [], []
-        self.keys_t[r] = self.key_ids[p]
-        self.index_t[r] = i
-        self.step_t[r] = 0
-        self.active_t[r] = 1
+        self.dec.prefill([s for s, _ in todo], [self.ids[p] for _, p in todo])
+        return True

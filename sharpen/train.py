@@ -316,7 +316,9 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
 
     # 1) Resume from the last checkpoint (the log keeps only rows the checkpoint has seen).
     step, best_step, best_eval, best_val = 0, None, None, None
-    if ckpt_path.exists():
+    resume = ckpt_path.exists()
+    acc.wait_for_everyone()  # every process has looked before the main one writes a checkpoint
+    if resume:
         ckpt = _load_checkpoint(ckpt_path, module, optimizer, scheduler, identity)
         step, best_step, best_eval, best_val = ckpt["step"], ckpt["best_step"], ckpt["best_eval"], ckpt["best_val"]
         if acc.is_main_process:
@@ -339,7 +341,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
                 "best_val": best_val})
         acc.wait_for_everyone()
 
-    if step == 0 and not ckpt_path.exists():
+    if not resume:
         evaluate_and_save()  # step 0: the base model is a candidate too
     bar = _bar(total, step, progress and acc.is_main_process)
     module.train()

@@ -97,6 +97,7 @@ def test_summaries_and_table1_by_hand():
     assert t["sample"]["accuracy_lift_pct"] == pytest.approx(20.0)
     assert t["sample"]["likelihood_lift"] == pytest.approx(2.0)
     assert t["greedy"]["accuracy_lift_pct"] == pytest.approx(-20.0)
+    assert "sample_vs_base_sample" not in t  # no base samples to compare with
 
 
 def test_best_key_prefers_accuracy_then_likelihood():
@@ -166,7 +167,7 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path):
     assert summary["num_train_prompts"] == 8 and summary["num_eval_prompts"] == 4
     assert summary["protocol"] == "held-out" and summary["train_eval_overlap"] == 0
     assert summary["training"]["steps"] == 2
-    assert set(summary["table1"]) == {"sample", "greedy"}
+    assert set(summary["table1"]) == {"sample", "greedy", "sample_vs_base_sample"}
     data = [json.loads(x) for x in (out / "sft_data.jsonl").read_text().splitlines()]
     samples = [json.loads(x) for x in (out / "bon" / "samples.jsonl").read_text().splitlines()]
     for d in data:  # each target is its prompt's highest-log-prob sample

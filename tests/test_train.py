@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -202,3 +203,42 @@ def test_bad_options_are_refused():
     for kw in (dict(batch_size=0), dict(lr=0.0), dict(mixed_precision="fp8"), dict(clip=-1.0)):
         with pytest.raises(SharpenError):
             _cfg(**kw).validate()
+
+
+_DIST_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_train import _dataset, _cfg
+from sharpen.models import tiny_model
+from sharpen.sft import sft_batch_loss
+from sharpen.train import accelerator, attach_lora, train
+torch.set_num_threads(1)
+acc = accelerator()
+assert acc.num_processes == 2, acc.num_processes
+cfg = _cfg(epochs=2, batch_size=2, eval_every=3)
+model = attach_lora(tiny_model(), cfg)
+train(model, _dataset(10), sft_batch_loss, cfg, sys.argv[1], progress=False)
+if acc.is_main_process:
+    torch.save({n: p.detach() for n, p in model.module.named_parameters() if "lora_" in n}, sys.argv[1] + "/final.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    """`accelerate launch` / torchrun on 2 CPU processes (gloo): batch 2 per process == batch 4 in one process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "dist_train.py"
+    script.write_text(_DIST_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(tmp_path / "two"), str(Path(__file__).parent)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "two" / "final.pt")
+    one, result = _trained(tmp_path, _dataset(10), "one", epochs=2, batch_size=4, eval_every=3)
+    assert result.steps == 6
+    for k, v in _adapter_params(one).items():
+        torch.testing.assert_close(two[k], v, atol=1e-6, rtol=0)

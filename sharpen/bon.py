@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,10 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
                                  and r["prompt_id"] in by_id)
         counts = _counts(rows)
         todo = _todo(chunks, counts, per_prompt)
-        bar = _bar(total=len(items), initial=len(items) - sum(len(c) for c in todo), desc=label,
-                   enabled=progress)
+        done = len(items) - sum(len(c) for c in todo)
+        if done and progress:
+            print(f"{label}: resuming, {done} of {len(items)} prompts already in {path.name}", file=sys.stderr)
+        bar = _bar(total=len(items), initial=done, desc=label, enabled=progress)
         for chunk in todo:
             results = draw([prompt_ids[it.id] for it in chunk], [it.id for it in chunk])
             new = []

@@ -2,7 +2,12 @@
 
 Every stage writes plain files (JSON, JSONL, PNG) into its run directory. A JSONL file only ever grows by whole
 lines written with one `write` and an fsync, so a crash leaves at worst one partial last line, which readers
-drop and `repair_jsonl` removes before anything is appended again.
+drop and `repair_jsonl` removes before anything is appended again. Other files are replaced atomically
+(temporary file, fsync, rename); temporary files left by a crash are removed when the run directory is reopened.
+
+Test hook: with SHARPEN_TEST_KILL_WRITE=NAME:K in the environment, the K-th write of the process to a file
+called NAME (an append or an atomic write) writes half its data, then the process kills itself with SIGKILL:
+tests/test_crash.py uses it to crash a run in the middle of a write. Unset, it does nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +15,35 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import SharpenError
+
+_KILL_WRITE = os.environ.get("SHARPEN_TEST_KILL_WRITE", "")
+_WRITES: Counter[str] = Counter()  # writes per file name, counted only while the test hook is set
+
+
+def _maybe_die_mid_write(f: Any, path: Path, data: str) -> None:
+    """The test hook of the module docstring: tear this write half-way and SIGKILL the process."""
+    if not _KILL_WRITE:
+        return
+    name, _, k = _KILL_WRITE.rpartition(":")
+    if path.name != name:
+        return
+    _WRITES[name] += 1
+    if _WRITES[name] == int(k):
+        cut = len(data) // 2
+        while cut > 0 and data[cut - 1] == "\n":  # end inside a line, so the tear is visible
+            cut -= 1
+        f.write(data[:cut])
+        f.flush()
+        os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _disk_error(path: Path, err: OSError) -> SharpenError:
@@ -54,6 +82,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
+                _maybe_die_mid_write(f, path, text)
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -106,6 +135,7 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
         return
     try:
         with open(path, "a", encoding="utf-8") as f:
+            _maybe_die_mid_write(f, Path(path), data)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -138,6 +168,8 @@ def prepare_run_dir(out: Path, identity: dict[str, Any], config: dict[str, Any],
         raise SharpenError(f"cannot create run directory {out} ({e.strerror}): choose another --out") from e
     if not os.access(out, os.W_OK):
         raise SharpenError(f"run directory {out} is not writable: fix its permissions or choose another --out")
+    for tmp in out.glob(".*.tmp"):  # left by a crash inside atomic_write_text: never a finished file
+        tmp.unlink(missing_ok=True)
     cfg_path = out / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path)

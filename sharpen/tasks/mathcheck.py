@@ -1,9 +1,10 @@
 """Bounded equivalence of math answers with math_verify, run in a helper process that can be killed.
 
-sympy can hang on short inputs (`9^{9^{9}}` builds a 370-million-digit integer in C, where no signal reaches
-it) and math_verify's own timeout uses SIGALRM, which only works in the main thread. So checks run in a child
-process: an interval timer there stops slow Python-level work, and the parent kills the child when even that
-does not answer in time, then starts a fresh one. A check that does not finish counts as incorrect.
+sympy can hang on short inputs (`9^{9^{9}}`, `(x+1)^{1000}`, `1000000!`), partly inside big-integer C code
+that no signal interrupts, and math_verify's own timeout uses SIGALRM, which only works in the main thread. So
+checks run in a child process: an interval timer there stops slow Python-level work, and the parent kills the
+child when even that does not answer in time, switching to a warm spare. A check that does not finish in time
+counts as incorrect.
 """
 
 from __future__ import annotations
@@ -61,15 +62,19 @@ def _cached(answer: str, gold: str) -> bool:
 
 
 class _Worker:
-    """One child process that answers 'answer<TAB>gold' JSON requests with 1 or 0 per line."""
+    """One child process: reads JSON [answer, gold] lines, writes '1' or '0' lines (after a first 'ready')."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, encoding="utf-8", bufsize=1, env=env)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, encoding="utf-8", bufsize=1, env=env)
+        except OSError as e:
+            raise SharpenError(f"could not start the math answer checker ({sys.executable} -m {__name__}): {e}; "
+                               "check that this Python can run subprocesses") from e
         self.replies: queue.Queue[str | None] = queue.Queue()
         self.ready = False
         threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()

@@ -62,6 +62,8 @@ def load(data_dir=None, split: str = "test", limit: int | None = None, hops: int
         raise SharpenError("prontoqa options hops and seed apply to generated items: drop them, or unset the "
                            "data directory to generate the test items")
     hops = 5 if hops is None else hops
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SharpenError(f"prontoqa seed must be an integer, got {seed!r}")
     if isinstance(hops, bool) or not isinstance(hops, int) or not 1 <= hops <= prontoqa_gen.MAX_HOPS:
         raise SharpenError(f"prontoqa hops must be an integer from 1 to {prontoqa_gen.MAX_HOPS}, got {hops!r}")
     if root is not None:

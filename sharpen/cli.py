@@ -164,6 +164,33 @@ COMMANDS["eval"] = ("greedy / sample accuracy and mean log pi_base of a model (o
                     _add_eval, _cmd_eval)
 
 
+# ---- theory lab: `sharpen theory` --------------------------------------------------------------------------
+
+def _add_theory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/theory", help="output directory (default: runs/theory)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default: 5)")
+    p.add_argument("--beta", type=float, default=0.05, help="KL weight of RLHF-sharpening (default: 0.05)")
+    p.add_argument("--alpha", type=float, default=1e-3, help="XPO optimism weight (default: 0.001)")
+
+
+def _cmd_theory(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .theory import run_theory
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_theory(out, seed=args.seed, n_seeds=args.seeds, beta=args.beta, alpha=args.alpha)
+    print(result["summary"])
+    print(f"plot: {out}/theory.png   numbers: {out}/theory.json")
+    return 0
+
+
+COMMANDS["theory"] = ("theory lab: SFT-sharpening vs XPO on a synthetic problem with poor coverage",
+                      _add_theory, _cmd_theory)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)

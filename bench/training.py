@@ -50,6 +50,18 @@ def ours_loss(model: Any, batch: list[dict]) -> torch.Tensor:
     return sft_batch_loss(model, batch)[0]
 
 
+def ours_nockpt_loss(model: Any, batch: list[dict]) -> torch.Tensor:
+    """Experiment: ours without scoring's per-chunk activation checkpoint (keeps the response logits alive)."""
+    import sharpen.scoring as scoring
+
+    saved = scoring.checkpoint
+    scoring.checkpoint = lambda fn, *a, use_reentrant=False: fn(*a)
+    try:
+        return ours_loss(model, batch)
+    finally:
+        scoring.checkpoint = saved
+
+
 def step(model: Any, opt: Any, loss_fn: Callable, batch: list[dict], autocast: Any) -> dict[str, float]:
     """One optimizer step; seconds spent in each phase."""
     t0 = time.perf_counter()
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--sides", default="plain,ours")
+    ap.add_argument("--sides", default="plain,ours", help="comma-separated: plain, ours, ours_nockpt")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)
     if args.threads:
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     def autocast() -> Any:
         return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
 
-    sides = {"plain": plain_loss, "ours": ours_loss}
+    sides = {"plain": plain_loss, "ours": ours_loss, "ours_nockpt": ours_nockpt_loss}
     print(f"model {args.model}  batch {args.batch} x {args.length} tokens ({args.prompt_len} prompt)  "
           f"precision {args.mixed_precision}  grad-ckpt {args.gradient_checkpointing}  "
           f"threads {torch.get_num_threads()}  device {model.device}")
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         times = [step(model, opt, fn, batch, autocast) for _ in range(args.steps)]
         med = {k: statistics.median(t[k] for t in times) for k in times[0]}
         results[name] = med
-        print(f"{name:>6}: {med['total']:7.2f} s/step  {tokens / med['total']:8.1f} tokens/s   "
+        print(f"{name:>11}: {med['total']:7.2f} s/step  {tokens / med['total']:8.1f} tokens/s   "
               f"(forward {med['forward']:.2f}  backward {med['backward']:.2f}  optimizer {med['optimizer']:.2f})")
     if "plain" in results and "ours" in results:
         print(f"speed-up ours / plain: {results['plain']['total'] / results['ours']['total']:.2f}x")

@@ -5,17 +5,19 @@ optionally `eval_fn(model) -> metrics`; `train` does the rest: AdamW with linear
 clipping, gradient accumulation, held-out evaluation every K steps, keeping the best adapter (PEFT format), a
 metrics.jsonl log, and atomic checkpoints that an interrupted run resumes from exactly.
 
-Multi-GPU: launch the same command with `accelerate launch -m sharpen.cli ...` (or torchrun). Each process
-loads the model on its own device (`process_device`), takes a disjoint share of every optimizer step's
-examples, and the LoRA gradients are summed across processes with one all-reduce per step; evaluation and
-checkpoints happen on the main process. The model is not wrapped in DistributedDataParallel: losses call
-sub-modules directly (logits only at response positions), which DDP's forward hooks would not see, and the
-adapter gradients are small enough that one explicit all-reduce costs nothing.
+Multi-GPU: launch the same command with `accelerate launch --multi_gpu --num_processes K -m sharpen.cli sft ...`
+(or `torchrun --standalone --nproc_per_node K -m sharpen.cli sft ...`; several CPU processes: torchrun with
+ACCELERATE_USE_CPU=true, which uses gloo). Each process loads the model on its own device (`process_device`),
+takes a disjoint share of every optimizer step's examples, and the LoRA gradients are summed across processes
+with one all-reduce per step; evaluation and checkpoints happen on the main process. The model is not wrapped
+in DistributedDataParallel: losses call sub-modules directly (logits only at response positions), which DDP's
+forward hooks would not see, and the adapter gradients are small enough that one explicit all-reduce is cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -90,6 +92,7 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------- set-up
 
+@functools.cache
 def accelerator() -> Any:
     """The process's `accelerate.Accelerator`; a long collective timeout, because the main process may
     sample or evaluate for a long time while the others wait at a barrier."""

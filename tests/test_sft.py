@@ -151,14 +151,32 @@ DATA = os.environ.get("SHARPEN_DATA_DIR")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA, reason="needs SHARPEN_DATA_DIR")
-def test_sft_end_to_end_on_a_tiny_model(tmp_path):
+def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    import sharpen.sft
     from sharpen.cli import main
 
     out = tmp_path / "sft"
     argv = ["sft", "--model", "tiny-random", "--task", "prontoqa", "--n", "4", "--train-limit", "8",
-            "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "24", "--eval-every", "1",
+            "--eval-limit", "4", "--epochs", "2", "--max-new-tokens", "24", "--eval-every", "2",
             "--out", str(out), "--data-dir", DATA, "--merge"]
+    # An interruption in step 3 (after the step-2 checkpoint); the re-run resumes without resampling.
+    calls = {"n": 0}
+    real_loss = sharpen.sft.sft_batch_loss
+
+    def crashing_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(sharpen.sft, "sft_batch_loss", crashing_loss)
+    assert main(argv) == 130
+    sampled = (out / "bon" / "samples.jsonl").stat().st_mtime
+    monkeypatch.setattr(sharpen.sft, "sft_batch_loss", real_loss)
     assert main(argv) == 0
+    assert (out / "bon" / "samples.jsonl").stat().st_mtime == sampled
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 2, 3, 4, 4]  # eval at 0, 2, 4 and one row per optimizer step
     for name in ("sft_data.jsonl", "eval_base.jsonl", "eval_sharpened.jsonl", "metrics.jsonl", "summary.json",
                  "report.md", "training_curves.png", "adapter/adapter_config.json", "bon/samples.jsonl",
                  "merged/config.json"):
@@ -166,7 +184,7 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_train_prompts"] == 8 and summary["num_eval_prompts"] == 4
     assert summary["protocol"] == "held-out" and summary["train_eval_overlap"] == 0
-    assert summary["training"]["steps"] == 2
+    assert summary["training"]["steps"] == 4
     assert set(summary["table1"]) == {"sample", "greedy", "sample_vs_base_sample"}
     data = [json.loads(x) for x in (out / "sft_data.jsonl").read_text().splitlines()]
     samples = [json.loads(x) for x in (out / "bon" / "samples.jsonl").read_text().splitlines()]

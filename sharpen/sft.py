@@ -41,8 +41,8 @@ class SftConfig:
     n: int = opt(50, "samples per training prompt (the paper: 50)")
     selector: str = opt("logprob", "which sample to train on: logprob (the paper), logprob_mean, majority, "
                                    "random or oracle (uses the ground truth)")
-    train_limit: int | None = opt(256, "training prompts: the first TRAIN_LIMIT of the task's train split (or "
-                                       "of the items outside the evaluated subset); default 256")
+    train_limit: int | None = opt(256, "training prompts: the first TRAIN_LIMIT of the task's train split "
+                                       "(disjoint from the evaluated subset), as many as the paper evaluates")
     eval_limit: int | None = opt(None, "held-out prompts: the first EVAL_LIMIT items of the paper's subset "
                                        "(default: all of it)")
     train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's protocol)")

@@ -154,10 +154,21 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
     # 6) Every selector, offline, over subsamples.
     summary = summarize(sample_rows_, greedy_rows, n=cfg.n, seeds=cfg.seeds)
     summary["task"], summary["model"] = cfg.task, cfg.model
+    summary["greedy_invalid_logprobs"] = sum(not _valid(r["logprob"]) for r in greedy_rows)
     runs.atomic_write_json(out / "summary.json", summary)
+    bad, bad_greedy = summary["invalid_logprobs"], summary["greedy_invalid_logprobs"]
+    if bad or bad_greedy:
+        print(f"sharpen: warning: {bad} of {summary['num_prompts'] * cfg.n} samples and {bad_greedy} of "
+              f"{len(greedy_rows)} greedy responses have a NaN/inf log-prob (the model's forward pass is "
+              "numerically broken: try --dtype float32); they are never selected as best", file=sys.stderr)
     # 7) The report reads the files.
     write_report(out)
     return summary
+
+
+def _valid(logprob: float | None) -> bool:
+    """A usable self-reward: stored NaN/inf log-probs are null in the files, and -inf is a legitimate value."""
+    return logprob is not None and not math.isnan(logprob) and logprob != math.inf
 
 
 def _bar(total: int, initial: int, desc: str, enabled: bool) -> Any:

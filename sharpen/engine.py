@@ -10,6 +10,9 @@ Guarantees:
 * Log-probs are those of the raw model (temperature 1, no top-k/top-p) whatever temperature the draw uses,
   taken from the same logits as the draw, accumulated in fp32 or better. The ending token (EOS, or the token
   that completes a stop string) is included; responses cut by `max_new_tokens` have finish_reason "length".
+* Numerics: a drawn token's log-prob is finite whenever the logits are (the draw never picks a token of zero
+  probability). A NaN or infinite one means the forward pass broke (NaN weights, fp16 overflow): the row
+  stops at that token with finish_reason "invalid" and logprob NaN, which selectors never pick as best.
 * Determinism: token h of sample i of a prompt depends only on (seed, key, i, h) through a counter-based
   random stream, never on the batch size, the other prompts in the call, or the order rows finish. Token
   choices are therefore identical across batch compositions (barring a uniform that falls within float
@@ -45,7 +48,7 @@ class Sample:
     token_ids: list[int]  # response tokens, including the ending token (EOS or the one completing a stop)
     token_logprobs: list[float]  # raw temperature-1 log-probs of token_ids
     logprob: float  # their sum: the self-reward r_self (Eq. 2)
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: str  # "eos" | "stop" | "length" | "invalid" (NaN/inf log-prob: logprob is NaN)
     prompt_index: int = field(default=0, repr=False)
     sample_index: int = field(default=0, repr=False)
 
@@ -186,6 +189,8 @@ class _Loop:
         t = tok_l[r]
         self.row_tokens[r].append(t)
         self.row_lps[r].append(lp_l[r])
+        if not math.isfinite(lp_l[r]):  # broken logits: this token is arbitrary and so is all that follows
+            return self._finish(r, "invalid")
         if t in self.eos:
             return self._finish(r, "eos")
         if self.stops and self._stop_hit(self.row_tokens[r]):
@@ -206,7 +211,8 @@ class _Loop:
             text = full[:min(j for j in (full.find(s) for s in self.stops) if j >= 0)]
         else:
             text = self.tok.decode(tokens[:-1] if reason == "eos" else tokens, skip_special_tokens=True)
-        self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=math.fsum(lps),
+        logprob = math.nan if reason == "invalid" else math.fsum(lps)
+        self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=logprob,
                                     finish_reason=reason, prompt_index=p, sample_index=i)
         self.row[r] = None
         self.slot_rows[self.row_slot[r]] -= 1

@@ -110,11 +110,15 @@ def select_logprob_mean(pool: PoolLike) -> int:
 def select_majority(pool: PoolLike) -> int:
     """Self-consistency: a sample carrying the most frequent non-null answer.
 
-    Every sample votes, whatever its log-prob. Tied answers are ranked by their best sample's log-prob (then
-    by that sample's lowest index); the pick is the answer's highest-log-prob sample. All answers null: `logprob`.
+    Every sample votes, whatever its log-prob, but an answer carried only by invalid samples cannot win while
+    the pool has a valid one (invalid samples are never picked). Tied answers are ranked by their best sample's
+    log-prob (then by that sample's lowest index); the pick is the answer's highest-log-prob sample. No
+    eligible answer: `logprob`.
     """
     p = _as_pool(pool)
-    counts = Counter(a for a in p.answer if a is not None)
+    any_valid = bool(p.valid.any())
+    eligible = {a for a, ok in zip(p.answer, p.valid, strict=True) if a is not None and (ok or not any_valid)}
+    counts = Counter(a for a in p.answer if a in eligible)
     if not counts:
         return select_logprob(p)
     top = max(counts.values())

@@ -131,17 +131,17 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
         done = len(items) - sum(len(c) for c in todo)
         if done and progress:
             print(f"{label}: resuming, {done} of {len(items)} prompts already in {path.name}", file=sys.stderr)
-        bar = _bar(total=len(items), initial=done, desc=label, enabled=progress)
-        for chunk in todo:
-            results = draw([prompt_ids[it.id] for it in chunk], [it.id for it in chunk])
-            new = []
-            for it, samples in zip(chunk, results, strict=True):
-                if counts.get(it.id, 0) != per_prompt:
-                    new.extend(sample_rows(task, it, samples))
-            runs.append_jsonl(path, new)
-            rows.extend(new)
-            bar.update(len(chunk))
-        bar.close()
+        # The bar closes (ends its line) before an error reaches the CLI, so the error gets a line of its own.
+        with _bar(total=len(items), initial=done, desc=label, enabled=progress) as bar:
+            for chunk in todo:
+                results = draw([prompt_ids[it.id] for it in chunk], [it.id for it in chunk])
+                new = []
+                for it, samples in zip(chunk, results, strict=True):
+                    if counts.get(it.id, 0) != per_prompt:
+                        new.extend(sample_rows(task, it, samples))
+                runs.append_jsonl(path, new)
+                rows.extend(new)
+                bar.update(len(chunk))
         return rows
 
     # 4) Greedy: the baseline every selector is compared to.

@@ -72,6 +72,16 @@ def random_llama(device: str, dtype: torch.dtype) -> Model:
                  device=torch.device(device), dtype=dtype)
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by earlier phases back to the OS (glibc keeps it), so each phase's growth shows."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak resident memory (CPU, sampled every 10 ms) or peak allocated memory (CUDA) above the start."""
 
@@ -84,6 +94,7 @@ class PeakMemory:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self) -> PeakMemory:
+        _release_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

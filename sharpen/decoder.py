@@ -25,6 +25,7 @@ import weakref
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import SharpenError
@@ -113,6 +114,21 @@ def _windows(cfg: Any) -> list[int | None]:
     return [None] * n
 
 
+_LLAMA_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
+
+
+def _fast_norm(mod: Any) -> Any:
+    """The norm module as one fused rms_norm call, with the exact rounding of its Hugging Face forward."""
+    name = type(mod).__name__
+    if name == "Gemma3RMSNorm":  # x * rsqrt(mean x^2 + eps) * (1 + w), all in fp32
+        w, eps = 1.0 + mod.weight.float(), mod.eps
+        return lambda x: F.rms_norm(x.float(), (w.numel(),), w, eps).to(x.dtype)
+    if name in _LLAMA_NORMS:  # normalized in fp32, cast back, then scaled by w
+        w, eps = mod.weight, mod.variance_epsilon
+        return lambda x: w * F.rms_norm(x.float(), (w.numel(),), None, eps).to(x.dtype)
+    return mod
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotary embedding on the first cos.shape[-1] dims of x (..., D) (partial rotary as in Phi-3)."""
     d = cos.shape[-1]
@@ -140,6 +156,16 @@ class FastDecoder:
         self.rope_keys = [types[i] if takes_type else None for i in range(len(self.layers))]
         self.softcap = getattr(cfg, "attn_logit_softcapping", None)
         self.sandwich = hasattr(self.layers[0], "pre_feedforward_layernorm")  # Gemma: norms around each block
+        names = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                 "post_feedforward_layernorm"]
+        self.norms = [{k: _fast_norm(getattr(layer, k)) for k in names if hasattr(layer, k)}
+                      | {k: _fast_norm(getattr(layer.self_attn, k)) for k in ("q_norm", "k_norm")
+                         if hasattr(layer.self_attn, k)} for layer in self.layers]
+        self.final_norm = _fast_norm(self.body.norm)
+        head = lm.get_output_embeddings()
+        plain = type(head) is torch.nn.Linear and head.bias is None
+        self.head_w = head.weight if plain and not getattr(cfg, "final_logit_softcapping", None) else None
+        self.logits_buf: Tensor | None = None
         dt = next(lm.parameters()).dtype
         kv = dict(dtype=dt, device=device)
         self.Lp, self.Lr = max_prompt, max_new
@@ -162,7 +188,7 @@ class FastDecoder:
             if s >= 0:
                 groups[s].append(r)
         self.Rmax = max(1, max(len(g) for g in groups))
-        qidx = torch.full((S, self.Rmax), B, dtype=torch.long)  # (S, Rmax) row id, B = padding
+        qidx = torch.zeros((S, self.Rmax), dtype=torch.long)  # (S, Rmax) row id; padding repeats row 0
         back = torch.zeros(B, dtype=torch.long)  # (B,) flat (slot, rank) of each row; idle rows: any
         for s, g in enumerate(groups):
             for k, r in enumerate(g):
@@ -172,7 +198,7 @@ class FastDecoder:
         self.row_slot = torch.tensor([max(s, 0) for s in row_slot], dtype=torch.long, device=self.device)
 
     # ---- shared pieces -------------------------------------------------------------------------------
-    def _qkv(self, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, i: int, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (..., H) -> q (..., Hq, D), k and v (..., Hkv, D), with Gemma/Qwen3 q/k norms applied."""
         if hasattr(attn, "qkv_proj"):  # Phi-3 fuses the three projections
             q, k, v = attn.qkv_proj(x).split([self.Hq * self.D, self.Hkv * self.D, self.Hkv * self.D], dim=-1)
@@ -181,8 +207,8 @@ class FastDecoder:
         q = q.unflatten(-1, (self.Hq, self.D))
         k = k.unflatten(-1, (self.Hkv, self.D))
         v = v.unflatten(-1, (self.Hkv, self.D))
-        if hasattr(attn, "q_norm"):
-            q, k = attn.q_norm(q), attn.k_norm(k)
+        if "q_norm" in self.norms[i]:
+            q, k = self.norms[i]["q_norm"](q), self.norms[i]["k_norm"](k)
         return q, k, v
 
     def _rope(self, x: Tensor, positions: Tensor) -> dict[Any, tuple[Tensor, Tensor]]:
@@ -193,14 +219,24 @@ class FastDecoder:
             out[key] = self.body.rotary_emb(*args)  # each (B, T, rot_dim)
         return out
 
-    def _layer(self, layer: Any, h: Tensor, attend: Any) -> Tensor:
+    def _layer(self, i: int, layer: Any, h: Tensor, attend: Any) -> Tensor:
         """One decoder block around an attention function attend(attn_module, normed_h) -> (..., H)."""
-        a = attend(layer.self_attn, layer.input_layernorm(h))
+        norm = self.norms[i]
+        a = attend(layer.self_attn, norm["input_layernorm"](h))
         if self.sandwich:
-            h = h + layer.post_attention_layernorm(a)
-            return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+            h = h + norm["post_attention_layernorm"](a)
+            return h + norm["post_feedforward_layernorm"](layer.mlp(norm["pre_feedforward_layernorm"](h)))
         h = h + a
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        return h + layer.mlp(norm["post_attention_layernorm"](h))
+
+    def _logits(self, h: Tensor) -> Tensor:
+        """(B, H) final states -> (B, V) logits, into a buffer reused across steps (a fresh (B, V) tensor
+        every step would cost page faults comparable to the matmul itself on CPU)."""
+        if self.head_w is None:
+            return lm_logits(self.lm, h)
+        if self.logits_buf is None or self.logits_buf.shape[0] != h.shape[0]:
+            self.logits_buf = h.new_empty(h.shape[0], self.head_w.shape[0])
+        return torch.mm(h, self.head_w.t(), out=self.logits_buf)
 
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
@@ -225,7 +261,7 @@ class FastDecoder:
 
         for i, layer in enumerate(self.layers):
             def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
-                q, kk, v = self._qkv(attn, x)  # (k, T, heads, D)
+                q, kk, v = self._qkv(i, attn, x)  # (k, T, heads, D)
                 cos, sin = rope[self.rope_keys[i]]
                 q = _rotate(q, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hq, T, D)
                 kk = _rotate(kk, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hkv, T, D)
@@ -234,9 +270,9 @@ class FastDecoder:
                 self.vp[i][sl, :, :T] = v
                 o = self._full_attention(attn, q, kk, v, masks[self.windows[i]])  # (k, Hq, T, D)
                 return attn.o_proj(o.transpose(1, 2).flatten(2))  # (k, T, H)
-            h = self._layer(layer, h, attend)
+            h = self._layer(i, layer, h, attend)
         self.prompt_len[sl] = lens
-        self.last_hidden[sl] = self.body.norm(h[torch.arange(k, device=self.device), lens - 1])  # (k, H)
+        self.last_hidden[sl] = self.final_norm(h[torch.arange(k, device=self.device), lens - 1])  # (k, H)
 
     def _full_attention(self, attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         g = self.Hq // self.Hkv
@@ -250,7 +286,7 @@ class FastDecoder:
     # ---- phase 2: one decode step for all rows --------------------------------------------------------
     def start_logits(self) -> Tensor:
         """(B, V) logits of every row's first response token (its slot's prompt state); no forward."""
-        return lm_logits(self.lm, self.last_hidden[self.row_slot])
+        return self._logits(self.last_hidden[self.row_slot])
 
     def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor) -> Tensor:
         """Feed tokens (B,) at response index resp_pos (B,), width = 1 + max resp_pos; rows with fresh (B,)
@@ -276,7 +312,7 @@ class FastDecoder:
 
         for i, layer in enumerate(self.layers):
             def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
-                q, k, v = self._qkv(attn, x[:, 0])  # (B, Hq, D), (B, Hkv, D), (B, Hkv, D)
+                q, k, v = self._qkv(i, attn, x[:, 0])  # (B, Hq, D), (B, Hkv, D), (B, Hkv, D)
                 cos, sin = rope[self.rope_keys[i]]
                 cos, sin = cos[:, 0, None], sin[:, 0, None]  # (B, 1, rot), broadcast over heads
                 q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -284,16 +320,15 @@ class FastDecoder:
                 self.vr[i][rows, :, resp_pos] = v
                 o = self._decode_attention(attn, i, q, masks[self.windows[i]], W)  # (B, Hq * D)
                 return attn.o_proj(o)[:, None]  # (B, 1, H)
-            h = self._layer(layer, h, attend)
-        h = torch.where(fresh[:, None], self.last_hidden[self.row_slot], self.body.norm(h[:, 0]))  # (B, H)
-        return lm_logits(self.lm, h)  # (B, V)
+            h = self._layer(i, layer, h, attend)
+        h = torch.where(fresh[:, None], self.last_hidden[self.row_slot], self.final_norm(h[:, 0]))  # (B, H)
+        return self._logits(h)  # (B, V)
 
     def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, W: int) -> Tensor:
         B, S, Rm, Hkv, D, Lp = self.rows, self.slots, self.Rmax, self.Hkv, self.D, self.Lp
         g = self.Hq // Hkv
         # Prompt part: the rows of a slot (x g heads per kv head) are queries against its one prompt KV.
-        qpad = torch.cat([q, q.new_zeros(1, *q.shape[1:])])  # (B + 1, Hq, D), row B is padding
-        qs = qpad[self.qidx].view(S, Rm, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, D)
+        qs = q[self.qidx].view(S, Rm, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, D)
         sp = torch.matmul(qs, self.kp[i].transpose(-1, -2))  # (S, Hkv, Rm*g, Lp)
         sp = sp.view(S, Hkv, Rm, g, Lp).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, Lp)[self.back]
         # Response part: each row against its own keys.
@@ -302,8 +337,7 @@ class FastDecoder:
         if self.softcap:
             s = torch.tanh(s / self.softcap) * self.softcap
         p = torch.softmax(s + mask, dim=-1).to(q.dtype)
-        ppad = torch.cat([p[..., :Lp], p.new_zeros(1, Hkv, g, Lp)])  # (B + 1, Hkv, g, Lp)
-        pp = ppad[self.qidx].view(S, Rm, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, Lp)
+        pp = p[..., :Lp][self.qidx].view(S, Rm, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, Lp)
         op = torch.matmul(pp, self.vp[i])  # (S, Hkv, Rm*g, D)
         op = op.view(S, Hkv, Rm, g, D).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, D)[self.back]
         orr = torch.matmul(p[..., Lp:], self.vr[i][:, :, :W])  # (B, Hkv, g, D)

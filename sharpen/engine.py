@@ -161,9 +161,10 @@ class _Loop:
     def run(self) -> list[list[Sample]]:
         self._assign(list(range(self.B)))
         logits = self.dec.start_logits()  # (B, V)
+        work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # reused by every draw
         while True:
             u = uniforms(self.seed, self.keys_t, self.index_t, self.step_t) if self.temperature > 0 else None
-            tok, lp = draw(logits, self.temperature, u)  # (B,), (B,)
+            tok, lp = draw(logits, self.temperature, u, work)  # (B,), (B,)
             self.step_t += 1
             tok_l, lp_l = tok.tolist(), lp.tolist()  # the one host sync per step
             finished = [r for r in range(self.B) if self.row[r] is not None and self._append(r, tok_l, lp_l)]

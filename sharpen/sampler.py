@@ -70,35 +70,53 @@ def uniforms(seed: int, keys: Tensor, index: Tensor, step: Tensor) -> Tensor:
     return ((a << 21) + (b >> 11)).double().add_(0.5).mul_(2.0 ** -53)  # (B,)
 
 
-def draw(logits: Tensor, temperature: float, u: Tensor | None) -> tuple[Tensor, Tensor]:
+def draw(logits: Tensor, temperature: float, u: Tensor | None, work: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Draw one token per row and return (tokens (B,) int64, raw log-probs (B,) fp32).
 
     logits: (B, V) any float dtype. The draw uses softmax(logits / temperature) (temperature 0: argmax);
-    the returned log-prob is always the raw temperature-1 log-softmax of the chosen token (Eq. 2).
+    the returned log-prob is always that of the raw temperature-1 softmax (Eq. 2), computed in fp32 from the
+    same logits. work: an optional (B, V) fp32 buffer, reused across steps (fresh 100 MB+ allocations cost
+    page faults on every step).
     """
-    x = logits.float()  # (B, V); a no-op for fp32 logits
-    m = x.amax(dim=-1, keepdim=True)  # (B, 1)
+    B, V = logits.shape
+    if work is None:
+        work = torch.empty(B, V, dtype=torch.float32, device=logits.device)
     if temperature == 0:
-        tok = x.argmax(dim=-1)  # first maximum on ties
-        lse = torch.logsumexp(x, dim=-1)
+        tok = logits.argmax(dim=-1)  # first maximum on ties
+        p = _softmax_into(logits, work)
+    elif temperature == 1.0:
+        p = _softmax_into(logits, work)  # (B, V) raw probabilities
+        tok = _invert_cdf(p, _need(u))
     else:
-        if u is None:
-            raise ValueError("u is required when temperature > 0")
-        p = x - m  # (B, V) unnormalized tempered probabilities, built in place
-        if temperature != 1.0:
-            p.mul_(1.0 / temperature)
-        p.exp_()
-        tok, total = _invert_cdf(p, u)
-        if temperature == 1.0:
-            lse = m.squeeze(-1) + total.log().float()  # the sampling pass already summed exp(x - m)
-        else:
-            lse = torch.logsumexp(x, dim=-1)
-    lp = x.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse  # (B,)
-    return tok, lp
+        work.copy_(logits).mul_(1.0 / temperature)
+        tok = _invert_cdf(torch.softmax(work, dim=-1, out=work), _need(u))
+        if temperature > 1.0:
+            # A hot draw can pick a token whose raw probability underflows fp32: use
+            # log p = (x - max x) + log p_max, where p_max = 1 / sum exp(x - max x) never underflows.
+            x_tok = logits.gather(-1, tok[:, None]).squeeze(-1).float()
+            shift = x_tok - logits.amax(dim=-1).float()
+            p_max = _softmax_into(logits, work).amax(dim=-1)
+            return tok, shift + p_max.log()
+        p = _softmax_into(logits, work)
+    return tok, p.gather(-1, tok[:, None]).squeeze(-1).log()
 
 
-def _invert_cdf(p: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Smallest j with cumsum(p)[j] > u * sum(p), per row; p (B, V) >= 0 unnormalized. Returns (tok, total)."""
+def _need(u: Tensor | None) -> Tensor:
+    if u is None:
+        raise ValueError("u is required when temperature > 0")
+    return u
+
+
+def _softmax_into(logits: Tensor, work: Tensor) -> Tensor:
+    """softmax(logits) in fp32, written into work (B, V) without a new allocation."""
+    if logits.dtype != torch.float32:
+        work.copy_(logits)
+        logits = work
+    return torch.softmax(logits, dim=-1, out=work)  # softmax reads max and sum before writing: alias-safe
+
+
+def _invert_cdf(p: Tensor, u: Tensor) -> Tensor:
+    """Smallest j with cumsum(p)[j] > u * sum(p), per row; p (B, V) >= 0, not necessarily normalized."""
     B, V = p.shape
     bs = max(1, math.isqrt(V - 1) + 1)  # block size ~ sqrt(V): 512 for a 262144 vocabulary
     nb = V // bs
@@ -118,4 +136,4 @@ def _invert_cdf(p: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     # Rounding can leave the target at the block's end: fall back to its last token with nonzero mass.
     last = torch.where(pb > 0, torch.arange(bs, device=p.device), -1).amax(-1, keepdim=True)  # (B, 1)
     j = torch.minimum(j, last)
-    return (blk * bs + j).squeeze(-1), total
+    return (blk * bs + j).squeeze(-1)

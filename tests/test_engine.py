@@ -43,7 +43,7 @@ def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("backend", ["fast", "hf"])
-@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.5, 0.0])
 def test_logprobs_match_score_fp32(backend, temperature):
     m = tiny_model()
     out = sample(m, PROMPTS, 3, 16, temperature=temperature, seed=1, backend=backend)

@@ -5,10 +5,10 @@ response) with the same LoRA adapters and AdamW. The plain side is what a Huggin
 (B, T, V) logits, cross-entropy on the response labels (prompt labels -100). Ours is the SFT loss of
 `sharpen sft`: `scoring.sequence_logprobs`, which runs the transformer body once and applies the LM head only
 at response positions, in checkpointed chunks. Prints the median step time, tokens/s of each and their ratio,
-then a per-phase split (forward / backward / optimizer) and the top operators of one profiled step.
+with a per-phase split (forward / backward / optimizer), then the top operators of one profiled step.
 
     python bench/training.py                       # embedded Gemma 3 270M, fp32, batch 4 x 256
-    python bench/training.py --mixed-precision bf16 --gradient-checkpointing
+    python bench/training.py --sides plain,ours,ours+bf16,ours+gc,ours_nockpt --prompt-len 192
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -62,10 +61,18 @@ def ours_nockpt_loss(model: Any, batch: list[dict]) -> torch.Tensor:
         scoring.checkpoint = saved
 
 
-def step(model: Any, opt: Any, loss_fn: Callable, batch: list[dict], autocast: Any) -> dict[str, float]:
-    """One optimizer step; seconds spent in each phase."""
+def step(model: Any, opt: Any, spec: str, batch: list[dict]) -> dict[str, float]:
+    """One optimizer step of side `spec` ("ours+bf16+gc": loss, then options); seconds per phase."""
+    name, *flags = spec.split("+")
+    loss_fn = {"plain": plain_loss, "ours": ours_loss, "ours_nockpt": ours_nockpt_loss}[name]
+    if "gc" in flags:
+        model.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.module.gradient_checkpointing_disable()
+    model.module.train()
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled="bf16" in flags)
     t0 = time.perf_counter()
-    with autocast():
+    with autocast:
         loss = loss_fn(model, batch)
     t1 = time.perf_counter()
     loss.backward()
@@ -83,51 +90,47 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=256, help="tokens per sequence (prompt + response)")
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (not in the loss)")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up step)")
-    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
-    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds; each runs one step of every side")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--sides", default="plain,ours", help="comma-separated: plain, ours, ours_nockpt")
+    ap.add_argument("--sides", default="plain,ours",
+                    help="comma-separated: plain, ours, ours_nockpt, each optionally +bf16 (autocast) and +gc "
+                         "(gradient checkpointing), e.g. plain,ours,ours+bf16,ours+gc")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = load_model(args.model)
-    model = attach_lora(model, TrainConfig(lora_rank=16))
-    if args.gradient_checkpointing:
-        model.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.module.train()
+    model = attach_lora(load_model(args.model), TrainConfig(lora_rank=16))
     opt = torch.optim.AdamW([p for p in model.module.parameters() if p.requires_grad], lr=1e-5)
     batch = make_batch(model, args.batch, args.length, args.prompt_len)
     tokens = args.batch * args.length
-
-    def autocast() -> Any:
-        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
-
-    sides = {"plain": plain_loss, "ours": ours_loss, "ours_nockpt": ours_nockpt_loss}
+    sides = args.sides.split(",")
     print(f"model {args.model}  batch {args.batch} x {args.length} tokens ({args.prompt_len} prompt)  "
-          f"precision {args.mixed_precision}  grad-ckpt {args.gradient_checkpointing}  "
           f"threads {torch.get_num_threads()}  device {model.device}")
-    results: dict[str, dict[str, float]] = {}
-    for name in args.sides.split(","):
-        fn = sides[name]
-        step(model, opt, fn, batch, autocast)  # warm-up
-        times = [step(model, opt, fn, batch, autocast) for _ in range(args.steps)]
-        med = {k: statistics.median(t[k] for t in times) for k in times[0]}
-        results[name] = med
-        print(f"{name:>11}: {med['total']:7.2f} s/step  {tokens / med['total']:8.1f} tokens/s   "
-              f"(forward {med['forward']:.2f}  backward {med['backward']:.2f}  optimizer {med['optimizer']:.2f})")
-    if "plain" in results and "ours" in results:
-        print(f"speed-up ours / plain: {results['plain']['total'] / results['ours']['total']:.2f}x")
+    for spec in sides:
+        step(model, opt, spec, batch)  # warm-up
+    # Rounds interleave the sides, so a change in machine load hits every side alike.
+    times: dict[str, list[dict[str, float]]] = {spec: [] for spec in sides}
+    for _ in range(args.rounds):
+        for spec in sides:
+            times[spec].append(step(model, opt, spec, batch))
+    med = {spec: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for spec, ts in times.items()}
+    for spec in sides:
+        m, best = med[spec], min(t["total"] for t in times[spec])
+        print(f"{spec:>14}: median {m['total']:7.2f} s/step  {tokens / m['total']:7.1f} tokens/s  (min {best:.2f} s; "
+              f"forward {m['forward']:.2f}  backward {m['backward']:.2f}  optimizer {m['optimizer']:.2f})")
+    if "plain" in med:
+        for spec in sides:
+            if spec != "plain":
+                print(f"speed-up {spec} / plain: {med['plain']['total'] / med[spec]['total']:.2f}x (medians)")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        for name in args.sides.split(","):
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
-                step(model, opt, sides[name], batch, autocast)
-            print(f"\n--- {name}: top operators of one step (self CPU time) ---")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+        for spec in sides:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(model, opt, spec, batch)
+            print(f"\n--- {spec}: top operators of one step (self CPU time) ---")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=40))
 
 
 if __name__ == "__main__":

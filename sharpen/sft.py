@@ -222,7 +222,7 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     from . import runs
     from .bon import run_bon
     from .evaluate import summarize_responses
-    from .models import load_model
+    from .models import load_model, prompt_token_ids
     from .sft_report import build_summary, write_sft_report
     from .tasks import load_task
     from .train import accelerator, attach_lora, merge_adapter, process_device, train
@@ -264,8 +264,6 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     data = runs.load_jsonl(out / "sft_data.jsonl")
 
     model = load_model(cfg.model, device=process_device(cfg.device), dtype=cfg.dtype)
-    from .models import prompt_token_ids
-
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in items}
     # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
     base_greedy = None

@@ -197,6 +197,14 @@ class FastDecoder:
         self.qidx, self.back = qidx.flatten().to(self.device), back.to(self.device)
         self.row_slot = torch.tensor([max(s, 0) for s in row_slot], dtype=torch.long, device=self.device)
 
+    def start_rows(self, rows: list[int]) -> None:
+        """Rows that begin a new response: clear their response KV (masked keys still meet 0 * value in
+        attention, so a broken earlier sample's NaN must not stay behind)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        for i in range(len(self.layers)):
+            self.kr[i][idx] = 0
+            self.vr[i][idx] = 0
+
     # ---- shared pieces -------------------------------------------------------------------------------
     def _qkv(self, i: int, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (..., H) -> q (..., Hq, D), k and v (..., Hkv, D), with Gemma/Qwen3 q/k norms applied."""
@@ -268,6 +276,9 @@ class FastDecoder:
                 v = v.transpose(1, 2)
                 self.kp[i][sl, :, :T] = kk
                 self.vp[i][sl, :, :T] = v
+                if T < self.Lp:  # a longer earlier prompt's tail is masked, but 0 * NaN would still leak
+                    self.kp[i][sl, :, T:] = 0
+                    self.vp[i][sl, :, T:] = 0
                 o = self._full_attention(attn, q, kk, v, masks[self.windows[i]])  # (k, Hq, T, D)
                 return attn.o_proj(o.transpose(1, 2).flatten(2))  # (k, T, H)
             h = self._layer(i, layer, h, attend)
@@ -295,7 +306,7 @@ class FastDecoder:
         plen = self.prompt_len[self.row_slot]  # (B,)
         pos = plen + resp_pos  # (B,) absolute position of the fed token
         rows = torch.arange(B, device=self.device)
-        # Additive masks over [prompt keys | response keys], one per window size: (B, 1, 1, Lp + W).
+        # Masks over [prompt keys | response keys], one per window size.
         kp_idx = torch.arange(self.Lp, device=self.device)[None, :]  # (1, Lp)
         kr_idx = torch.arange(W, device=self.device)[None, :]  # (1, W)
         masks = {}
@@ -305,8 +316,7 @@ class FastDecoder:
             if w is not None:
                 ok_p = ok_p & (kp_idx > pos[:, None] - w)
                 ok_r = ok_r & (kr_idx + plen[:, None] > pos[:, None] - w)
-            ok = torch.cat([ok_p, ok_r], dim=-1)  # (B, Lp + W)
-            masks[w] = torch.zeros(ok.shape, device=self.device).masked_fill_(~ok, float("-inf"))[:, None, None]
+            masks[w] = ~torch.cat([ok_p, ok_r], dim=-1)[:, None, None]  # (B, 1, 1, Lp + W) True = hidden
         h = self.body.embed_tokens(tokens[:, None])  # (B, 1, H)
         rope = self._rope(h, pos[:, None])
 
@@ -336,7 +346,7 @@ class FastDecoder:
         s = torch.cat([sp, sr], dim=-1).float() * attn.scaling  # (B, Hkv, g, Lp + W)
         if self.softcap:
             s = torch.tanh(s / self.softcap) * self.softcap
-        p = torch.softmax(s + mask, dim=-1).to(q.dtype)
+        p = torch.softmax(s.masked_fill_(mask, float("-inf")), dim=-1).to(q.dtype)  # fill, not add: NaN-proof
         pp = p[..., :Lp][self.qidx].view(S, Rm, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, Lp)
         op = torch.matmul(pp, self.vp[i])  # (S, Hkv, Rm*g, D)
         op = op.view(S, Hkv, Rm, g, D).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, D)[self.back]
@@ -361,6 +371,9 @@ class HFDecoder:
         (self.prompt,) = prompts  # run by start_logits, when the rows (re)start on it
 
     def set_rows(self, row_slot: list[int]) -> None:
+        pass
+
+    def start_rows(self, rows: list[int]) -> None:
         pass
 
     def start_logits(self) -> Tensor:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,8 +49,6 @@ class Sample:
     token_logprobs: list[float]  # raw temperature-1 log-probs of token_ids
     logprob: float  # their sum: the self-reward r_self (Eq. 2)
     finish_reason: str  # "eos" | "stop" | "length" | "invalid" (NaN/inf log-prob: logprob is NaN)
-    prompt_index: int = field(default=0, repr=False)
-    sample_index: int = field(default=0, repr=False)
 
     @property
     def num_tokens(self) -> int:
@@ -214,7 +212,7 @@ class _Loop:
             text = self.tok.decode(tokens[:-1] if reason == "eos" else tokens, skip_special_tokens=True)
         logprob = math.nan if reason == "invalid" else math.fsum(lps)
         self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=logprob,
-                                    finish_reason=reason, prompt_index=p, sample_index=i)
+                                    finish_reason=reason)
         self.row[r] = None
         self.slot_rows[self.row_slot[r]] -= 1
         self.row_slot[r] = -1
@@ -244,6 +242,7 @@ class _Loop:
         idle = [r for r in free if self.row[r] is None]
         dev = self.dec.device
         if fresh:
+            self.dec.start_rows(fresh)
             rows = torch.tensor(fresh, device=dev)
             self.keys_t[rows] = torch.tensor([self.key_ids[self.row[r][0]] for r in fresh], device=dev)
             self.index_t[rows] = torch.tensor([self.row[r][1] for r in fresh], device=dev)

@@ -136,4 +136,4 @@ def _invert_cdf(p: Tensor, u: Tensor) -> Tensor:
     # Rounding can leave the target at the block's end: fall back to its last token with nonzero mass.
     last = torch.where(pb > 0, torch.arange(bs, device=p.device), -1).amax(-1, keepdim=True)  # (B, 1)
     j = torch.minimum(j, last)
-    return (blk * bs + j).squeeze(-1)
+    return (blk * bs + j).squeeze(-1).clamp_(0, V - 1)  # NaN logits (a broken row) must not index out

@@ -18,8 +18,7 @@ from sharpen.selection import select
 PROMPTS = ["abc", "Zebra crossing", "hi", "world", "xZ", "xyz"]  # unequal lengths: a slot's stale tail
 # With 2 rows, rows and prompt slots are reused. The fast decoder's caches keep what a finished sample or a
 # longer earlier prompt wrote; it is masked out, but 0 * NaN = NaN, so a broken sample poisons the next one.
-REUSE = pytest.param(2, marks=pytest.mark.xfail(
-    strict=True, reason="sharpen/decoder.py must zero stale KV on slot refill and row restart"))
+REUSE = 2  # sharpen/decoder.py zeroes stale KV on slot refill and row restart
 
 
 @pytest.fixture(autouse=True)

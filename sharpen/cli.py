@@ -164,6 +164,42 @@ COMMANDS["eval"] = ("greedy / sample accuracy and mean log pi_base of a model (o
                     _add_eval, _cmd_eval)
 
 
+# ---- RLHF-sharpening: `sharpen dpo` and `sharpen xpo` ------------------------------------------------------
+
+def _cmd_rlhf(args: argparse.Namespace) -> int:
+    from . import rlhf
+    from .rlhf_report import format_summary
+    from .train import TrainConfig
+
+    cls, run = (rlhf.DpoConfig, rlhf.run_dpo) if args.command == "dpo" else (rlhf.XpoConfig, rlhf.run_xpo)
+    cfg = config_from_args(cls, args)
+    summary = run(cfg, config_from_args(TrainConfig, args))
+    print(format_summary(summary))
+    print(f"report: {cfg.out}/report.md   adapter: {cfg.out}/adapter")
+    return 0
+
+
+def _add_dpo(p: argparse.ArgumentParser) -> None:
+    from .rlhf import DpoConfig
+    from .train import TrainConfig
+
+    add_config_args(p, DpoConfig)
+    add_config_args(p, TrainConfig)
+
+
+def _add_xpo(p: argparse.ArgumentParser) -> None:
+    from .rlhf import XpoConfig
+    from .train import TrainConfig
+
+    add_config_args(p, XpoConfig)
+    add_config_args(p, TrainConfig)
+
+
+COMMANDS["dpo"] = ("RLHF-sharpening, offline: reward-based DPO (Eq. 4/8) on pairs of base samples", _add_dpo,
+                   _cmd_rlhf)
+COMMANDS["xpo"] = ("RLHF-sharpening, online: reward-based XPO (Algorithm 1) in rounds", _add_xpo, _cmd_rlhf)
+
+
 # ---- theory lab: `sharpen theory` --------------------------------------------------------------------------
 
 def _add_theory(p: argparse.ArgumentParser) -> None:

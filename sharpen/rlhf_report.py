@@ -1,0 +1,225 @@
+"""RLHF-sharpening summary and report (`sharpen dpo` / `sharpen xpo`): reads a run directory's files, writes
+report.md and training_curves.png, in the style of the SFT report (sft_report.py) and with its Table 1 quantities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import SharpenError
+from .evaluate import finite_mean, summarize_responses
+from .runs import atomic_write_text, load_jsonl, read_json
+from .sft_report import _num, _pct, _protocol, table1
+
+TITLES = {"dpo": "reward-based DPO (offline, Eq. 4/8)", "xpo": "reward-based XPO (online, Algorithm 1)"}
+
+
+def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per round of pairs (dpo: one, round 0): how good and how likely y and y' are, by the base's measure."""
+    out = []
+    for t in sorted({p["round"] for p in pairs}):
+        ps = [p for p in pairs if p["round"] == t]
+        out.append({"round": t, "pairs": len(ps),
+                     "y_accuracy": sum(p["correct_y"] for p in ps) / len(ps),
+                     "y2_accuracy": sum(p["correct_y2"] for p in ps) / len(ps),
+                     "y_logprob_base": finite_mean([p.get("base_y") for p in ps]),
+                     "y2_logprob_base": finite_mean([p.get("base_y2") for p in ps]),
+                     "y_truncated": sum(p["finish_y"] == "length" for p in ps) / len(ps),
+                     "identical": sum(p["y"] == p["y2"] for p in ps) / len(ps)})
+    return out
+
+
+def build_summary(out: Path, cfg: Any, algorithm: str, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+                  pairs: Sequence[dict], training: dict, history: Sequence[dict]) -> dict[str, Any]:
+    """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
+    step 0 = pi_base; xpo: rounds, round 0 = pi_base)."""
+    from .rlhf import held_out_metrics, usable
+
+    sampling = read_json(out / "sampling.json")
+    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
+    jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
+    return {
+        "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
+        "beta": cfg.beta, "alpha": getattr(cfg, "alpha", None), "rounds": getattr(cfg, "rounds", None),
+        "protocol": "train-on-eval" if cfg.train_on_eval else "held-out",
+        "num_train_prompts": sampling["num_train_prompts"],
+        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
+        "train_eval_overlap": sampling.get("overlap"),
+        "num_pairs": sum(usable(p) for p in pairs),
+        "pairs": pair_stats(pairs),
+        "base": base,
+        "sharpened": sharp,
+        "j_beta": {"base": jb["j_beta"], "sharpened": js["j_beta"], "kl_sharpened": js["kl"]},
+        "table1": table1(base, sharp),
+        "history": list(history),
+        "training": training,
+    }
+
+
+def _kept(s: Mapping[str, Any]) -> str:
+    tr = s["training"]
+    return f"round {tr['best_round']}" if s["algorithm"] == "xpo" else f"step {tr['best_step']}"
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    """Plain-text before/after table, J_beta and the Table 1 lift, for the terminal."""
+    from .evaluate import format_eval
+
+    j = s["j_beta"]
+    lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
+             format_eval(s["sharpened"], title=f"sharpened ({s['algorithm']}, adapter of {_kept(s)})"), "",
+             f"held-out J_beta (beta={s['beta']}): base {_num(j['base'], '.3f')} -> sharpened "
+             f"{_num(j['sharpened'], '.3f')} (KL to pi_base {_num(j['kl_sharpened'], '.3f')})"]
+    t = s["table1"].get("sample")
+    if t:
+        lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
+        lines.append(f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
+                     f"log pi_base {_num(t['likelihood_lift'], '+.2f')}")
+    return "\n".join(lines)
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+
+def write_rlhf_report(run_dir: Path) -> Path:
+    """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and the metrics logs."""
+    from .report import _save_png
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").exists():
+        raise SharpenError(f"{run_dir} has no summary.json: finish the run first (re-run its command)")
+    summary = read_json(run_dir / "summary.json")
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    _save_png(plot_training(train_rows(run_dir, summary), summary), run_dir / "training_curves.png")
+    out = run_dir / "report.md"
+    atomic_write_text(out, render(summary, config))
+    return out
+
+
+def train_rows(run_dir: Path, summary: Mapping[str, Any]) -> list[dict]:
+    """Training rows with a global step and round; xpo's rounds are laid end to end."""
+    if summary["algorithm"] != "xpo":
+        return [{**r, "round": 0} for r in load_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
+    rows, offset = [], 0
+    for t in range(1, (summary.get("rounds") or 0) + 1):
+        rs = [r for r in load_jsonl(run_dir / f"round_{t}" / "metrics.jsonl") if r.get("kind") == "train"]
+        rows += [{**r, "step": r["step"] + offset, "round": t} for r in rs]
+        offset += max((r["step"] for r in rs), default=0)
+    return rows
+
+
+def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
+    """Loss per step; held-out J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
+    from .report import _figure
+
+    xpo = summary["algorithm"] == "xpo"
+    fig = _figure(16.0, 3.6)
+    ax_loss, ax_j, ax_acc, ax_kl = fig.subplots(1, 4)
+    if rows:
+        ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    starts: dict[int, float] = {}
+    for r in rows:
+        starts.setdefault(r["round"], r["step"] - 0.5)
+    for x in starts.values():
+        if xpo and x > 0:
+            ax_loss.axvline(x, color="gray", ls=":", lw=0.8)  # a new round starts
+    ax_loss.set(xlabel="optimizer step" + (" (rounds end to end)" if xpo else ""), ylabel="loss",
+                title=f"training loss ({summary['loss']})")
+    xkey = "round" if xpo else "step"
+    hist = summary["history"]
+    kept = summary["training"]["best_round" if xpo else "best_step"]
+
+    def curve(ax: Any, key: str, label: str, scale: float = 1.0) -> None:
+        pts = [(h[xkey], scale * h[key]) for h in hist if h.get(key) is not None]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+
+    curve(ax_j, "j_beta", "J_beta")
+    curve(ax_acc, "accuracy", "greedy", 100)
+    curve(ax_acc, "sample_accuracy", "temperature 1", 100)
+    curve(ax_kl, "kl", "KL(pi || pi_base)")
+    for ax, ylabel, title in ((ax_j, f"held-out J_beta (beta={summary['beta']})", "J_beta estimate"),
+                              (ax_acc, "held-out accuracy (%)", "accuracy"),
+                              (ax_kl, "KL estimate (nats)", "KL(pi || pi_base)")):
+        if kept is not None:
+            ax.axvline(kept, color="gray", ls=":", label=f"kept: {xkey} {kept}")
+        ax.legend(fontsize=8)
+        ax.set(xlabel=xkey, ylabel=ylabel, title=title)
+    for ax in (ax_loss, ax_j, ax_acc, ax_kl):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _objective(s: Mapping[str, Any]) -> str:
+    beta = s["beta"]
+    common = (f"Objective: J_beta(pi) = E_pi[log pi_base] − β·KL(pi ‖ pi_base) with β = {beta}, whose optimum is "
+              f"pi_base^(1+1/β)/Z = pi_base^{1 + 1 / beta:.3g}/Z (the self-reward r_self = log pi_base, Eq. 2). "
+              "pi_base is the same model with its LoRA adapter switched off; each pair's base log-probs were "
+              "computed once and stored with it. ")
+    if s["algorithm"] == "xpo":
+        return common + (f"XPO (Algorithm 1): {s['rounds']} rounds; each draws y ~ pi_t and y' ~ pi_base for every "
+                         "training prompt, adds the pairs to D_t and retrains from pi_t on the square loss of Eq. 8 "
+                         f"plus the optimism term α·log pi(y'|x), α = {s['alpha']}. The kept iterate has the largest "
+                         "held-out J_beta estimate (round 0 is pi_base).")
+    if s["loss"] == "logistic":
+        return common + ("Loss: standard (logistic) DPO on pairs of base samples, chosen = the response with the "
+                         "larger log pi_base; it uses only the ranking, so its optimum is not pi_base^(1+1/β).")
+    return common + ("Loss: reward-based DPO, the square loss of Eq. 4/8 on disjoint pairs of base samples (y, y'). "
+                     "The kept adapter has the largest held-out J_beta estimate (step 0 is pi_base).")
+
+
+def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """The report text."""
+    from .report import _config_table
+
+    b, sh, j = s["base"], s["sharpened"], s["j_beta"]
+    table = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | prompts |",
+             "|---|---|---|---|---|---|"]
+    for name, st in (("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
+                     ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))):
+        if st:
+            table.append(f"| {name} | {_pct(st['accuracy'])} | {_num(st['mean_logprob_base'])} | "
+                         f"{st['mean_num_tokens']:.1f} | {_pct(st['truncated_fraction'])} | {st['num_prompts']} |")
+    t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift |", "|---|---|---|---|"]
+    names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"), "greedy": ("greedy", "base greedy"),
+             "sample_vs_base_sample": ("temperature-1 samples", "base temperature-1 samples")}
+    for kind, v in s["table1"].items():
+        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
+        what, ref = names.get(kind, (kind, ""))
+        t1.append(f"| {what} | {ref} | {lift} | {_num(v['likelihood_lift'], '+.2f')} |")
+    xkey = "round" if s["algorithm"] == "xpo" else "step"
+    hist = [f"| {xkey} | J_beta | KL | greedy accuracy % | sample accuracy % | sample mean log pi_base |",
+            "|---|---|---|---|---|---|"]
+    hist += [f"| {h[xkey]} | {_num(h.get('j_beta'), '.3f')} | {_num(h.get('kl'), '.3f')} | "
+             f"{_pct(h.get('accuracy'))} | {_pct(h.get('sample_accuracy'))} | {_num(h.get('logprob_base'))} |"
+             for h in s["history"]]
+    pairs = ["| round | pairs | y accuracy % | y' accuracy % | y log pi_base | y' log pi_base | y truncated % |",
+             "|---|---|---|---|---|---|---|"]
+    pairs += [f"| {p['round']} | {p['pairs']} | {_pct(p['y_accuracy'])} | {_pct(p['y2_accuracy'])} | "
+              f"{_num(p['y_logprob_base'])} | {_num(p['y2_logprob_base'])} | {_pct(p['y_truncated'])} |"
+              for p in s["pairs"]]
+    tr = s["training"]
+    parts = [
+        f"# RLHF-sharpening, {TITLES[s['algorithm']]}: {s['task']} / {s['model']}", "",
+        _protocol(s), "", _objective(s), "",
+        "## Before and after", "", *table, "",
+        f"Held-out J_beta estimate (temperature-1 samples of each model): base {_num(j['base'], '.3f')}, "
+        f"sharpened {_num(j['sharpened'], '.3f')} (estimated KL to pi_base {_num(j['kl_sharpened'], '.3f')}). "
+        "log pi_base is always scored under the base model (adapter disabled).", "",
+        "## The paper's Table 1 quantities", "", *t1, "",
+        "Accuracy lift = 100 × (acc − acc_ref) / acc_ref (n/a when acc_ref = 0); likelihood lift = difference of "
+        "mean log pi_base. The paper ran no RLHF-sharpening experiment: there are no published numbers to compare.",
+        "",
+        f"## Held-out evaluations (per {xkey})", "", *hist, "",
+        f"Kept adapter: {_kept(s)}, {tr['steps']} optimizer steps in all, saved in `adapter/` (PEFT format; "
+        "`sharpen eval --adapter DIR/adapter` re-evaluates it).", "",
+        "## Training pairs", "",
+        f"{s['num_pairs']} usable pairs from {s['num_train_prompts']} training prompts (y' ~ pi_base; "
+        + ("y ~ pi_t of the round)." if s["algorithm"] == "xpo" else "y ~ pi_base)."), "",
+        *pairs, "",
+        "![training curves](training_curves.png)", "",
+        "## Configuration", "", *_config_table(config), "",
+    ]
+    return "\n".join(parts)

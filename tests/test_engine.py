@@ -202,7 +202,7 @@ def test_bf16_compute_stays_close_to_fp32_scores():
 
 
 @pytest.mark.slow
-def test_embedded_model_logprobs_match_score_and_hf_logits():
+def test_embedded_model_logprobs_match_score():
     from sharpen.models import load_model
 
     m = load_model()

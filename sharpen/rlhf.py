@@ -229,20 +229,6 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
 
 # ---------------------------------------------------------------------------------------------- shared steps
 
-def _single_process() -> None:
-    from .train import distributed
-
-    if distributed():
-        raise SharpenError("sharpen dpo / xpo run in a single process: launch without accelerate / torchrun")
-
-
-def _held_out(cfg: RlhfConfig) -> Any:
-    from .tasks import load_task
-
-    return load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit,
-                     **({"subject": cfg.subject} if cfg.subject else {}))
-
-
 def _check_from_run(cfg: Any) -> tuple[Path, dict]:
     """A finished bon run of this task and model at temperature 1 with enough samples per prompt."""
     from .runs import read_json
@@ -306,24 +292,25 @@ def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
     """Steps 1-2 and the model: validate, held-out task, run directory, base samples, model and prompt ids."""
     from . import runs
     from .models import load_model, prompt_token_ids
+    from .tasks import load_task
+    from .train import distributed
 
     cfg.validate()
     tcfg.validate()
-    _single_process()
+    if distributed():
+        raise SharpenError(f"sharpen {command} runs in a single process: launch it without accelerate / torchrun")
     out = Path(cfg.out)
-    task = _held_out(cfg)
+    task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit,
+                     **({"subject": cfg.subject} if cfg.subject else {}))
     options = {**asdict(cfg), **asdict(tcfg)}
     identity = {**{k: options[k] for k in cfg.IDENTITY}, **tcfg.identity()}
-    runs.prepare_run_dir(out, identity, {"options": options, "protocol": _protocol(cfg),
+    protocol = "train-on-eval" if cfg.train_on_eval else "held-out"
+    runs.prepare_run_dir(out, identity, {"options": options, "protocol": protocol,
                                          "versions": runs.package_versions()}, command=command)
     prompts, pools, bon_opts = base_pool(cfg, tcfg, out, task.items, progress)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
     return out, task, prompts, pools, bon_opts, model, prompt_ids
-
-
-def _protocol(cfg: RlhfConfig) -> str:
-    return "train-on-eval" if cfg.train_on_eval else "held-out"
 
 
 def _finish(out: Path, model: Model, cfg: Any, summary: dict) -> dict:
@@ -344,7 +331,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
     from . import runs
     from .rlhf_report import build_summary
-    from .sft import eval_stage, restore_adapter
+    from .sft import adapter_is_identity, eval_stage, restore_adapter
     from .train import attach_lora, train
 
     out, task, prompts, pools, _, model, prompt_ids = _start(cfg, tcfg, "dpo", progress)
@@ -363,8 +350,10 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     result = train(model, data, functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta), tcfg, out,
                    eval_fn=j_beta_eval(task, task.items, prompt_ids, cfg, tcfg.seed, base_rows),
                    best_key=j_beta_key, progress=progress)
-    # 6) The kept adapter on the same prompts, with the same sampling seed.
+    # 6) The kept adapter on the same prompts, with the same sampling seed (pi_base kept: its rows).
     restore_adapter(model, result.adapter_dir)
+    if adapter_is_identity(model.module):
+        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
     sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed)
     # 7) Summary and report.
     history = [r for r in runs.load_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
@@ -419,8 +408,9 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
     """The task whose items the training prompts are (to grade the policy's samples)."""
     from .tasks import load_task
 
-    return load_task(cfg.task, data_dir=bon_opts.get("data_dir") or cfg.data_dir, split=bon_opts["split"],
-                     limit=bon_opts["limit"], **({"subject": cfg.subject} if cfg.subject else {}))
+    return load_task(cfg.task, data_dir=bon_opts.get("data_dir") or cfg.data_dir,
+                     split=bon_opts.get("split", "test"), limit=bon_opts.get("limit"),
+                     **({"subject": bon_opts["subject"]} if bon_opts.get("subject") else {}))
 
 
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:

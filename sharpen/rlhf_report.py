@@ -111,6 +111,8 @@ def train_rows(run_dir: Path, summary: Mapping[str, Any]) -> list[dict]:
 
 def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     """Loss per step; held-out J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
+    from matplotlib.ticker import MaxNLocator
+
     from .report import _figure
 
     xpo = summary["algorithm"] == "xpo"
@@ -121,9 +123,9 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     starts: dict[int, float] = {}
     for r in rows:
         starts.setdefault(r["round"], r["step"] - 0.5)
-    for x in starts.values():
-        if xpo and x > 0:
-            ax_loss.axvline(x, color="gray", ls=":", lw=0.8)  # a new round starts
+    for t, x in starts.items():
+        if xpo and t > 1:
+            ax_loss.axvline(x, color="gray", ls=":", lw=0.8)  # round t starts
     ax_loss.set(xlabel="optimizer step" + (" (rounds end to end)" if xpo else ""), ylabel="loss",
                 title=f"training loss ({summary['loss']})")
     xkey = "round" if xpo else "step"
@@ -147,6 +149,7 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
             ax.axvline(kept, color="gray", ls=":", label=f"kept: {xkey} {kept}")
         ax.legend(fontsize=8)
         ax.set(xlabel=xkey, ylabel=ylabel, title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_loss, ax_j, ax_acc, ax_kl):
         ax.grid(alpha=0.3)
     return fig
@@ -213,8 +216,8 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "mean log pi_base. The paper ran no RLHF-sharpening experiment: there are no published numbers to compare.",
         "",
         f"## Held-out evaluations (per {xkey})", "", *hist, "",
-        f"Kept adapter: {_kept(s)}, {tr['steps']} optimizer steps in all, saved in `adapter/` (PEFT format; "
-        "`sharpen eval --adapter DIR/adapter` re-evaluates it).", "",
+        f"Kept adapter: {_kept(s)} ({tr['steps']} optimizer steps were taken in all), saved in `adapter/` "
+        "(PEFT format; `sharpen eval --adapter DIR/adapter` re-evaluates it).", "",
         "## Training pairs", "",
         f"{s['num_pairs']} usable pairs from {s['num_train_prompts']} training prompts (y' ~ pi_base; "
         + ("y ~ pi_t of the round)." if s["algorithm"] == "xpo" else "y ~ pi_base)."), "",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SharpenError
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, check_sample_dtype
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -42,13 +42,15 @@ class BonConfig:
     chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
     chunk: int = opt(8, "prompts per sampling call: the unit of progress that survives an interruption")
 
     # Options that change results: a run directory refuses to resume with other values for them.
     IDENTITY = ("task", "model", "subject", "limit", "split", "n", "seed", "max_new_tokens", "temperature",
-                "chat", "dtype", "chunk")
+                "chat", "dtype", "sample_dtype", "chunk")
 
     def validate(self) -> None:
+        check_sample_dtype(self.sample_dtype)
         if self.n < 1:
             raise SharpenError(f"--n must be at least 1 (got {self.n})")
         if self.seeds < 1:
@@ -93,7 +95,7 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
     """Run (or resume) a best-of-N experiment; returns the summary also written to summary.json."""
     from . import runs
     from .engine import greedy, sample
-    from .models import load_model, prompt_token_ids
+    from .models import load_model, prompt_token_ids, sampling_dtype
     from .report import write_report
     from .selection import summarize
     from .tasks import load_task
@@ -146,14 +148,16 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
 
     # 4) Greedy: the baseline every selector is compared to.
     greedy_rows = run_stage(out / "greedy.jsonl", 1, lambda p, keys: [[s] for s in greedy(
-        model, p, max_new_tokens=cfg.max_new_tokens, stop=task.stop)], "greedy")
+        model, p, max_new_tokens=cfg.max_new_tokens, stop=task.stop, dtype=cfg.sample_dtype)], "greedy")
     # 5) n samples per prompt, each with its raw temperature-1 log-prob.
     sample_rows_ = run_stage(out / "samples.jsonl", cfg.n, lambda p, keys: sample(
         model, p, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-        stop=task.stop, keys=keys), f"sample x{cfg.n}")
+        stop=task.stop, keys=keys, dtype=cfg.sample_dtype), f"sample x{cfg.n}")
     # 6) Every selector, offline, over subsamples.
     summary = summarize(sample_rows_, greedy_rows, n=cfg.n, seeds=cfg.seeds)
     summary["task"], summary["model"] = cfg.task, cfg.model
+    # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine), fp32 none.
+    summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
     summary["greedy_invalid_logprobs"] = sum(not _valid(r["logprob"]) for r in greedy_rows)
     runs.atomic_write_json(out / "summary.json", summary)
     bad, bad_greedy = summary["invalid_logprobs"], summary["greedy_invalid_logprobs"]

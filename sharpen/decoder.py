@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import SharpenError
-from .models import resolve_dtype
+from .models import sampling_dtype
 from .scoring import backbone, causal_lm, lm_logits
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
@@ -40,7 +40,7 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
                  max_rows: int | None = None, backend: str = "auto") -> Any:
     """Pick the decoder and its batch shape for this call."""
     lm = causal_lm(model.module)
-    dt = resolve_dtype(dtype, model.device) if dtype is not None else next(lm.parameters()).dtype
+    dt = sampling_dtype(dtype, next(lm.parameters()).dtype, model.device)
     lm = module_in_dtype(lm, dt)
     kind = getattr(lm.config, "model_type", "")
     if backend not in ("auto", "fast", "hf"):

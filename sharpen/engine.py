@@ -71,8 +71,9 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
     naming its random stream (default: a hash of its token ids). dtype: compute dtype (default the model's;
-    torch.bfloat16 is fast on CPUs with AVX-512 BF16 or AMX). max_rows: rows decoded together (default from
-    a memory budget). backend: "auto" (fast path when the architecture is supported), "fast" or "hf".
+    "auto" picks bfloat16 for an fp32 model where the CPU has AVX-512 BF16 or AMX, or on a GPU). max_rows:
+    rows decoded together (default from a memory budget). backend: "auto" (fast path when the architecture
+    is supported), "fast" or "hf".
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")

@@ -16,7 +16,7 @@ from typing import Any
 
 from .bon import opt
 from .errors import SharpenError
-from .models import DEFAULT_MODEL, Model
+from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
 
 
 @dataclass
@@ -34,9 +34,11 @@ class EvalConfig:
     chat: bool = opt(False, "wrap prompts in the model's chat template")
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
     out: str | None = opt(None, "write eval.json and the responses (eval.jsonl) into this directory")
 
     def validate(self) -> None:
+        check_sample_dtype(self.sample_dtype)
         if self.samples < 0:
             raise SharpenError(f"--samples must be >= 0 (got {self.samples})")
         if self.max_new_tokens < 1:
@@ -59,7 +61,8 @@ def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Seq
 
 
 def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,
-            max_new_tokens: int, temperature: float = 1.0, seed: int = 0) -> list[dict]:
+            max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None
+            ) -> list[dict]:
     """Greedy and `samples` temperature-`temperature` responses per item, graded, with log pi_base.
 
     Rows: those of samples.jsonl (see `bon.sample_rows`) plus `kind` ("greedy" / "sample") and `logprob_base`;
@@ -70,11 +73,12 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
 
     ids = [prompt_ids[it.id] for it in items]
     rows: list[dict] = []
-    for it, s in zip(items, greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop), strict=True):
+    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype)
+    for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     if samples > 0:
         drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=task.stop, keys=[it.id for it in items])
+                       stop=task.stop, keys=[it.id for it in items], dtype=dtype)
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows])
@@ -136,7 +140,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
     ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
-    rows = respond(model, task, task.items, ids, cfg.samples, cfg.max_new_tokens, cfg.temperature, cfg.seed)
+    rows = respond(model, task, task.items, ids, cfg.samples, cfg.max_new_tokens, cfg.temperature, cfg.seed,
+                   dtype=cfg.sample_dtype)
     stats = summarize_responses(rows)
     result = {"task": cfg.task, "model": cfg.model, "adapter": cfg.adapter, "options": asdict(cfg), **stats}
     if cfg.out:

@@ -154,7 +154,7 @@ def plot_selected_logprob(summary: Mapping[str, Any]) -> Any:
 # ---- markdown -------------------------------------------------------------------------------------------
 
 def _title(summary: Mapping[str, Any]) -> str:
-    return " / ".join(str(summary[k]) for k in ("task", "model") if summary.get(k)) or "best-of-N"
+    return " / ".join(str(summary[k]) for k in ("task", "model", "sample_dtype") if summary.get(k)) or "best-of-N"
 
 
 def _num(x: float | None, fmt: str) -> str:

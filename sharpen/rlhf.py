@@ -36,7 +36,7 @@ import torch
 
 from .bon import opt
 from .errors import SharpenError
-from .models import DEFAULT_MODEL, Model
+from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
 from .train import TrainConfig
 
 LOSSES = ("square", "logistic")
@@ -65,14 +65,16 @@ class RlhfConfig:
     chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
     chunk: int = opt(8, "prompts per sampling / evaluation call: the unit of progress kept on interruption")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
     # Options that change results: a run directory refuses to resume under other values.
     IDENTITY = ("task", "model", "subject", "beta", "train_limit", "eval_limit", "train_on_eval", "from_run",
-                "eval_samples", "max_new_tokens", "chat", "dtype", "chunk")
+                "eval_samples", "max_new_tokens", "chat", "dtype", "sample_dtype", "chunk")
 
     def validate(self) -> None:
+        check_sample_dtype(self.sample_dtype)
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise SharpenError(f"--beta must be a positive number (got {self.beta})")
         for name in ("train_limit", "eval_limit"):
@@ -221,7 +223,8 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
 
     def fn(model: Model) -> dict[str, float | None]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
-            model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed)
+            model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
+            dtype=cfg.sample_dtype)
         return held_out_metrics(rows, cfg.beta)
 
     return fn
@@ -267,7 +270,8 @@ def base_pool(cfg: Any, tcfg: TrainConfig, out: Path, items: Sequence[Any], prog
         bon = BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
                         subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                         n=cfg.n, seed=tcfg.seed, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                        chat=cfg.chat, device=cfg.device, dtype=cfg.dtype, chunk=cfg.chunk,
+                        chat=cfg.chat, device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype,
+                        chunk=cfg.chunk,
                         split="test" if cfg.train_on_eval else "train")
         run_bon(bon, progress=progress)
         bon_dir, bon_opts = Path(bon.out), asdict(bon)
@@ -392,7 +396,8 @@ def collect_round(path: Path, model: Model, task: Any, prompts: Sequence[dict], 
         for start in range(0, len(todo), cfg.chunk):
             chunk = todo[start:start + cfg.chunk]
             drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
-                           seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk])
+                           seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk],
+                           dtype=cfg.sample_dtype)
             new = []
             for p, ss in zip(chunk, drawn, strict=True):
                 ys = sample_rows(task, by_id[p["id"]], ss)

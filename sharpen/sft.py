@@ -23,7 +23,7 @@ import torch
 
 from .bon import opt
 from .errors import SharpenError
-from .models import DEFAULT_MODEL, Model
+from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
 from .train import TrainConfig
 
 SFT_FILES = ("sft_data.jsonl", "eval_base.jsonl", "eval_sharpened.jsonl", "metrics.jsonl")
@@ -53,13 +53,15 @@ class SftConfig:
     chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
     chunk: int = opt(8, "prompts per sampling / evaluation call: the unit of progress kept on interruption")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
     IDENTITY = ("task", "model", "subject", "n", "selector", "train_limit", "eval_limit", "train_on_eval",
-                "from_run", "eval_samples", "max_new_tokens", "temperature", "chat", "dtype", "chunk")
+                "from_run", "eval_samples", "max_new_tokens", "temperature", "chat", "dtype", "sample_dtype", "chunk")
 
     def validate(self) -> None:
+        check_sample_dtype(self.sample_dtype)
         from .selection import SELECTORS
 
         if self.n < 1:
@@ -129,7 +131,8 @@ def _bon_config(cfg: SftConfig, tcfg: TrainConfig, out: Path) -> Any:
     return BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
                      subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                      n=cfg.n, seed=tcfg.seed, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                     chat=cfg.chat, device=cfg.device, dtype=cfg.dtype, chunk=cfg.chunk, split=split)
+                     chat=cfg.chat, device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype, chunk=cfg.chunk,
+                     split=split)
 
 
 def _from_run(cfg: SftConfig) -> tuple[Path, dict]:
@@ -172,7 +175,7 @@ def eval_stage(path: Path, model: Model, task: Any, items: Sequence[Any], prompt
     todo = [it for it in items if it.id not in done]
     for start in range(0, len(todo), cfg.chunk):
         new = respond(model, task, todo[start:start + cfg.chunk], prompt_ids, cfg.eval_samples,
-                      cfg.max_new_tokens, temperature=1.0, seed=seed)
+                      cfg.max_new_tokens, temperature=1.0, seed=seed, dtype=cfg.sample_dtype)
         runs.append_jsonl(path, new)
         rows += new
     order = {it.id: i for i, it in enumerate(items)}
@@ -193,7 +196,8 @@ def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[in
         if base_greedy is not None and adapter_is_identity(model.module):
             st = base_greedy  # the model is pi_base itself: reuse the base evaluation
         else:
-            st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens))["greedy"]
+            st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens,
+                                                 dtype=cfg.sample_dtype))["greedy"]
         return {"accuracy": st["accuracy"], "logprob_base": st["mean_logprob_base"],
                 "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"]}
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bon") / "run"
     argv = ["bon", "--task", "prontoqa", "--limit", "2", "--n", "3", "--seeds", "4", "--max-new-tokens", "24",
-            "--chunk", "1", "--out", str(out)]
+            "--chunk", "1", "--sample-dtype", "float32", "--out", str(out)]
     assert main(argv) == 0
     return out, argv
 

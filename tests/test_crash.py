@@ -19,12 +19,13 @@ from sharpen import runs
 
 # 8 Game of 24 prompts (no data files needed) in 4 chunks of 2; 4 samples of at most 16 tokens each.
 BON = ["bon", "--model", "tiny-random", "--task", "game24", "--limit", "8", "--chunk", "2", "--n", "4",
-       "--max-new-tokens", "16", "--seeds", "2"]
+       "--max-new-tokens", "16", "--seeds", "2", "--sample-dtype", "float32"]
 N, CHUNK, PROMPTS = 4, 2, 8
+# Subprocesses do not see conftest's fp32 default: they ask for it.
 # 4 training prompts, 2 held-out ones; 2 epochs of 2 steps, evaluated and checkpointed every 2 steps.
 SFT = ["sft", "--model", "tiny-random", "--task", "game24", "--train-limit", "4", "--eval-limit", "2", "--n", "2",
        "--max-new-tokens", "8", "--epochs", "2", "--batch-size", "2", "--eval-every", "2", "--lora-rank", "2",
-       "--chunk", "2", "--lr", "0.01", "--eval-samples", "1"]
+       "--chunk", "2", "--lr", "0.01", "--eval-samples", "1", "--sample-dtype", "float32"]
 KILLED = -signal.SIGKILL
 
 

@@ -4,11 +4,12 @@ Both sides run in one process on the same batch (B sequences of T tokens, the la
 response) with the same LoRA adapters and AdamW. The plain side is what a Hugging Face Trainer does: full
 (B, T, V) logits, cross-entropy on the response labels (prompt labels -100). Ours is the SFT loss of
 `sharpen sft`: `scoring.sequence_logprobs`, which runs the transformer body once and applies the LM head only
-at response positions, in checkpointed chunks. Prints the median step time, tokens/s of each and their ratio,
+at response positions, in chunks; with the head frozen (LoRA) each chunk's d logp / d h is formed in forward, so
+backward never recomputes logits. ours_ckpt is the earlier variant that checkpoints each chunk instead. Prints the median step time, tokens/s of each and their ratio,
 with a per-phase split (forward / backward / optimizer), then the top operators of one profiled step.
 
     python bench/training.py                       # embedded Gemma 3 270M, fp32, batch 4 x 256
-    python bench/training.py --sides plain,ours,ours+bf16,ours+gc,ours_nockpt --prompt-len 192
+    python bench/training.py --sides plain,ours_ckpt,ours,ours+bf16,ours+gc --prompt-len 192
 """
 
 from __future__ import annotations
@@ -49,22 +50,22 @@ def ours_loss(model: Any, batch: list[dict]) -> torch.Tensor:
     return sft_batch_loss(model, batch)[0]
 
 
-def ours_nockpt_loss(model: Any, batch: list[dict]) -> torch.Tensor:
-    """Experiment: ours without scoring's per-chunk activation checkpoint (keeps the response logits alive)."""
+def ours_ckpt_loss(model: Any, batch: list[dict]) -> torch.Tensor:
+    """Ours before the fused frozen-head path: each chunk's logits recomputed in backward (checkpointing)."""
     import sharpen.scoring as scoring
 
-    saved = scoring.checkpoint
-    scoring.checkpoint = lambda fn, *a, use_reentrant=False: fn(*a)
+    saved = scoring._frozen_head
+    scoring._frozen_head = lambda module: None
     try:
         return ours_loss(model, batch)
     finally:
-        scoring.checkpoint = saved
+        scoring._frozen_head = saved
 
 
 def step(model: Any, opt: Any, spec: str, batch: list[dict]) -> dict[str, float]:
     """One optimizer step of side `spec` ("ours+bf16+gc": loss, then options); seconds per phase."""
     name, *flags = spec.split("+")
-    loss_fn = {"plain": plain_loss, "ours": ours_loss, "ours_nockpt": ours_nockpt_loss}[name]
+    loss_fn = {"plain": plain_loss, "ours": ours_loss, "ours_ckpt": ours_ckpt_loss}[name]
     if "gc" in flags:
         model.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (not in the loss)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds; each runs one step of every side")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--sides", default="plain,ours",
-                    help="comma-separated: plain, ours, ours_nockpt, each optionally +bf16 (autocast) and +gc "
+    ap.add_argument("--sides", default="plain,ours_ckpt,ours",
+                    help="comma-separated: plain, ours, ours_ckpt, each optionally +bf16 (autocast) and +gc "
                          "(gradient checkpointing), e.g. plain,ours,ours+bf16,ours+gc")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)

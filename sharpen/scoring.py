@@ -68,9 +68,14 @@ def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tens
     h = hidden[b_idx, t_idx - 1]  # (K, H): the state before token t predicts token t
     labels = input_ids[b_idx, t_idx]  # (K,)
     pieces = []
+    grad = torch.is_grad_enabled() and h.requires_grad
+    head = _frozen_head(module) if grad else None
     for start in range(0, h.shape[0], chunk):
         hs, ls = h[start:start + chunk], labels[start:start + chunk]
-        if torch.is_grad_enabled() and hs.requires_grad:
+        if head is not None:
+            # Frozen LM head (LoRA): d logp / d h computed in forward, no (chunk x V) logits kept or recomputed.
+            pieces.append(_FrozenHeadLogprob.apply(hs, ls, head[0], head[1]))
+        elif grad:
             # Recompute this chunk's (chunk x V) logits in backward instead of keeping them alive.
             pieces.append(checkpoint(_chunk_logprobs, module, hs, ls, use_reentrant=False))
         else:
@@ -82,6 +87,44 @@ def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tens
 
 def _chunk_logprobs(module: Any, h: Tensor, labels: Tensor) -> Tensor:
     return token_logprobs(lm_logits(module, h), labels)
+
+
+def _frozen_head(module: Any) -> tuple[Tensor, float | None] | None:
+    """(weight, soft-cap) of a bias-free linear LM head that takes no gradient (LoRA training), else None."""
+    lm = causal_lm(module)
+    head = lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    return head.weight, getattr(lm.config, "final_logit_softcapping", None)
+
+
+class _FrozenHeadLogprob(torch.autograd.Function):
+    """log softmax(cap(h W^T))[label] with W frozen: (K, H) -> (K,) fp32.
+
+    d logp / d h = ((onehot - p) * cap') W is computed chunk by chunk in forward, so backward is one scaling:
+    two (K x V x H) matmuls per step instead of three with checkpointing, and no (K x V) tensor outlives a chunk.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, labels: Tensor, weight: Tensor, cap: float | None) -> Tensor:
+        with torch.no_grad():
+            a = torch.nn.functional.linear(h, weight).float()  # (K, V)
+            if cap:
+                t = torch.tanh(a / cap)
+                a = t * cap
+            lp = token_logprobs(a, labels)  # (K,)
+            g = torch.softmax(a, dim=-1).neg_()  # (K, V): onehot - p
+            g.scatter_add_(-1, labels.unsqueeze(-1), torch.ones_like(lp).unsqueeze(-1))
+            if cap:
+                g.mul_(1 - t * t)  # d cap*tanh(a/cap) / da
+            grad_h = torch.matmul(g.to(weight.dtype), weight)  # (K, H)
+        ctx.save_for_backward(grad_h.to(h.dtype))
+        return lp
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        (grad_h,) = ctx.saved_tensors
+        return grad_out.to(grad_h.dtype).unsqueeze(-1) * grad_h, None, None, None
 
 
 def sequence_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,

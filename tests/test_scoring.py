@@ -106,3 +106,26 @@ def test_sequence_logprobs_works_through_a_lora_model():
         with model.disable_adapter():  # the adapter changes the result, so it was really applied
             base = sequence_logprobs(model, ids, attn, resp)
     assert (base - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("cap", [None, 2.0])
+def test_frozen_head_gradient_matches_checkpointed_path(cap, monkeypatch):
+    """With a frozen LM head (LoRA training) the fused path is taken; values and gradients equal those of the
+    checkpointed path (itself checked against full autograd above), soft-capping included."""
+    import sharpen.scoring as scoring
+
+    m = tiny_model()
+    m.module.config.final_logit_softcapping = cap
+    m.module.lm_head.weight.requires_grad_(False)
+    ids, attn, resp = _batch()
+    params = [p for p in m.module.parameters() if p.requires_grad]
+    weights = torch.tensor([1.0, -2.0, 0.5])  # a loss that is not just the sum
+    assert scoring._frozen_head(m.module) is not None
+    out = sequence_logprobs(m.module, ids, attn, resp, chunk=4)
+    g_out = torch.autograd.grad((out * weights).sum(), params)
+    monkeypatch.setattr(scoring, "_frozen_head", lambda module: None)
+    ref = sequence_logprobs(m.module, ids, attn, resp, chunk=4)
+    g_ref = torch.autograd.grad((ref * weights).sum(), params)
+    torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-5, rtol=0)
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -5,8 +5,9 @@ response) with the same LoRA adapters and AdamW. The plain side is what a Huggin
 (B, T, V) logits, cross-entropy on the response labels (prompt labels -100). Ours is the SFT loss of
 `sharpen sft`: `scoring.sequence_logprobs`, which runs the transformer body once and applies the LM head only
 at response positions, in chunks; with the head frozen (LoRA) each chunk's d logp / d h is formed in forward, so
-backward never recomputes logits. ours_ckpt is the earlier variant that checkpoints each chunk instead. Prints the median step time, tokens/s of each and their ratio,
-with a per-phase split (forward / backward / optimizer), then the top operators of one profiled step.
+backward never recomputes logits. ours_ckpt is the earlier variant that checkpoints each chunk instead.
+Prints the median step time, tokens/s of each and their ratio, with a per-phase split (forward / backward /
+optimizer), then the top operators of one profiled step.
 
     python bench/training.py                       # embedded Gemma 3 270M, fp32, batch 4 x 256
     python bench/training.py --sides plain,ours_ckpt,ours,ours+bf16,ours+gc --prompt-len 192

@@ -8,7 +8,8 @@ base model's greedy responses: sharpening should move generation toward what the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,13 +109,44 @@ def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
             "truncated_fraction": sum(r["finish_reason"] == "length" for r in rs) / len(rs),
             "num_prompts": len({r["prompt_id"] for r in rs}),
             "num_responses": len(rs),
+            **top_answer(rs),
         }
     return out
 
 
+def top_answer(rows: Sequence[dict]) -> dict[str, Any]:
+    """The most common extracted answer over all prompts and its share: a sharpened model that gives one answer
+    to everything (e.g. "True" on ProntoQA) scores the base rate of that answer, not reasoning."""
+    counts = Counter(r.get("answer") for r in rows)
+    answer, k = max(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
+    return {"top_answer": answer, "top_answer_fraction": k / len(rows)}
+
+
+def responses_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[str]:
+    """Markdown table of summarize_responses stats, one line per (name, stats); None stats are skipped."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f}"
+
+    lines = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | most common answer | prompts |",
+             "|---|---|---|---|---|---|---|"]
+    for name, st in rows:
+        if not st:
+            continue
+        top = (f"{st['top_answer'] if st['top_answer'] is not None else '(none)'} "
+               f"({pct(st['top_answer_fraction'])}%)" if "top_answer" in st else "")
+        lines.append(f"| {name} | {pct(st['accuracy'])} | {num(st['mean_logprob_base'])} | "
+                     f"{st['mean_num_tokens']:.1f} | {pct(st['truncated_fraction'])} | {top} | "
+                     f"{st['num_prompts']} |")
+    return lines
+
+
 def format_eval(stats: dict[str, dict[str, Any]], title: str = "") -> str:
     """Plain-text table: accuracy and mean log pi_base per response kind."""
-    head = f"{'responses':<12}{'accuracy %':>12}{'log pi_base':>14}{'log pi':>12}{'tokens':>9}{'prompts':>9}"
+    head = (f"{'responses':<12}{'accuracy %':>12}{'log pi_base':>14}{'log pi':>12}{'tokens':>9}{'prompts':>9}"
+            f"  most common answer")
     lines = ([title] if title else []) + [head, "-" * len(head)]
 
     def num(x: float | None) -> str:
@@ -122,7 +154,8 @@ def format_eval(stats: dict[str, dict[str, Any]], title: str = "") -> str:
 
     for kind, st in stats.items():
         lines.append(f"{kind:<12}{100 * st['accuracy']:>12.1f}{num(st['mean_logprob_base']):>14}"
-                     f"{num(st['mean_logprob']):>12}{st['mean_num_tokens']:>9.1f}{st['num_prompts']:>9}")
+                     f"{num(st['mean_logprob']):>12}{st['mean_num_tokens']:>9.1f}{st['num_prompts']:>9}"
+                     f"  {st.get('top_answer')} ({100 * st.get('top_answer_fraction', 0):.0f}%)")
     return "\n".join(lines)
 
 

@@ -175,16 +175,12 @@ def _objective(s: Mapping[str, Any]) -> str:
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
+    from .evaluate import responses_table
     from .report import _config_table
 
     b, sh, j = s["base"], s["sharpened"], s["j_beta"]
-    table = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | prompts |",
-             "|---|---|---|---|---|---|"]
-    for name, st in (("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
-                     ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))):
-        if st:
-            table.append(f"| {name} | {_pct(st['accuracy'])} | {_num(st['mean_logprob_base'])} | "
-                         f"{st['mean_num_tokens']:.1f} | {_pct(st['truncated_fraction'])} | {st['num_prompts']} |")
+    table = responses_table((("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
+                             ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))))
     t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift |", "|---|---|---|---|"]
     names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"), "greedy": ("greedy", "base greedy"),
              "sample_vs_base_sample": ("temperature-1 samples", "base temperature-1 samples")}

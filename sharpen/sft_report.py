@@ -150,20 +150,16 @@ def _protocol(s: Mapping[str, Any]) -> str:
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
+    from .evaluate import responses_table
     from .report import _config_table
 
     b, sh, bon = s["base"], s["sharpened"], s["base_bon"]
     rows = [("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
             ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))]
-    table = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | prompts |",
-             "|---|---|---|---|---|---|"]
-    for name, st in rows:
-        if st:
-            table.append(f"| {name} | {_pct(st['accuracy'])} | {_num(st['mean_logprob_base'])} | "
-                         f"{st['mean_num_tokens']:.1f} | {_pct(st['truncated_fraction'])} | {st['num_prompts']} |")
+    table = responses_table(rows)
     table.append(f"| base best-of-{s['n']} (`{s['selector']}`, {bon['prompts']} prompts) | {_pct(bon['accuracy'])} | "
                  f"{_num(bon['mean_logprob_base'])} | {bon['mean_num_tokens']:.1f} | "
-                 f"{_pct(bon['truncated_fraction'])} | {s['num_train_prompts']} |")
+                 f"{_pct(bon['truncated_fraction'])} |  | {s['num_train_prompts']} |")
     t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift (mean log pi_base) |",
           "|---|---|---|---|"]
     names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"),

@@ -90,6 +90,8 @@ def test_summaries_and_table1_by_hand():
     st = summarize_responses(rows)
     assert st["greedy"]["accuracy"] == 0.5 and st["greedy"]["mean_logprob_base"] == -3.0
     assert st["greedy"]["truncated_fraction"] == 0.5 and st["sample"]["mean_logprob_base"] is None
+    # No "answer" extracted in these rows: the most common answer is None, given by every response.
+    assert st["greedy"]["top_answer"] is None and st["greedy"]["top_answer_fraction"] == 1.0
     base = {"greedy": {"accuracy": 0.5, "mean_logprob_base": -3.0}}
     sharp = {"sample": {"accuracy": 0.6, "mean_logprob_base": -1.0},
              "greedy": {"accuracy": 0.4, "mean_logprob_base": -2.5}}
@@ -98,6 +100,17 @@ def test_summaries_and_table1_by_hand():
     assert t["sample"]["likelihood_lift"] == pytest.approx(2.0)
     assert t["greedy"]["accuracy_lift_pct"] == pytest.approx(-20.0)
     assert "sample_vs_base_sample" not in t  # no base samples to compare with
+
+
+def test_top_answer_shows_a_collapse_to_one_answer():
+    from sharpen.evaluate import responses_table, top_answer
+
+    rows = [{"answer": a} for a in ("True", "True", "False", None, "True")]
+    assert top_answer(rows) == {"top_answer": "True", "top_answer_fraction": 0.6}
+    st = {"accuracy": 0.5, "mean_logprob_base": -3.0, "mean_num_tokens": 5.0, "truncated_fraction": 0.0,
+          "num_prompts": 5, **top_answer(rows)}
+    lines = responses_table([("sharpened greedy", st), ("absent", None)])
+    assert len(lines) == 3 and "| sharpened greedy | 50.0 | -3.00 | 5.0 | 0.0 | True (60.0%) | 5 |" == lines[2]
 
 
 def test_best_key_prefers_accuracy_then_likelihood():

@@ -48,8 +48,8 @@ class EvalConfig:
             raise SharpenError(f"--limit must be at least 1 (got {self.limit})")
 
 
-def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
-                  ) -> list[float]:
+def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                  progress: str | None = None) -> list[float]:
     """log pi_base(y | x) of each response (Eq. 2): scored with the LoRA adapter disabled, if there is one."""
     from .scoring import score
 
@@ -57,7 +57,7 @@ def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Seq
         return []
     off = model.module.disable_adapter() if hasattr(model.module, "disable_adapter") else nullcontext()
     with off:
-        per_token = score(model, [list(p) for p in prompts], [list(r) for r in responses])
+        per_token = score(model, [list(p) for p in prompts], [list(r) for r in responses], progress=progress)
     return [float(sum(t)) for t in per_token]
 
 

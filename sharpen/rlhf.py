@@ -138,7 +138,7 @@ def make_pair(prompt: dict, y: dict, y2: dict, round_: int) -> dict:
             "logprob_y": y["logprob"]}  # log-prob under the policy that drew y (pi_t; pi_base for dpo)
 
 
-def score_pairs(model: Model, pairs: list[dict]) -> list[dict]:
+def score_pairs(model: Model, pairs: list[dict], progress: bool = False) -> list[dict]:
     """Add base_y, base_y2 = log pi_base of each response (Eq. 2), scored once with the adapter switched off.
 
     A non-finite score is stored as null (see runs.dumps) and the pair is left out of training (`usable`).
@@ -146,7 +146,8 @@ def score_pairs(model: Model, pairs: list[dict]) -> list[dict]:
     from .evaluate import base_logprobs
 
     prompts = [p["prompt_token_ids"] for p in pairs]
-    lp = base_logprobs(model, prompts + prompts, [p["y"] for p in pairs] + [p["y2"] for p in pairs])
+    lp = base_logprobs(model, prompts + prompts, [p["y"] for p in pairs] + [p["y2"] for p in pairs],
+                       progress="pairs: log pi_base" if progress else None)
     return [{**p, "base_y": a, "base_y2": b} for p, a, b in zip(pairs, lp[:len(pairs)], lp[len(pairs):],
                                                                  strict=True)]
 
@@ -344,7 +345,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     if not pairs_path.exists():
         pairs = [make_pair(p, pools[p["id"]][2 * j], pools[p["id"]][2 * j + 1], 0)
                  for p in prompts for j in range(cfg.n // 2)]
-        runs.write_jsonl(pairs_path, score_pairs(model, pairs))
+        runs.write_jsonl(pairs_path, score_pairs(model, pairs, progress))
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
     # 4) The base model on the held-out prompts.

@@ -147,12 +147,17 @@ def _as_batch(ids: list[list[int]] | list[int]) -> tuple[list[list[int]], bool]:
 @torch.no_grad()
 def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
           response_token_ids: list[list[int]] | list[int], batch_size: int = 8,
-          chunk: int = 256) -> list[list[float]] | list[float]:
+          chunk: int = 256, progress: str | None = None, share_prompts: bool = True
+          ) -> list[list[float]] | list[float]:
     """Per-token log-probs of each response given its prompt (raw distribution, fp32).
 
     `model` is a sharpen Model; prompts already include any BOS (see engine.encode_prompts). Single lists in,
-    a single list out. The sum of a row is the self-reward r_self (Eq. 2).
+    a single list out. The sum of a row is the self-reward r_self (Eq. 2). progress: a progress-bar label.
+    share_prompts: responses to the same prompt reuse one prefill of it (same values, much less compute when
+    prompts are long and responses short; off runs every sequence in full).
     """
+    from tqdm.auto import tqdm
+
     prompts, single = _as_batch(prompt_token_ids)
     responses, single_r = _as_batch(response_token_ids)
     if single != single_r or len(prompts) != len(responses):
@@ -165,12 +170,27 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
     module.eval()
     try:
         out: list[list[float]] = [[] for _ in prompts]
+        # Responses that share a prompt (N samples of one prompt, a DPO pair) share one prefill of it.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(tuple(p), []).append(i)
+        if not share_prompts:
+            groups = {(i,): [i] for i in range(len(prompts))}
+        shared = [g for g in groups.values() if len(g) > 1]
         # Longest first so that padding within a batch stays small.
-        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            _score_batch(model, [prompts[i] for i in batch], [responses[i] for i in batch], chunk,
-                         [out[i] for i in batch])
+        alone = sorted((g[0] for g in groups.values() if len(g) == 1),
+                        key=lambda i: -(len(prompts[i]) + len(responses[i])))
+        with tqdm(total=len(prompts), desc=progress, unit="seq", disable=progress is None,
+                  dynamic_ncols=True) as bar:
+            for g in shared:
+                _score_shared(model, prompts[g[0]], [responses[i] for i in g], chunk, [out[i] for i in g],
+                              batch_size)
+                bar.update(len(g))
+            for start in range(0, len(alone), batch_size):
+                batch = alone[start:start + batch_size]
+                _score_batch(model, [prompts[i] for i in batch], [responses[i] for i in batch], chunk,
+                             [out[i] for i in batch])
+                bar.update(len(batch))
     finally:
         module.train(was_training)
     return out[0] if single else out
@@ -194,3 +214,38 @@ def _score_batch(model: Any, prompts: list[list[int]], responses: list[list[int]
     for r, out in zip(responses, outs, strict=True):
         out.extend(lp[pos:pos + len(r)])
         pos += len(r)
+
+
+def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chunk: int, outs: list[list[float]],
+                  batch_size: int) -> None:
+    """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses."""
+    import copy
+
+    dev, body = model.device, backbone(model.module)
+    pre = body(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+    h_last = pre.last_hidden_state[:, -1:]  # (1, 1, H): predicts each response's first token
+    P = len(prompt)
+    todo = sorted((i for i, r in enumerate(responses) if r), key=lambda i: -len(responses[i]))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        B, L = len(batch), len(responses[batch[0]])
+        ids = torch.full((B, L), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.bool)
+        for b, i in enumerate(batch):
+            ids[b, :len(responses[i])] = torch.tensor(responses[i], dtype=torch.long)
+            mask[b, :len(responses[i])] = True
+        ids, mask = ids.to(dev), mask.to(dev)
+        cache = copy.deepcopy(pre.past_key_values)
+        cache.batch_repeat_interleave(B)  # (B, heads, P, D) per layer
+        # Right padding after the real tokens: causal attention never lets a real token see a pad.
+        h = body(input_ids=ids, past_key_values=cache, use_cache=True,
+                 attention_mask=torch.ones((B, P + L), dtype=torch.long, device=dev),
+                 position_ids=torch.arange(P, P + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
+        before = torch.cat([h_last.expand(B, 1, -1), h[:, :-1]], dim=1)  # (B, L, H): state before each token
+        hs, labels = before[mask], ids[mask]  # (K, H), (K,) row-major
+        lp = torch.cat([_chunk_logprobs(model.module, hs[k:k + chunk], labels[k:k + chunk])
+                        for k in range(0, hs.shape[0], chunk)]).tolist()
+        pos = 0
+        for i in batch:
+            outs[i].extend(lp[pos:pos + len(responses[i])])
+            pos += len(responses[i])

@@ -129,3 +129,39 @@ def test_frozen_head_gradient_matches_checkpointed_path(cap, monkeypatch):
     torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-5, rtol=0)
     for a, b in zip(g_out, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _tiny_gemma3():
+    """A random Gemma 3 with a 4-token sliding window, so prompts cross it (the embedded model's window is 512)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from sharpen.models import Model
+    from sharpen.toytok import ToyTokenizer
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           final_logit_softcapping=3.0, max_position_embeddings=128)
+    module = Gemma3ForCausalLM(cfg).eval()
+    return Model(module=module, tokenizer=ToyTokenizer(128), name="tiny-gemma3", device=torch.device("cpu"),
+                 dtype=torch.float32)
+
+
+@pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])
+def test_score_shares_a_prompt_prefill_and_matches_full_forward(make):
+    """N responses of one prompt (as in best-of-N and DPO pairs) share one prefill; values are unchanged."""
+    m = make()
+    p1, p2 = [1, 10, 11, 12, 13, 14, 15], [1, 20, 21]
+    prompts = [p1, p2, p1, p1, p2, p1]
+    responses = [[40, 41, 42], [50, 51, 52, 53, 54, 55], [60], [], [70, 71], [80, 81, 82, 83, 84, 85, 86]]
+    out = score(m, prompts, responses, batch_size=2)
+    assert [len(x) for x in out] == [len(r) for r in responses]
+    for p, r, lp in zip(prompts, responses, out, strict=True):
+        if not r:
+            continue
+        with torch.no_grad():
+            logp = torch.log_softmax(lm_logits(m.module, m.module.model(torch.tensor([p + r])).last_hidden_state[0]),
+                                     -1)
+        ref = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(r)]
+        assert max(abs(a - b) for a, b in zip(lp, ref, strict=True)) < 1e-5

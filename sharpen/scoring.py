@@ -220,8 +220,10 @@ def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chu
                   batch_size: int) -> None:
     """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses."""
     import copy
+    import inspect
 
     dev, body = model.device, backbone(model.module)
+    kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"  # 5.x renamed it
     pre = body(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
     h_last = pre.last_hidden_state[:, -1:]  # (1, 1, H): predicts each response's first token
     P = len(prompt)
@@ -235,10 +237,10 @@ def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chu
             ids[b, :len(responses[i])] = torch.tensor(responses[i], dtype=torch.long)
             mask[b, :len(responses[i])] = True
         ids, mask = ids.to(dev), mask.to(dev)
-        cache = copy.deepcopy(pre.past_key_values)
+        cache = copy.deepcopy(getattr(pre, kw))
         cache.batch_repeat_interleave(B)  # (B, heads, P, D) per layer
         # Right padding after the real tokens: causal attention never lets a real token see a pad.
-        h = body(input_ids=ids, past_key_values=cache, use_cache=True,
+        h = body(input_ids=ids, **{kw: cache}, use_cache=True,
                  attention_mask=torch.ones((B, P + L), dtype=torch.long, device=dev),
                  position_ids=torch.arange(P, P + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
         before = torch.cat([h_last.expand(B, 1, -1), h[:, :-1]], dim=1)  # (B, L, H): state before each token

@@ -3,9 +3,9 @@
 Steps: 1) check options and the run directory, 2) load task and model, 3) write prompts.jsonl,
 4) greedy decode every prompt, 5) draw n samples per prompt at the sampling temperature with their raw
 log-probs (the self-reward of Eq. 2), 6) summarize all selectors over subsamples, 7) write report.md.
-Prompts are processed in fixed chunks, the unit of resume: a re-run skips finished chunks, and a chunk is
-always sampled with the same composition, so an interrupted run ends with the same files as an
-uninterrupted one.
+Prompts are processed in fixed chunks (--chunk, by default about 1024 responses per engine call), the unit of
+resume: a re-run skips finished chunks, and a chunk is always sampled with the same composition, so an
+interrupted run ends with the same files as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ class BonConfig:
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
     sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
-    chunk: int = opt(8, "prompts per sampling call: the unit of progress that survives an interruption")
+    chunk: int | None = opt(None, "prompts per sampling call, the unit of progress kept on interruption "
+                                  "(default: about 1024 responses per call, enough to keep every row busy)")
 
     # Options that change results: a run directory refuses to resume with other values for them.
     IDENTITY = ("task", "model", "subject", "limit", "split", "n", "seed", "max_new_tokens", "temperature",
@@ -61,8 +62,18 @@ class BonConfig:
             raise SharpenError(f"--temperature must be >= 0 (got {self.temperature}); 0 means greedy")
         if self.limit is not None and self.limit < 1:
             raise SharpenError(f"--limit must be at least 1 (got {self.limit})")
-        if self.chunk < 1:
+        if self.chunk is not None and self.chunk < 1:
             raise SharpenError(f"--chunk must be at least 1 (got {self.chunk})")
+
+
+# Responses per engine call when --chunk is not given. Rows that finish are refilled only from the samples of the
+# same call, so a call needs many more pending responses than decode rows (up to 256) or its tail runs nearly empty.
+CALL_RESPONSES = 1024
+
+
+def chunk_size(chunk: int | None, per_prompt: int) -> int:
+    """Prompts per engine call: --chunk, or enough prompts for CALL_RESPONSES responses."""
+    return chunk if chunk else max(1, -(-CALL_RESPONSES // per_prompt))
 
 
 def sample_rows(task: Any, item: Any, samples: list[Any]) -> list[dict]:
@@ -120,9 +131,9 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
     if not prompts_path.exists():
         runs.write_jsonl(prompts_path, ({"id": it.id, "prompt": it.prompt, "prompt_token_ids": prompt_ids[it.id],
                                          "answer": it.answer} for it in items))
-    chunks = _chunks(items, cfg.chunk)
 
     def run_stage(path: Path, per_prompt: int, draw: Any, label: str) -> list[dict]:
+        chunks = _chunks(items, chunk_size(cfg.chunk, per_prompt))
         # Rows of prompts left incomplete by a crash are dropped, then their whole chunk is redone.
         rows = runs.load_jsonl(path)
         counts = _counts(rows)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .bon import opt
+from .bon import chunk_size, opt
 from .errors import SharpenError
 from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
 from .train import TrainConfig
@@ -66,7 +66,8 @@ class RlhfConfig:
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
     sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
-    chunk: int = opt(8, "prompts per sampling / evaluation call: the unit of progress kept on interruption")
+    chunk: int | None = opt(None, "prompts per sampling / evaluation call, the unit of progress kept on "
+                                  "interruption (default: about 1024 responses per call)")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
     # Options that change results: a run directory refuses to resume under other values.
@@ -84,7 +85,7 @@ class RlhfConfig:
         if self.eval_samples < 1:
             raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
                                f"policy (got {self.eval_samples})")
-        if self.max_new_tokens < 1 or self.chunk < 1:
+        if self.max_new_tokens < 1 or (self.chunk is not None and self.chunk < 1):
             raise SharpenError("--max-new-tokens and --chunk must be at least 1")
 
 
@@ -394,8 +395,9 @@ def collect_round(path: Path, model: Model, task: Any, prompts: Sequence[dict], 
     by_id = {it.id: it for it in task.items}
     with _bar(total=len(prompts), initial=len(prompts) - len(todo), desc=f"round {t}: y ~ pi_{t}",
               enabled=progress) as bar:
-        for start in range(0, len(todo), cfg.chunk):
-            chunk = todo[start:start + cfg.chunk]
+        size = chunk_size(cfg.chunk, k)
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
             drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
                            seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk],
                            dtype=cfg.sample_dtype)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .bon import opt
+from .bon import chunk_size, opt
 from .errors import SharpenError
 from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
 from .train import TrainConfig
@@ -54,7 +54,8 @@ class SftConfig:
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
     sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
-    chunk: int = opt(8, "prompts per sampling / evaluation call: the unit of progress kept on interruption")
+    chunk: int | None = opt(None, "prompts per sampling / evaluation call, the unit of progress kept on "
+                                  "interruption (default: about 1024 responses per call)")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
     IDENTITY = ("task", "model", "subject", "n", "selector", "train_limit", "eval_limit", "train_on_eval",
@@ -74,7 +75,7 @@ class SftConfig:
                 raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
         if self.eval_samples < 0:
             raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
-        if self.max_new_tokens < 1 or self.chunk < 1:
+        if self.max_new_tokens < 1 or (self.chunk is not None and self.chunk < 1):
             raise SharpenError("--max-new-tokens and --chunk must be at least 1")
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise SharpenError(f"--temperature must be > 0 for sampling (got {self.temperature})")
@@ -173,8 +174,9 @@ def eval_stage(path: Path, model: Model, task: Any, items: Sequence[Any], prompt
                              and r["prompt_id"] in ids)
     done = {r["prompt_id"] for r in rows}
     todo = [it for it in items if it.id not in done]
-    for start in range(0, len(todo), cfg.chunk):
-        new = respond(model, task, todo[start:start + cfg.chunk], prompt_ids, cfg.eval_samples,
+    size = chunk_size(cfg.chunk, per_prompt)
+    for start in range(0, len(todo), size):
+        new = respond(model, task, todo[start:start + size], prompt_ids, cfg.eval_samples,
                       cfg.max_new_tokens, temperature=1.0, seed=seed, dtype=cfg.sample_dtype)
         runs.append_jsonl(path, new)
         rows += new

@@ -15,6 +15,9 @@ DEFAULT_MODEL = "gemma-3-270m"
 _EMBEDDED = {"gemma-3-270m", "gemma3-270m", "embedded"}
 
 
+END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")  # Gemma, Llama 3, Qwen, Phi-3
+
+
 @dataclass
 class Model:
     """A loaded model: the torch module, its tokenizer, and where/how it runs."""
@@ -27,10 +30,18 @@ class Model:
 
     @property
     def eos_token_ids(self) -> list[int]:
-        """Token ids that end a response: the tokenizer's EOS plus any in the generation config."""
+        """Token ids that end a response: the tokenizer's EOS, any in the generation config, and the chat
+        end-of-turn token where the vocabulary has one (a converted checkpoint's config may omit it, e.g.
+        Gemma's <end_of_turn>, and a turn that has ended is not the response any more)."""
         ids: set[int] = set()
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
+        tok = self.tokenizer
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        convert = getattr(tok, "convert_tokens_to_ids", None)
+        for name in END_OF_TURN if convert is not None else ():
+            i = convert(name)
+            if isinstance(i, int) and i != tok.unk_token_id:
+                ids.add(i)
         gen = getattr(self.module, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None) if gen is not None else None
         if isinstance(eos, int):

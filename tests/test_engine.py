@@ -225,3 +225,21 @@ def test_embedded_model_sliding_window_prompt_and_bf16_tolerance():
     bf = sample(m, ["The capital of France is"], 4, 16, seed=0, dtype=torch.bfloat16)
     err = _max_err(m, ["The capital of France is"], bf)
     assert err < MEASURED_BF16_TOLERANCE and math.isfinite(err)
+
+
+def test_end_of_turn_token_ends_responses():
+    """A vocabulary's end-of-turn token (Gemma's <end_of_turn>, missing from converted configs) is an EOS too."""
+    from sharpen.models import Model
+    from sharpen.toytok import ToyTokenizer
+
+    class WithTurns(ToyTokenizer):
+        unk_token_id = 3
+
+        def convert_tokens_to_ids(self, name):
+            return {"<end_of_turn>": 106}.get(name, self.unk_token_id)
+
+    base = tiny_model()
+    m = Model(module=base.module, tokenizer=WithTurns(base.tokenizer.vocab_size), name="t", device=base.device,
+              dtype=base.dtype)
+    assert 106 in m.eos_token_ids and 3 not in m.eos_token_ids
+    assert 106 not in base.eos_token_ids  # no such token in the toy vocabulary

@@ -165,8 +165,7 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     stored ones.
     """
     from .losses import logistic_dpo_loss, reward_dpo_loss, xpo_loss
-    from .scoring import sequence_logprobs
-    from .train import collate
+    from .scoring import collate, sequence_logprobs
 
     B = len(batch)
     prompts = [r["prompt_token_ids"] for r in batch]

@@ -11,6 +11,7 @@ instead of keeping them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -138,6 +139,26 @@ def sequence_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, re
     return out.index_add(0, rows, lp)
 
 
+def collate(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt, response) token-id pairs -> right-padded input_ids, attention_mask, response_mask, all (B, T).
+
+    Right padding leaves the positions of real tokens unchanged; the response mask marks the tokens a loss
+    scores (the prompt is never a target).
+    """
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    pad = model.tokenizer.pad_token_id or 0
+    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+    attn = torch.zeros((len(prompts), T), dtype=torch.long)
+    resp = torch.zeros((len(prompts), T), dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        n = len(p) + len(r)
+        ids[b, :n] = torch.tensor([*p, *r], dtype=torch.long)
+        attn[b, :n] = 1
+        resp[b, len(p):n] = True
+    return ids.to(model.device), attn.to(model.device), resp.to(model.device)
+
+
 def _as_batch(ids: list[list[int]] | list[int]) -> tuple[list[list[int]], bool]:
     if len(ids) > 0 and isinstance(ids[0], int):
         return [list(ids)], True  # type: ignore[arg-type]
@@ -198,18 +219,8 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
 
 def _score_batch(model: Any, prompts: list[list[int]], responses: list[list[int]], chunk: int,
                  outs: list[list[float]]) -> None:
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-    T = max(lengths)
-    pad = model.tokenizer.pad_token_id or 0
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    attn = torch.zeros((len(prompts), T), dtype=torch.long)
-    resp = torch.zeros((len(prompts), T), dtype=torch.bool)
-    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        ids[b, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attn[b, :len(p) + len(r)] = 1  # right padding: positions of real tokens are unaffected
-        resp[b, len(p):len(p) + len(r)] = True
-    dev = model.device
-    lp = response_token_logprobs(model.module, ids.to(dev), attn.to(dev), resp.to(dev), chunk).tolist()
+    ids, attn, resp = collate(model, prompts, responses)
+    lp = response_token_logprobs(model.module, ids, attn, resp, chunk).tolist()
     pos = 0
     for r, out in zip(responses, outs, strict=True):
         out.extend(lp[pos:pos + len(r)])

@@ -86,8 +86,7 @@ class SftConfig:
 def sft_batch_loss(model: Model, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over the batch of -log pi(y_i | x_i), summed over response tokens only (the prompt is masked)."""
     from .losses import sft_loss
-    from .scoring import sequence_logprobs
-    from .train import collate
+    from .scoring import collate, sequence_logprobs
 
     ids, attn, resp = collate(model, [r["prompt_token_ids"] for r in batch], [r["token_ids"] for r in batch])
     logp = sequence_logprobs(model.module, ids, attn, resp)  # (B,)

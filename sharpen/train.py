@@ -34,6 +34,7 @@ from . import runs
 from .bon import opt
 from .errors import SharpenError
 from .models import Model
+from .scoring import collate  # noqa: F401  (re-exported: the training losses batch with it)
 
 LossFn = Callable[[Model, list[Any]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Model], dict[str, float]]
@@ -156,26 +157,6 @@ def merge_adapter(model: Model, out: str | Path) -> Path:
     model.tokenizer.save_pretrained(tmp)
     _swap_dir(tmp, out)
     return out
-
-
-def collate(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(prompt, response) token-id pairs -> right-padded input_ids, attention_mask, response_mask, all (B, T).
-
-    Right padding leaves the positions of real tokens unchanged; the response mask marks the tokens a loss
-    scores (the prompt is never a target).
-    """
-    T = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-    pad = model.tokenizer.pad_token_id or 0
-    ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-    attn = torch.zeros((len(prompts), T), dtype=torch.long)
-    resp = torch.zeros((len(prompts), T), dtype=torch.bool)
-    for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        n = len(p) + len(r)
-        ids[b, :n] = torch.tensor([*p, *r], dtype=torch.long)
-        attn[b, :n] = 1
-        resp[b, len(p):n] = True
-    return ids.to(model.device), attn.to(model.device), resp.to(model.device)
 
 
 # ---------------------------------------------------------------------------------------------- schedule

@@ -44,7 +44,7 @@ def write_report(run_dir: Path) -> Path:
         "selected_logprob_vs_n.png": plot_selected_logprob(summary),
     }
     for name, fig in plots.items():
-        _save_png(fig, run_dir / name)
+        save_png(fig, run_dir / name)
     out = run_dir / "report.md"
     atomic_write_text(out, render_markdown(summary, config))
     return out
@@ -52,13 +52,13 @@ def write_report(run_dir: Path) -> Path:
 
 # ---- plots ----------------------------------------------------------------------------------------------
 
-def _figure(width: float = 6.4, height: float = 4.2) -> Any:
+def figure(width: float = 6.4, height: float = 4.2) -> Any:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save_png(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
     # Atomic: a reader never sees a half-written PNG.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -85,7 +85,7 @@ def _log2_axis(ax: Any, ns: list[int]) -> None:
 def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
     """(a) Accuracy of each selector vs N, error bars = std over subsampling seeds, greedy as a line."""
     ns = _ns(summary)
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for name, by_n in summary["selectors"].items():
         mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
@@ -104,7 +104,7 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
 
 def plot_logprob_hist(samples: list[dict], summary: Mapping[str, Any]) -> Any:
     """(b) Histograms of sample log-probs, correct vs incorrect: summed and per token."""
-    fig = _figure(9.6, 3.8)
+    fig = figure(9.6, 3.8)
     axes = fig.subplots(1, 2)
     lp = np.array([math.nan if r.get("logprob") is None else float(r["logprob"]) for r in samples])
     ntok = np.array([max(int(r.get("num_tokens", 1)), 1) for r in samples])
@@ -126,7 +126,7 @@ def plot_logprob_hist(samples: list[dict], summary: Mapping[str, Any]) -> Any:
                         label=f"{name} ({int(mask.sum())})")
         ax.set_xlabel(label)
         ax.set_ylabel("density")
-        ax.set_title(f"AUROC {_num(auc, '.3f')} (correct should sit right)", fontsize=10)
+        ax.set_title(f"AUROC {fmt_num(auc, '.3f')} (correct should sit right)", fontsize=10)
         ax.legend(fontsize=8)
     return fig
 
@@ -134,7 +134,7 @@ def plot_logprob_hist(samples: list[dict], summary: Mapping[str, Any]) -> Any:
 def plot_selected_logprob(summary: Mapping[str, Any]) -> Any:
     """(c) Mean self-reward of the selected responses vs N: does BoN find more likely responses?"""
     ns = _ns(summary)
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for name, by_n in summary["selectors"].items():
         pts = [(k, by_n[str(k)]["mean_logprob"]) for k in ns if by_n[str(k)]["mean_logprob"] is not None]
@@ -157,11 +157,11 @@ def _title(summary: Mapping[str, Any]) -> str:
     return " / ".join(str(summary[k]) for k in ("task", "model", "sample_dtype") if summary.get(k)) or "best-of-N"
 
 
-def _num(x: float | None, fmt: str) -> str:
+def fmt_num(x: float | None, fmt: str = ".2f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _pct(x: float | None) -> str:
+def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
@@ -186,17 +186,18 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     g = summary.get("greedy")
     out = []
     if g:
-        out.append(f"**Best-of-{n} with the log-prob self-reward vs greedy:** {_pct(lp)}% vs {_pct(g['accuracy'])}%, "
+        out.append(f"**Best-of-{n} with the log-prob self-reward vs greedy:** {fmt_pct(lp)}% vs "
+                   f"{fmt_pct(g['accuracy'])}%, "
                    f"{_compare(lp, g['accuracy'], m)}.")
     else:
         out.append("No greedy baseline was stored, so lifts over greedy are not available.")
-    out.append(f"**vs naive sampling (random, pass@1):** {_pct(lp)}% vs {_pct(rnd)}%, {_compare(lp, rnd, m)}.")
+    out.append(f"**vs naive sampling (random, pass@1):** {fmt_pct(lp)}% vs {fmt_pct(rnd)}%, {_compare(lp, rnd, m)}.")
     practical = {k: v["accuracy_mean"] for k, v in sel.items() if k != "oracle"}
     best = max(practical, key=practical.get)
-    out.append(f"**Best selector without ground truth at N={n}:** `{best}` ({_pct(practical[best])}%).")
+    out.append(f"**Best selector without ground truth at N={n}:** `{best}` ({fmt_pct(practical[best])}%).")
     if "oracle" in sel and sel["oracle"]["accuracy_mean"] > 0:
         o = sel["oracle"]["accuracy_mean"]
-        out.append(f"**Headroom:** a correct answer is among the {n} samples for {_pct(o)}% of prompts (oracle); "
+        out.append(f"**Headroom:** a correct answer is among the {n} samples for {fmt_pct(o)}% of prompts (oracle); "
                    f"log-prob selection recovers {100 * lp / o:.0f}% of that.")
     lvc = summary.get("likelihood_vs_correctness") or {}
     auc = lvc.get("auroc_within_prompt")
@@ -210,8 +211,8 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
             why = "log-prob carries little signal about correctness, so BoN can do little better than random"
         out.append(f"**Why:** within-prompt AUROC of log-prob as a correctness detector is {auc:.3f} "
                    f"(over {lvc.get('num_prompts_mixed')} prompts with both correct and incorrect samples): {why}. "
-                   f"Mean log-prob of correct / incorrect samples: {_num(lvc.get('mean_logprob_correct'), '.2f')} / "
-                   f"{_num(lvc.get('mean_logprob_incorrect'), '.2f')}.")
+                   f"Mean log-prob of correct / incorrect samples: {fmt_num(lvc.get('mean_logprob_correct'), '.2f')} / "
+                   f"{fmt_num(lvc.get('mean_logprob_incorrect'), '.2f')}.")
     tok_lp, tok_rnd = sel["logprob"]["mean_num_tokens"], sel["random"]["mean_num_tokens"]
     if tok_rnd > 0 and tok_lp < 0.7 * tok_rnd:
         out.append(f"**Length:** the log-prob pick is much shorter than a typical sample ({tok_lp:.0f} vs "
@@ -227,7 +228,7 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
         out.append(f"**Sharpening:** the selected responses have mean log-prob {sel_lp:.2f}, {rel} than greedy's "
                    f"{g['mean_logprob']:.2f}.")
     if summary.get("truncated_fraction", 0) > 0.05:
-        out.append(f"**Warning:** {_pct(summary['truncated_fraction'])}% of samples hit the token limit; "
+        out.append(f"**Warning:** {fmt_pct(summary['truncated_fraction'])}% of samples hit the token limit; "
                    "raise max_new_tokens, truncated responses rarely contain an answer.")
     if summary.get("invalid_logprobs"):
         out.append(f"**Warning:** {summary['invalid_logprobs']} sample(s) have a NaN/+inf log-prob (a numerically "
@@ -243,13 +244,13 @@ def _selector_table(summary: Mapping[str, Any], n: int) -> list[str]:
              "|---|---|---|---|---|---|"]
     g = summary.get("greedy")
     if g:
-        lines.append(f"| greedy | {_pct(g['accuracy'])} | | {_num(g['mean_logprob'], '.2f')} | "
+        lines.append(f"| greedy | {fmt_pct(g['accuracy'])} | | {fmt_num(g['mean_logprob'], '.2f')} | "
                      f"{g['mean_num_tokens']:.1f} | greedy decoding (the baseline) |")
     for name, by_n in summary["selectors"].items():
         st = by_n[str(n)]
         lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
-        lines.append(f"| {name} | {_pct(st['accuracy_mean'])} ± {_pct(st['accuracy_std'])} | {lift} | "
-                     f"{_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {ABOUT.get(name, '')} |")
+        lines.append(f"| {name} | {fmt_pct(st['accuracy_mean'])} ± {fmt_pct(st['accuracy_std'])} | {lift} | "
+                     f"{fmt_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {ABOUT.get(name, '')} |")
     return lines
 
 
@@ -257,13 +258,13 @@ def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
     ns = _ns(summary)
     lines = ["| accuracy % | " + " | ".join(f"N={k}" for k in ns) + " |", "|---" * (len(ns) + 1) + "|"]
     for name, by_n in summary["selectors"].items():
-        lines.append(f"| {name} | " + " | ".join(_pct(by_n[str(k)]["accuracy_mean"]) for k in ns) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt_pct(by_n[str(k)]["accuracy_mean"]) for k in ns) + " |")
     pak = summary.get("pass_at_k", {})
-    lines.append("| pass@k (unbiased, from all n) | " + " | ".join(_pct(pak.get(str(k))) for k in ns) + " |")
+    lines.append("| pass@k (unbiased, from all n) | " + " | ".join(fmt_pct(pak.get(str(k))) for k in ns) + " |")
     return lines
 
 
-def _config_table(config: Mapping[str, Any]) -> list[str]:
+def config_table(config: Mapping[str, Any]) -> list[str]:
     options = config.get("options", config)
     rows = [(k, v) for k, v in options.items() if not isinstance(v, dict | list)]
     if not rows:
@@ -305,9 +306,9 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         "",
         "![log-prob histograms](logprob_hist.png)",
         "",
-        f"AUROC of log-prob as a detector of correct samples: pooled {_num(lvc.get('auroc'), '.3f')}, "
-        f"per token {_num(lvc.get('auroc_per_token'), '.3f')}, within prompt "
-        f"{_num(lvc.get('auroc_within_prompt'), '.3f')} (0.5 = no signal; selection happens within a prompt, "
+        f"AUROC of log-prob as a detector of correct samples: pooled {fmt_num(lvc.get('auroc'), '.3f')}, "
+        f"per token {fmt_num(lvc.get('auroc_per_token'), '.3f')}, within prompt "
+        f"{fmt_num(lvc.get('auroc_within_prompt'), '.3f')} (0.5 = no signal; selection happens within a prompt, "
         "so that is the number that predicts BoN's gain).",
         "",
         "## Self-reward of the selected response",
@@ -319,11 +320,11 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         f"Prompts counted: {summary['num_prompts']} "
         f"(incomplete, left out: {summary.get('num_prompts_incomplete', 0)}); "
         f"samples per prompt n = {summary['n']}; seeds = {summary['seeds']}; "
-        f"sample accuracy {_pct(summary.get('sample_accuracy'))}%; "
-        f"truncated at the token limit {_pct(summary.get('truncated_fraction'))}%; "
+        f"sample accuracy {fmt_pct(summary.get('sample_accuracy'))}%; "
+        f"truncated at the token limit {fmt_pct(summary.get('truncated_fraction'))}%; "
         f"invalid (NaN/+inf) log-probs: {summary.get('invalid_logprobs', 0)}.",
         "",
-        *_config_table(config),
+        *config_table(config),
         "",
     ]
     return "\n".join(parts)

@@ -10,8 +10,9 @@ from typing import Any
 
 from .errors import SharpenError
 from .evaluate import finite_mean, summarize_responses
+from .report import fmt_num, fmt_pct
 from .runs import atomic_write_text, load_jsonl, read_json
-from .sft_report import _num, _pct, _protocol, table1
+from .sft_report import protocol_line, table1
 
 TITLES = {"dpo": "reward-based DPO (offline, Eq. 4/8)", "xpo": "reward-based XPO (online, Algorithm 1)"}
 
@@ -70,13 +71,13 @@ def format_summary(s: Mapping[str, Any]) -> str:
     j = s["j_beta"]
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
              format_eval(s["sharpened"], title=f"sharpened ({s['algorithm']}, adapter of {_kept(s)})"), "",
-             f"held-out J_beta (beta={s['beta']}): base {_num(j['base'], '.3f')} -> sharpened "
-             f"{_num(j['sharpened'], '.3f')} (KL to pi_base {_num(j['kl_sharpened'], '.3f')})"]
+             f"held-out J_beta (beta={s['beta']}): base {fmt_num(j['base'], '.3f')} -> sharpened "
+             f"{fmt_num(j['sharpened'], '.3f')} (KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')})"]
     t = s["table1"].get("sample")
     if t:
         lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
         lines.append(f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
-                     f"log pi_base {_num(t['likelihood_lift'], '+.2f')}")
+                     f"log pi_base {fmt_num(t['likelihood_lift'], '+.2f')}")
     return "\n".join(lines)
 
 
@@ -84,14 +85,14 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 def write_rlhf_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and the metrics logs."""
-    from .report import _save_png
+    from .report import save_png
 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         raise SharpenError(f"{run_dir} has no summary.json: finish the run first (re-run its command)")
     summary = read_json(run_dir / "summary.json")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-    _save_png(plot_training(train_rows(run_dir, summary), summary), run_dir / "training_curves.png")
+    save_png(plot_training(train_rows(run_dir, summary), summary), run_dir / "training_curves.png")
     out = run_dir / "report.md"
     atomic_write_text(out, render(summary, config))
     return out
@@ -113,10 +114,10 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     """Loss per step; held-out J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report import _figure
+    from .report import figure
 
     xpo = summary["algorithm"] == "xpo"
-    fig = _figure(16.0, 3.6)
+    fig = figure(16.0, 3.6)
     ax_loss, ax_j, ax_acc, ax_kl = fig.subplots(1, 4)
     if rows:
         ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
@@ -176,7 +177,7 @@ def _objective(s: Mapping[str, Any]) -> str:
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
     from .evaluate import responses_table
-    from .report import _config_table
+    from .report import config_table
 
     b, sh, j = s["base"], s["sharpened"], s["j_beta"]
     table = responses_table((("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
@@ -187,25 +188,25 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     for kind, v in s["table1"].items():
         lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
         what, ref = names.get(kind, (kind, ""))
-        t1.append(f"| {what} | {ref} | {lift} | {_num(v['likelihood_lift'], '+.2f')} |")
+        t1.append(f"| {what} | {ref} | {lift} | {fmt_num(v['likelihood_lift'], '+.2f')} |")
     xkey = "round" if s["algorithm"] == "xpo" else "step"
     hist = [f"| {xkey} | J_beta | KL | greedy accuracy % | sample accuracy % | sample mean log pi_base |",
             "|---|---|---|---|---|---|"]
-    hist += [f"| {h[xkey]} | {_num(h.get('j_beta'), '.3f')} | {_num(h.get('kl'), '.3f')} | "
-             f"{_pct(h.get('accuracy'))} | {_pct(h.get('sample_accuracy'))} | {_num(h.get('logprob_base'))} |"
+    hist += [f"| {h[xkey]} | {fmt_num(h.get('j_beta'), '.3f')} | {fmt_num(h.get('kl'), '.3f')} | "
+             f"{fmt_pct(h.get('accuracy'))} | {fmt_pct(h.get('sample_accuracy'))} | {fmt_num(h.get('logprob_base'))} |"
              for h in s["history"]]
     pairs = ["| round | pairs | y accuracy % | y' accuracy % | y log pi_base | y' log pi_base | y truncated % |",
              "|---|---|---|---|---|---|---|"]
-    pairs += [f"| {p['round']} | {p['pairs']} | {_pct(p['y_accuracy'])} | {_pct(p['y2_accuracy'])} | "
-              f"{_num(p['y_logprob_base'])} | {_num(p['y2_logprob_base'])} | {_pct(p['y_truncated'])} |"
+    pairs += [f"| {p['round']} | {p['pairs']} | {fmt_pct(p['y_accuracy'])} | {fmt_pct(p['y2_accuracy'])} | "
+              f"{fmt_num(p['y_logprob_base'])} | {fmt_num(p['y2_logprob_base'])} | {fmt_pct(p['y_truncated'])} |"
               for p in s["pairs"]]
     tr = s["training"]
     parts = [
         f"# RLHF-sharpening, {TITLES[s['algorithm']]}: {s['task']} / {s['model']}", "",
-        _protocol(s), "", _objective(s), "",
+        protocol_line(s), "", _objective(s), "",
         "## Before and after", "", *table, "",
-        f"Held-out J_beta estimate (temperature-1 samples of each model): base {_num(j['base'], '.3f')}, "
-        f"sharpened {_num(j['sharpened'], '.3f')} (estimated KL to pi_base {_num(j['kl_sharpened'], '.3f')}). "
+        f"Held-out J_beta estimate (temperature-1 samples of each model): base {fmt_num(j['base'], '.3f')}, "
+        f"sharpened {fmt_num(j['sharpened'], '.3f')} (estimated KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')}). "
         "log pi_base is always scored under the base model (adapter disabled).", "",
         "## The paper's Table 1 quantities", "", *t1, "",
         "Accuracy lift = 100 × (acc − acc_ref) / acc_ref (n/a when acc_ref = 0); likelihood lift = difference of "
@@ -219,6 +220,6 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         + ("y ~ pi_t of the round)." if s["algorithm"] == "xpo" else "y ~ pi_base)."), "",
         *pairs, "",
         "![training curves](training_curves.png)", "",
-        "## Configuration", "", *_config_table(config), "",
+        "## Configuration", "", *config_table(config), "",
     ]
     return "\n".join(parts)

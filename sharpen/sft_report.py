@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import SharpenError
 from .evaluate import finite_mean, summarize_responses
+from .report import fmt_num, fmt_pct
 from .runs import atomic_write_text, load_jsonl, read_json
 
 # Table 1 of the paper: lift of the SFT-sharpened model's temperature-1 samples over base greedy.
@@ -89,14 +90,14 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 def write_sft_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
-    from .report import _save_png
+    from .report import save_png
 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
         raise SharpenError(f"{run_dir} has no summary.json: finish the sft run first (re-run its command)")
     summary = read_json(run_dir / "summary.json")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-    _save_png(plot_training(load_jsonl(run_dir / "metrics.jsonl"), summary), run_dir / "training_curves.png")
+    save_png(plot_training(load_jsonl(run_dir / "metrics.jsonl"), summary), run_dir / "training_curves.png")
     out = run_dir / "report.md"
     atomic_write_text(out, render(summary, config))
     return out
@@ -104,9 +105,9 @@ def write_sft_report(run_dir: Path) -> Path:
 
 def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     """Training loss per step; held-out greedy accuracy and mean log pi_base at each evaluation."""
-    from .report import _figure
+    from .report import figure
 
-    fig = _figure(12.0, 3.6)
+    fig = figure(12.0, 3.6)
     ax_loss, ax_acc, ax_lp = fig.subplots(1, 3)
     train = [r for r in metrics if r.get("kind") == "train" and r.get("loss") is not None]
     evals = [r for r in metrics if r.get("kind") == "eval"]
@@ -129,15 +130,7 @@ def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     return fig
 
 
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
-
-
-def _protocol(s: Mapping[str, Any]) -> str:
+def protocol_line(s: Mapping[str, Any]) -> str:
     if s["protocol"] == "train-on-eval":
         return (f"**Protocol: train-on-eval** (the paper's): the model was trained on the {s['num_train_prompts']} "
                 "prompts it is evaluated on, so the 'held-out' numbers below are not held out.")
@@ -151,15 +144,16 @@ def _protocol(s: Mapping[str, Any]) -> str:
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
     from .evaluate import responses_table
-    from .report import _config_table
+    from .report import config_table
 
     b, sh, bon = s["base"], s["sharpened"], s["base_bon"]
     rows = [("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
             ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))]
     table = responses_table(rows)
-    table.append(f"| base best-of-{s['n']} (`{s['selector']}`, {bon['prompts']} prompts) | {_pct(bon['accuracy'])} | "
-                 f"{_num(bon['mean_logprob_base'])} | {bon['mean_num_tokens']:.1f} | "
-                 f"{_pct(bon['truncated_fraction'])} |  | {s['num_train_prompts']} |")
+    table.append(f"| base best-of-{s['n']} (`{s['selector']}`, {bon['prompts']} prompts) | "
+                 f"{fmt_pct(bon['accuracy'])} | "
+                 f"{fmt_num(bon['mean_logprob_base'])} | {bon['mean_num_tokens']:.1f} | "
+                 f"{fmt_pct(bon['truncated_fraction'])} |  | {s['num_train_prompts']} |")
     t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift (mean log pi_base) |",
           "|---|---|---|---|"]
     names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"),
@@ -178,7 +172,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     parts = [
         f"# SFT-sharpening: {s['task']} / {s['model']}",
         "",
-        _protocol(s),
+        protocol_line(s),
         "",
         f"Training targets: for each training prompt, the `{s['selector']}` pick among {s['n']} base samples at "
         "temperature 1; the loss is -log pi(y|x) summed over the response tokens (prompt masked).",
@@ -188,7 +182,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         *table,
         "",
         "log pi_base is always scored under the base model (adapter disabled). The best-of-N row is the accuracy "
-        "of the training targets themselves" + (f" (base greedy on those prompts: {_pct(bon_greedy)}%)"
+        "of the training targets themselves" + (f" (base greedy on those prompts: {fmt_pct(bon_greedy)}%)"
                                                  if bon_greedy is not None else "") + ".",
         "",
         "## The paper's Table 1 quantities",
@@ -204,15 +198,15 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "## Training",
         "",
         f"{tr['steps']} optimizer steps; kept adapter: step {tr.get('best_step')} "
-        f"(held-out greedy accuracy {_pct(best.get('accuracy'))}%, mean log pi_base "
-        f"{_num(best.get('logprob_base'))}), saved in `adapter/` (PEFT format; "
+        f"(held-out greedy accuracy {fmt_pct(best.get('accuracy'))}%, mean log pi_base "
+        f"{fmt_num(best.get('logprob_base'))}), saved in `adapter/` (PEFT format; "
         "`sharpen eval --adapter DIR/adapter` re-evaluates it). Step 0 is the base model itself.",
         "",
         "![training curves](training_curves.png)",
         "",
         "## Configuration",
         "",
-        *_config_table(config),
+        *config_table(config),
         "",
     ]
     return "\n".join(parts)

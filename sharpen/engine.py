@@ -64,7 +64,7 @@ def encode_prompts(model: Any, prompts: Sequence[str]) -> list[list[int]]:
 
 def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int, max_new_tokens: int,
            temperature: float = 1.0, seed: int = 0, stop: list[str] | None = None,
-           keys: list[str] | None = None, ignore_eos: bool = False, progress: bool = False, *,
+           keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
            backend: str = "auto") -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
@@ -104,7 +104,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
 
 
 def greedy(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int,
-           stop: list[str] | None = None, ignore_eos: bool = False, progress: bool = False,
+           stop: list[str] | None = None, ignore_eos: bool = False, progress: bool | str = False,
            **kwargs: Any) -> list[Sample]:
     """Greedy decoding (temperature 0, one sample per prompt) through the same code path as `sample`."""
     out = sample(model, prompts, 1, max_new_tokens, temperature=0.0, stop=stop, ignore_eos=ignore_eos,
@@ -133,7 +133,7 @@ class _Loop:
 
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
-                 progress: bool) -> None:
+                 progress: bool | str) -> None:
         self.dec, self.tok, self.ids, self.key_ids = decoder, tokenizer, ids, key_ids
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
         self.eos, self.stops = eos, stops
@@ -157,7 +157,8 @@ class _Loop:
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=len(ids) * n, desc="sampling", unit="sample")
+            self.bar = tqdm(total=len(ids) * n, desc=progress if isinstance(progress, str) else "sampling",
+                            unit="sample", dynamic_ncols=True)
 
     def run(self) -> list[list[Sample]]:
         self._assign(list(range(self.B)))

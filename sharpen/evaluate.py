@@ -62,9 +62,10 @@ def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Seq
 
 
 def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,
-            max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None
-            ) -> list[dict]:
+            max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None,
+            progress: str | None = None) -> list[dict]:
     """Greedy and `samples` temperature-`temperature` responses per item, graded, with log pi_base.
+    progress: a label for progress bars (none without it).
 
     Rows: those of samples.jsonl (see `bon.sample_rows`) plus `kind` ("greedy" / "sample") and `logprob_base`;
     `logprob` is under `model` itself (the policy, adapter on).
@@ -74,15 +75,17 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
 
     ids = [prompt_ids[it.id] for it in items]
     rows: list[dict] = []
-    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype)
+    bar = (lambda what: f"{progress}: {what}") if progress else (lambda what: False)
+    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype, progress=bar("greedy"))
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     if samples > 0:
         drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=task.stop, keys=[it.id for it in items], dtype=dtype)
+                       stop=task.stop, keys=[it.id for it in items], dtype=dtype, progress=bar("samples"))
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
-    lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows])
+    lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
+                       progress=bar("log pi_base") or None)
     for r, v in zip(rows, lp, strict=True):
         r["logprob_base"] = v
     return rows
@@ -174,7 +177,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         model = load_adapter(model, cfg.adapter)
     ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
     rows = respond(model, task, task.items, ids, cfg.samples, cfg.max_new_tokens, cfg.temperature, cfg.seed,
-                   dtype=cfg.sample_dtype)
+                   dtype=cfg.sample_dtype, progress="eval")
     stats = summarize_responses(rows)
     result = {"task": cfg.task, "model": cfg.model, "adapter": cfg.adapter, "options": asdict(cfg), **stats}
     if cfg.out:

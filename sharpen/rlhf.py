@@ -349,7 +349,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
     # 4) The base model on the held-out prompts.
-    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed)
+    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     # 5) LoRA training; the adapter with the best held-out J_beta is kept (step 0 = pi_base itself).
     model = attach_lora(model, tcfg)
     result = train(model, data, functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta), tcfg, out,
@@ -359,7 +359,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     restore_adapter(model, result.adapter_dir)
     if adapter_is_identity(model.module):
         runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
-    sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed)
+    sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     # 7) Summary and report.
     history = [r for r in runs.load_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
     training = {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
@@ -430,7 +430,7 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     out, task, prompts, pools, bon_opts, model, prompt_ids = _start(cfg, tcfg, "xpo", progress)
     train_task = _train_task(cfg, bon_opts)
     # 4) Iterate 0 is pi_base: its held-out evaluation is the base evaluation.
-    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed)
+    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     model = attach_lora(model, tcfg)
     if not (out / "round_0" / "adapter").exists():
         (out / "round_0").mkdir(exist_ok=True)
@@ -454,7 +454,7 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         result = train(model, data, functools.partial(pair_loss, kind="xpo", beta=cfg.beta, alpha=cfg.alpha),
                        tcfg, rdir, progress=progress)
         # c) The held-out J_beta of the new iterate.
-        rows = eval_stage(rdir / "eval.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed)
+        rows = eval_stage(rdir / "eval.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
         row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta)}
         runs.append_jsonl(hist_path, [row])
         history.append(row)

@@ -159,7 +159,7 @@ def _from_run(cfg: SftConfig) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 def eval_stage(path: Path, model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]],
-               cfg: SftConfig, seed: int) -> list[dict]:
+               cfg: SftConfig, seed: int, progress: bool = False) -> list[dict]:
     """Greedy + eval_samples responses per item (see evaluate.respond), appended chunk by chunk to `path`."""
     from . import runs
     from .evaluate import respond
@@ -176,7 +176,8 @@ def eval_stage(path: Path, model: Model, task: Any, items: Sequence[Any], prompt
     size = chunk_size(cfg.chunk, per_prompt)
     for start in range(0, len(todo), size):
         new = respond(model, task, todo[start:start + size], prompt_ids, cfg.eval_samples,
-                      cfg.max_new_tokens, temperature=1.0, seed=seed, dtype=cfg.sample_dtype)
+                      cfg.max_new_tokens, temperature=1.0, seed=seed, dtype=cfg.sample_dtype,
+                      progress=path.stem if progress else None)
         runs.append_jsonl(path, new)
         rows += new
     order = {it.id: i for i, it in enumerate(items)}
@@ -273,7 +274,7 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
     base_greedy = None
     if main:
-        base_rows = eval_stage(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed)
+        base_rows = eval_stage(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
         base_greedy = summarize_responses(base_rows)["greedy"]
     acc.wait_for_everyone()
     # 5) LoRA fine-tuning; the adapter best on the held-out prompts is kept in DIR/adapter.
@@ -285,7 +286,7 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         return {}
     # 6) The sharpened model (best adapter) on the same prompts, with the same sampling seed and keys.
     restore_adapter(model, result.adapter_dir)
-    sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed)
+    sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
     # 7) Summary and report read the files.
     summary = build_summary(out, cfg, base_rows, sharp_rows, data, result)
     runs.atomic_write_json(out / "summary.json", summary)

@@ -57,12 +57,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import write_report
+    from .rlhf_report import write_rlhf_report
+    from .runs import read_json
+    from .sft_report import write_sft_report
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "summary.json").exists():
         raise SharpenError(f"{run_dir} has no summary.json: give a finished run directory "
                            "(re-run its command to finish it)")
-    print(f"report: {write_report(run_dir)}")
+    command = read_json(run_dir / "config.json").get("command", "bon") if (run_dir / "config.json").exists() else "bon"
+    writer = {"sft": write_sft_report, "dpo": write_rlhf_report, "xpo": write_rlhf_report}.get(command, write_report)
+    print(f"report: {writer(run_dir)}")
     return 0
 
 

@@ -256,7 +256,10 @@ def test_xpo_end_to_end_resumes_and_samples_from_the_current_policy(tmp_path, mo
         if p["round"] == 2:
             assert p["logprob_y"] == pytest.approx(sum(score(pi_2, p["prompt_token_ids"], p["y"])), abs=1e-4)
             assert abs(p["logprob_y"] - p["base_y"]) > 1e-3  # ... and pi_2 is not pi_base
-    assert "XPO" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "XPO" in report
+    (out / "report.md").unlink()  # `sharpen report` rebuilds a dpo / xpo run's report from its files
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == report
     # The kept adapter evaluates through `sharpen eval` with the same numbers.
     assert main(["eval", "--model", "tiny-random", "--adapter", str(out / "adapter"), "--task", "game24",
                  "--limit", "2", "--max-new-tokens", "8", "--samples", "2", "--data-dir", DATA,

@@ -205,7 +205,9 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
         pool = [s for s in samples if s["prompt_id"] == d["prompt_id"]]
         assert d["logprob"] == max(s["logprob"] for s in pool)
     report = (out / "report.md").read_text()
-    assert "Protocol: held-out" in report and "Table 1" in report
+    assert "Protocol: held-out" in report and "Table 1" in report and "most common answer" in report
+    (out / "report.md").unlink()  # `sharpen report` rebuilds an sft run's report from its files
+    assert main(["report", str(out)]) == 0 and (out / "report.md").read_text() == report
     # Re-running the finished command redoes nothing and gives the same summary.
     mtime = (out / "eval_sharpened.jsonl").stat().st_mtime
     assert main(argv) == 0

@@ -154,6 +154,8 @@ def run_hf_generate(model: Model, ids: list[list[int]], args: argparse.Namespace
 
 
 def run_llama_cpp(model: Model, ids: list[list[int]], args: argparse.Namespace, logprobs: bool) -> dict | None:
+    """llama.cpp on the same GGUF, one completion at a time; with logprobs it computes all logits and is slow, so
+    it runs --llama-logprob-n samples per prompt (tokens/s is per token either way)."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -170,7 +172,8 @@ def run_llama_cpp(model: Model, ids: list[list[int]], args: argparse.Namespace, 
     tokens, dt = 0, 0.0
     with PeakMemory(torch.device("cpu")) as mem:
         for p in ids[:args.llama_prompts]:
-            for i in range(args.n):  # no n > 1 in llama.cpp's API; the prompt prefix is reused from its cache
+            for i in range(args.llama_logprob_n if logprobs else args.n):  # no n > 1 in its API; the prompt
+                # prefix is reused from llama.cpp's cache
                 t = time.perf_counter()
                 out = llm.create_completion(p, max_tokens=args.tokens, temperature=1.0, top_k=0, top_p=1.0,
                                             min_p=0.0, seed=i, logprobs=1 if logprobs else None,
@@ -207,6 +210,7 @@ def main() -> None:
     ap.add_argument("--max-rows", type=int, default=None, help="engine rows per decode step (default: auto)")
     ap.add_argument("--hf-prompts", type=int, default=1, help="prompts given to HF generate (it is slow)")
     ap.add_argument("--llama-prompts", type=int, default=2, help="prompts given to llama.cpp")
+    ap.add_argument("--llama-logprob-n", type=int, default=2, help="samples per prompt for llama.cpp +logprobs")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--device", default="auto")

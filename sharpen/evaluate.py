@@ -112,6 +112,7 @@ def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
             "truncated_fraction": sum(r["finish_reason"] == "length" for r in rs) / len(rs),
             "num_prompts": len({r["prompt_id"] for r in rs}),
             "num_responses": len(rs),
+            "empty_fraction": sum(not r["text"].strip() for r in rs) / len(rs),
             **top_answer(rs),
         }
     return out
@@ -123,6 +124,23 @@ def top_answer(rows: Sequence[dict]) -> dict[str, Any]:
     counts = Counter(r.get("answer") for r in rows)
     answer, k = max(counts.items(), key=lambda kv: (kv[1], str(kv[0])))
     return {"top_answer": answer, "top_answer_fraction": k / len(rows)}
+
+
+def collapse_warnings(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Lines that flag a sharpened model collapsed to empty responses or to one answer (summarize_responses
+    stats per kind), with the reason, so a lift is not read as better reasoning."""
+    out = []
+    for kind, st in stats.items():
+        if st.get("empty_fraction", 0) >= 0.5:
+            out.append(f"**Warning:** {100 * st['empty_fraction']:.0f}% of the sharpened {kind} responses are empty. "
+                       "An immediate end of response is more likely under pi_base than almost any real answer, so "
+                       "the sequence log-likelihood self-reward (Eq. 2) is maximized by saying nothing; try a larger "
+                       "beta, fewer steps, or a chat prompt (--chat).")
+        elif st.get("top_answer") is not None and st.get("top_answer_fraction", 0) >= 0.8:
+            out.append(f"**Note:** {100 * st['top_answer_fraction']:.0f}% of the sharpened {kind} responses give "
+                       f"the same answer ({st['top_answer']}): accuracy then mostly measures how often that answer "
+                       "is the gold one.")
+    return out
 
 
 def responses_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> list[str]:

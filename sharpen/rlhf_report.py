@@ -66,7 +66,7 @@ def _kept(s: Mapping[str, Any]) -> str:
 
 def format_summary(s: Mapping[str, Any]) -> str:
     """Plain-text before/after table, J_beta and the Table 1 lift, for the terminal."""
-    from .evaluate import format_eval
+    from .evaluate import collapse_warnings, format_eval
 
     j = s["j_beta"]
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
@@ -78,6 +78,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
         lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
         lines.append(f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
                      f"log pi_base {fmt_num(t['likelihood_lift'], '+.2f')}")
+    lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
     return "\n".join(lines)
 
 
@@ -176,7 +177,7 @@ def _objective(s: Mapping[str, Any]) -> str:
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
-    from .evaluate import responses_table
+    from .evaluate import collapse_warnings, responses_table
     from .report import config_table
 
     b, sh, j = s["base"], s["sharpened"], s["j_beta"]
@@ -204,7 +205,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     parts = [
         f"# RLHF-sharpening, {TITLES[s['algorithm']]}: {s['task']} / {s['model']}", "",
         protocol_line(s), "", _objective(s), "",
-        "## Before and after", "", *table, "",
+        "## Before and after", "", *table, "", *[w + "\n" for w in collapse_warnings(sh)],
         f"Held-out J_beta estimate (temperature-1 samples of each model): base {fmt_num(j['base'], '.3f')}, "
         f"sharpened {fmt_num(j['sharpened'], '.3f')} (estimated KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')}). "
         "log pi_base is always scored under the base model (adapter disabled).", "",

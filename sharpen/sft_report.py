@@ -73,7 +73,7 @@ def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Se
 
 def format_summary(s: Mapping[str, Any]) -> str:
     """Plain-text before/after table and the Table 1 lifts, for the terminal."""
-    from .evaluate import format_eval
+    from .evaluate import collapse_warnings, format_eval
 
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
              format_eval(s["sharpened"], title=f"sharpened (adapter of step {s['training']['best_step']})")]
@@ -83,6 +83,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
         lk = "n/a" if t["likelihood_lift"] is None else f"{t['likelihood_lift']:+.2f}"
         lines += ["", f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
                       f"log pi_base {lk}"]
+    lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
     return "\n".join(lines)
 
 
@@ -143,7 +144,7 @@ def protocol_line(s: Mapping[str, Any]) -> str:
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
-    from .evaluate import responses_table
+    from .evaluate import collapse_warnings, responses_table
     from .report import config_table
 
     b, sh, bon = s["base"], s["sharpened"], s["base_bon"]
@@ -181,6 +182,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "",
         *table,
         "",
+        *[w + "\n" for w in collapse_warnings(sh)],
         "log pi_base is always scored under the base model (adapter disabled). The best-of-N row is the accuracy "
         "of the training targets themselves" + (f" (base greedy on those prompts: {fmt_pct(bon_greedy)}%)"
                                                  if bon_greedy is not None else "") + ".",

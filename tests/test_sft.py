@@ -82,11 +82,11 @@ def test_engine_samples_from_the_adapted_model():
 
 def test_summaries_and_table1_by_hand():
     rows = [{"prompt_id": "a", "kind": "greedy", "correct": True, "logprob_base": -2.0, "logprob": -2.0,
-             "num_tokens": 4, "finish_reason": "eos"},
+             "num_tokens": 4, "finish_reason": "eos", "text": "a"},
             {"prompt_id": "b", "kind": "greedy", "correct": False, "logprob_base": -4.0, "logprob": -4.0,
-             "num_tokens": 6, "finish_reason": "length"},
+             "num_tokens": 6, "finish_reason": "length", "text": "b"},
             {"prompt_id": "a", "kind": "sample", "correct": True, "logprob_base": float("-inf"), "logprob": -1.0,
-             "num_tokens": 2, "finish_reason": "eos"}]
+             "num_tokens": 2, "finish_reason": "eos", "text": "c"}]
     st = summarize_responses(rows)
     assert st["greedy"]["accuracy"] == 0.5 and st["greedy"]["mean_logprob_base"] == -3.0
     assert st["greedy"]["truncated_fraction"] == 0.5 and st["sample"]["mean_logprob_base"] is None
@@ -111,6 +111,24 @@ def test_top_answer_shows_a_collapse_to_one_answer():
           "num_prompts": 5, **top_answer(rows)}
     lines = responses_table([("sharpened greedy", st), ("absent", None)])
     assert len(lines) == 3 and "| sharpened greedy | 50.0 | -3.00 | 5.0 | 0.0 | True (60.0%) | 5 |" == lines[2]
+
+
+def test_collapse_warnings_name_empty_responses_and_one_answer():
+    from sharpen.evaluate import collapse_warnings, summarize_responses
+
+    def row(kind, text, answer):
+        return {"prompt_id": text + answer if answer else text, "kind": kind, "correct": False, "text": text,
+                "answer": answer, "logprob_base": -1.0, "logprob": -1.0, "num_tokens": 1, "finish_reason": "eos"}
+
+    empty = summarize_responses([row("greedy", "", None)] * 3 + [row("greedy", " True.", "True")])
+    assert empty["greedy"]["empty_fraction"] == 0.75
+    (w,) = collapse_warnings(empty)
+    assert "75% of the sharpened greedy responses are empty" in w
+    same = summarize_responses([row("sample", " True.", "True")] * 4 + [row("sample", " False", "False")])
+    (w,) = collapse_warnings(same)
+    assert "80% of the sharpened sample responses give the same answer (True)" in w
+    mixed = summarize_responses([row("greedy", " True.", "True"), row("greedy", " False.", "False")])
+    assert collapse_warnings(mixed) == []
 
 
 def test_best_key_prefers_accuracy_then_likelihood():

@@ -131,13 +131,13 @@ def test_xpo_loss_adds_the_optimism_term():
 
 def test_held_out_metrics_by_hand():
     rows = [{"prompt_id": "a", "kind": "greedy", "correct": True, "logprob": -2.0, "logprob_base": -2.0,
-             "num_tokens": 2, "finish_reason": "eos"},
+             "num_tokens": 2, "finish_reason": "eos", "text": "x"},
             {"prompt_id": "a", "kind": "sample", "correct": False, "logprob": -3.0, "logprob_base": -5.0,
-             "num_tokens": 3, "finish_reason": "eos"},
+             "num_tokens": 3, "finish_reason": "eos", "text": "x"},
             {"prompt_id": "a", "kind": "sample", "correct": True, "logprob": -1.0, "logprob_base": -2.0,
-             "num_tokens": 1, "finish_reason": "eos"},
+             "num_tokens": 1, "finish_reason": "eos", "text": "x"},
             {"prompt_id": "a", "kind": "sample", "correct": False, "logprob": None, "logprob_base": -9.0,
-             "num_tokens": 1, "finish_reason": "invalid"}]  # a broken sample is left out of J_beta
+             "num_tokens": 1, "finish_reason": "invalid", "text": "x"}]  # a broken sample is left out of J_beta
     m = held_out_metrics(rows, beta=0.5)
     # KL = mean(lp - lb) = (2 + 1) / 2; J = mean(lb) - beta * KL = -3.5 - 0.75
     assert m["kl"] == pytest.approx(1.5) and m["j_beta"] == pytest.approx(-4.25)

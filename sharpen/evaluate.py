@@ -133,9 +133,10 @@ def collapse_warnings(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for kind, st in stats.items():
         if st.get("empty_fraction", 0) >= 0.5:
             out.append(f"**Warning:** {100 * st['empty_fraction']:.0f}% of the sharpened {kind} responses are empty. "
-                       "An immediate end of response is more likely under pi_base than almost any real answer, so "
-                       "the sequence log-likelihood self-reward (Eq. 2) is maximized by saying nothing; try a larger "
-                       "beta, fewer steps, or a chat prompt (--chat).")
+                       "An immediate end of response is more likely under pi_base than most sampled answers, and "
+                       "shorter responses score higher under the sequence log-likelihood self-reward (Eq. 2), so "
+                       "training toward it on sampled responses can end at saying nothing; try a larger beta, fewer "
+                       "steps, or a chat prompt (--chat).")
         elif st.get("top_answer") is not None and st.get("top_answer_fraction", 0) >= 0.8:
             out.append(f"**Note:** {100 * st['top_answer_fraction']:.0f}% of the sharpened {kind} responses give "
                        f"the same answer ({st['top_answer']}): accuracy then mostly measures how often that answer "

@@ -137,6 +137,14 @@ def collapse_warnings(stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
                        "shorter responses score higher under the sequence log-likelihood self-reward (Eq. 2), so "
                        "training toward it on sampled responses can end at saying nothing; try a larger beta, fewer "
                        "steps, or a chat prompt (--chat).")
+        elif st.get("truncated_fraction", 0) >= 0.5:
+            out.append(f"**Warning:** {100 * st['truncated_fraction']:.0f}% of the sharpened {kind} responses hit the "
+                       "token limit. Once a loop repeats, each further repeat costs little log pi_base, so training "
+                       "toward the sequence log-likelihood self-reward (Eq. 2) can drift into repetition; try a "
+                       "larger beta or fewer steps.")
+        elif st.get("top_answer") is None and st.get("top_answer_fraction", 0) >= 0.8:
+            out.append(f"**Warning:** {100 * st['top_answer_fraction']:.0f}% of the sharpened {kind} responses have "
+                       "no answer the task can extract.")
         elif st.get("top_answer") is not None and st.get("top_answer_fraction", 0) >= 0.8:
             out.append(f"**Note:** {100 * st['top_answer_fraction']:.0f}% of the sharpened {kind} responses give "
                        f"the same answer ({st['top_answer']}): accuracy then mostly measures how often that answer "

@@ -127,6 +127,11 @@ def test_collapse_warnings_name_empty_responses_and_one_answer():
     same = summarize_responses([row("sample", " True.", "True")] * 4 + [row("sample", " False", "False")])
     (w,) = collapse_warnings(same)
     assert "80% of the sharpened sample responses give the same answer (True)" in w
+    looped = summarize_responses([{**row("greedy", " Every" * 8, None), "finish_reason": "length"}] * 2)
+    (w,) = collapse_warnings(looped)
+    assert "100% of the sharpened greedy responses hit the token limit" in w
+    (w,) = collapse_warnings(summarize_responses([row("greedy", " maybe", None)] * 5))
+    assert "100% of the sharpened greedy responses have no answer" in w
     mixed = summarize_responses([row("greedy", " True.", "True"), row("greedy", " False.", "False")])
     assert collapse_warnings(mixed) == []
 

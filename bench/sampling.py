@@ -253,7 +253,14 @@ def main() -> None:
             r = run_llama_cpp(model, ids, args, lp)
             if r is None:
                 break
-            print(_line(f"llama.cpp q4_k_m{' +logprobs' if lp else ''}", r, hf), flush=True)
+            name = f"llama.cpp q4_k_m{' +logprobs' if lp else ''}"
+            print(_line(name, r, hf), flush=True)
+            results.append((name, r))
+    tps = {name: r["tokens"] / r["seconds"] for name, r in results}
+    for eng in (n for n in tps if n.startswith("engine")):
+        ratios = [f"x{tps[eng] / tps[other]:.1f} vs {other}" for other in tps if other.startswith("llama.cpp")]
+        if ratios:
+            print(f"{eng}: " + ", ".join(ratios))
     if args.profile:
         profile_engine(model, ids, args, getattr(torch, dtypes[-1]))
 

@@ -157,13 +157,15 @@ def run_bon(cfg: BonConfig, progress: bool = True) -> dict:
                 bar.update(len(chunk))
         return rows
 
+    inner = "  responses" if progress else False  # the engine's bar inside a chunk (prompts finish per chunk)
     # 4) Greedy: the baseline every selector is compared to.
     greedy_rows = run_stage(out / "greedy.jsonl", 1, lambda p, keys: [[s] for s in greedy(
-        model, p, max_new_tokens=cfg.max_new_tokens, stop=task.stop, dtype=cfg.sample_dtype)], "greedy")
+        model, p, max_new_tokens=cfg.max_new_tokens, stop=task.stop, dtype=cfg.sample_dtype, progress=inner)],
+        "greedy")
     # 5) n samples per prompt, each with its raw temperature-1 log-prob.
     sample_rows_ = run_stage(out / "samples.jsonl", cfg.n, lambda p, keys: sample(
         model, p, n=cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
-        stop=task.stop, keys=keys, dtype=cfg.sample_dtype), f"sample x{cfg.n}")
+        stop=task.stop, keys=keys, dtype=cfg.sample_dtype, progress=inner), f"sample x{cfg.n}")
     # 6) Every selector, offline, over subsamples.
     summary = summarize(sample_rows_, greedy_rows, n=cfg.n, seeds=cfg.seeds)
     summary["task"], summary["model"] = cfg.task, cfg.model

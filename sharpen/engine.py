@@ -157,8 +157,9 @@ class _Loop:
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=len(ids) * n, desc=progress if isinstance(progress, str) else "sampling",
-                            unit="sample", dynamic_ncols=True)
+            labelled = isinstance(progress, str)  # a caller's inner bar: gone when the call ends
+            self.bar = tqdm(total=len(ids) * n, desc=progress if labelled else "sampling", unit="sample",
+                            dynamic_ncols=True, leave=not labelled)
 
     def run(self) -> list[list[Sample]]:
         self._assign(list(range(self.B)))

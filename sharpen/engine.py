@@ -17,7 +17,9 @@ Guarantees:
   random stream, never on the batch size, the other prompts in the call, or the order rows finish. Token
   choices are therefore identical across batch compositions (barring a uniform that falls within float
   rounding of a cumulative-probability boundary, which happens with probability ~1e-7 per token); log-probs
-  are identical up to float rounding when batch shapes differ, and bit-identical for identical calls.
+  are identical up to float rounding when batch shapes differ, and bit-identical for identical calls. In bf16
+  compute the logits themselves round differently with the batch shape, so another composition changes a
+  token more often (identical calls still reproduce exactly).
 * Precision: in fp32, per-token log-probs match `sharpen.scoring.score` to 1e-4 (tested; typically 1e-6).
   In bf16 compute (dtype=torch.bfloat16, or a model loaded in bf16) the logits themselves are bf16: on the
   embedded Gemma 3 270M, 768 sampled tokens differed from fp32 scores by median 0.02, p99 0.15, max 0.33 nats

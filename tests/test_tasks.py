@@ -47,8 +47,11 @@ def test_paper_subset_sizes_and_limit(name, size):
     assert len(task.items) == size
     assert len({item.id for item in task.items}) == size
     first = load_task(name, limit=7)
-    assert [i.id for i in first.items] == [i.id for i in task.items[:7]]
-    assert [i.prompt for i in first.items] == [i.prompt for i in task.items[:7]]
+    if name == "mmlu":  # the limit is shared among the subjects (see test_mmlu_limit_is_shared_among_subjects)
+        assert {i.id for i in first.items} <= {i.id for i in task.items} and len(first.items) == 7
+    else:
+        assert [i.id for i in first.items] == [i.id for i in task.items[:7]]
+        assert [i.prompt for i in first.items] == [i.prompt for i in task.items[:7]]
     assert load_task(name, limit=0).items == []
     assert all(item.prompt and item.answer for item in task.items)
     assert all(task.grade(item, "") is False for item in task.items[:5])
@@ -227,3 +230,21 @@ def test_generated_prontoqa_is_deterministic():
     assert a[:5] == prontoqa_gen.generate(5, seed=3)
     assert a != prontoqa_gen.generate(20, seed=4)
     assert len({item["context"] for item in a}) == 20
+
+
+def test_mmlu_limit_is_shared_among_subjects():
+    from sharpen.tasks.mmlu import spread
+
+    task = load_task("mmlu", limit=20)
+    subjects = [i.meta["subject"] for i in task.items]
+    assert len(subjects) == 20
+    assert [subjects.count(s) for s in ("college_biology", "college_physics", "college_chemistry")] == [7, 7, 6]
+    full = load_task("mmlu").items
+    assert [i.id for i in task.items if i.meta["subject"] == "college_physics"] == \
+        [i.id for i in full if i.meta["subject"] == "college_physics"][:7]  # each subject keeps its order
+    assert load_task("mmlu", subject="college_physics", limit=5).items == \
+        load_task("mmlu", subject="college_physics").items[:5]
+    # A subject that runs out leaves its share to the others.
+    items = full[:3] + [i for i in full if i.meta["subject"] == "college_physics"]
+    got = spread(items, 10)
+    assert sum(i.meta["subject"] == "college_biology" for i in got) == 3 and len(got) == 10

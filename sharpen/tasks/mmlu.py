@@ -129,7 +129,8 @@ def _header(subject: str, demo: dict) -> str:
 
 
 def load(data_dir=None, split: str = "test", limit: int | None = None, subject=None, **options) -> MMLU:
-    """The whole test split of each subject (default: the paper's three college subjects), or training prompts."""
+    """The whole test split of each subject (default: the paper's three college subjects), or training prompts;
+    `limit` takes the first items of each subject in equal shares."""
     check_split("mmlu", split)
     check_options("mmlu", options, ["subject"])
     subjects = parse_subjects(subject)
@@ -153,4 +154,21 @@ def load(data_dir=None, split: str = "test", limit: int | None = None, subject=N
                     prompt=header + format_question(row["question"], row["choices"]), answer=row["answer"],
                     meta={"subject": name, "source": where, "question": row["question"],
                           "choices": row["choices"]}))
-    return MMLU(take(items, limit), subjects)
+    return MMLU(spread(items, limit), subjects)
+
+
+def spread(items: list[Item], limit: int | None) -> list[Item]:
+    """The first `limit` items, shared as evenly as possible among the subjects (each keeps its own order), so
+    that --limit 30 over three subjects is ten of each rather than thirty of the first."""
+    take(items, limit)  # validates limit
+    if limit is None or limit >= len(items):
+        return items
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        groups.setdefault(it.meta["subject"], []).append(it)
+    counts = dict.fromkeys(groups, 0)
+    while sum(counts.values()) < limit:
+        for name, group in groups.items():  # one more from each subject that still has items, in turn
+            if counts[name] < len(group) and sum(counts.values()) < limit:
+                counts[name] += 1
+    return [it for name, group in groups.items() for it in group[:counts[name]]]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .errors import SharpenError
 from .models import sampling_dtype
-from .scoring import backbone, causal_lm, lm_logits
+from .scoring import backbone, cache_keyword, causal_lm, lm_logits
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (signature, cast copy)
@@ -365,7 +365,7 @@ class HFDecoder:
         self.lm, self.rows, self.device = lm, rows, device
         self.prompt: list[int] = []
         self.cache: Any = None
-        self.cache_kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        self.cache_kw = cache_keyword(lm)
 
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
         (self.prompt,) = prompts  # run by start_logits, when the rows (re)start on it

@@ -75,7 +75,9 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
 
     ids = [prompt_ids[it.id] for it in items]
     rows: list[dict] = []
-    bar = (lambda what: f"{progress}: {what}") if progress else (lambda what: False)
+    def bar(what: str) -> str | None:
+        return f"{progress}: {what}" if progress else None
+
     first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype, progress=bar("greedy"))
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
@@ -85,7 +87,7 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
-                       progress=bar("log pi_base") or None)
+                       progress=bar("log pi_base"))
     for r, v in zip(rows, lp, strict=True):
         r["logprob_base"] = v
     return rows

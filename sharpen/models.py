@@ -93,7 +93,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def sampling_dtype(spec: str | torch.dtype | None, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """Compute dtype of the sampling engine. None: the model's. "auto": bf16 when the model is fp32 and the
-    hardware has native bf16 (about 2.5x faster on such CPUs; log-probs then carry bf16 error, see
+    hardware has native bf16 (about 2.2x faster on such CPUs; log-probs then carry bf16 error, see
     sharpen.engine), else the model's. Anything else: as `resolve_dtype`."""
     if spec is None:
         return model_dtype

@@ -11,6 +11,8 @@ instead of keeping them.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +70,11 @@ def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tens
     b_idx, t_idx = mask.nonzero(as_tuple=True)  # (K,), (K,) row-major
     h = hidden[b_idx, t_idx - 1]  # (K, H): the state before token t predicts token t
     labels = input_ids[b_idx, t_idx]  # (K,)
+    return head_logprobs(module, h, labels, chunk)
+
+
+def head_logprobs(module: Any, h: Tensor, labels: Tensor, chunk: int = 256) -> Tensor:
+    """log softmax(LM head(h))[labels], `chunk` rows at a time: (K, H), (K,) -> (K,) fp32. Differentiable."""
     pieces = []
     grad = torch.is_grad_enabled() and h.requires_grad
     head = _frozen_head(module) if grad else None
@@ -82,8 +89,13 @@ def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tens
         else:
             pieces.append(_chunk_logprobs(module, hs, ls))
     if not pieces:
-        return hidden.new_zeros(0, dtype=torch.float32)
+        return h.new_zeros(0, dtype=torch.float32)
     return torch.cat(pieces)
+
+
+def cache_keyword(module: Any) -> str:
+    """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _chunk_logprobs(module: Any, h: Tensor, labels: Tensor) -> Tensor:
@@ -192,11 +204,9 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
     try:
         out: list[list[float]] = [[] for _ in prompts]
         # Responses that share a prompt (N samples of one prompt, a DPO pair) share one prefill of it.
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         for i, p in enumerate(prompts):
-            groups.setdefault(tuple(p), []).append(i)
-        if not share_prompts:
-            groups = {(i,): [i] for i in range(len(prompts))}
+            groups.setdefault(tuple(p) if share_prompts else i, []).append(i)
         shared = [g for g in groups.values() if len(g) > 1]
         # Longest first so that padding within a batch stays small.
         alone = sorted((g[0] for g in groups.values() if len(g) == 1),
@@ -220,34 +230,31 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
 def _score_batch(model: Any, prompts: list[list[int]], responses: list[list[int]], chunk: int,
                  outs: list[list[float]]) -> None:
     ids, attn, resp = collate(model, prompts, responses)
-    lp = response_token_logprobs(model.module, ids, attn, resp, chunk).tolist()
+    _extend(outs, responses, response_token_logprobs(model.module, ids, attn, resp, chunk).tolist())
+
+
+def _extend(outs: list[list[float]], responses: list[list[int]], flat: list[float]) -> None:
+    """Split row-major per-token values back into one list per response."""
     pos = 0
     for r, out in zip(responses, outs, strict=True):
-        out.extend(lp[pos:pos + len(r)])
+        out.extend(flat[pos:pos + len(r)])
         pos += len(r)
 
 
 def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chunk: int, outs: list[list[float]],
                   batch_size: int) -> None:
     """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses."""
-    import copy
-    import inspect
-
     dev, body = model.device, backbone(model.module)
-    kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"  # 5.x renamed it
+    kw = cache_keyword(body)
     pre = body(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
     h_last = pre.last_hidden_state[:, -1:]  # (1, 1, H): predicts each response's first token
     P = len(prompt)
     todo = sorted((i for i, r in enumerate(responses) if r), key=lambda i: -len(responses[i]))
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        B, L = len(batch), len(responses[batch[0]])
-        ids = torch.full((B, L), model.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.bool)
-        for b, i in enumerate(batch):
-            ids[b, :len(responses[i])] = torch.tensor(responses[i], dtype=torch.long)
-            mask[b, :len(responses[i])] = True
-        ids, mask = ids.to(dev), mask.to(dev)
+        rs = [responses[i] for i in batch]
+        ids, _, mask = collate(model, [[]] * len(rs), rs)  # (B, L) responses alone, right-padded
+        B, L = ids.shape
         cache = copy.deepcopy(getattr(pre, kw))
         cache.batch_repeat_interleave(B)  # (B, heads, P, D) per layer
         # Right padding after the real tokens: causal attention never lets a real token see a pad.
@@ -255,10 +262,4 @@ def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chu
                  attention_mask=torch.ones((B, P + L), dtype=torch.long, device=dev),
                  position_ids=torch.arange(P, P + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
         before = torch.cat([h_last.expand(B, 1, -1), h[:, :-1]], dim=1)  # (B, L, H): state before each token
-        hs, labels = before[mask], ids[mask]  # (K, H), (K,) row-major
-        lp = torch.cat([_chunk_logprobs(model.module, hs[k:k + chunk], labels[k:k + chunk])
-                        for k in range(0, hs.shape[0], chunk)]).tolist()
-        pos = 0
-        for i in batch:
-            outs[i].extend(lp[pos:pos + len(responses[i])])
-            pos += len(responses[i])
+        _extend([outs[i] for i in batch], rs, head_logprobs(model.module, before[mask], ids[mask], chunk).tolist())

@@ -34,7 +34,6 @@ from . import runs
 from .bon import opt
 from .errors import SharpenError
 from .models import Model
-from .scoring import collate  # noqa: F401  (re-exported: the training losses batch with it)
 
 LossFn = Callable[[Model, list[Any]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Model], dict[str, float]]

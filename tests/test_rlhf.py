@@ -24,8 +24,8 @@ from sharpen.rlhf import (
     score_pairs,
     usable,
 )
-from sharpen.scoring import sequence_logprobs
-from sharpen.train import TrainConfig, attach_lora, collate, train
+from sharpen.scoring import collate, sequence_logprobs
+from sharpen.train import TrainConfig, attach_lora, train
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,11 @@ import torch
 
 from sharpen.errors import SharpenError
 from sharpen.models import tiny_model
-from sharpen.scoring import sequence_logprobs, token_logprobs
+from sharpen.scoring import collate, sequence_logprobs, token_logprobs
 from sharpen.sft import sft_batch_loss
 from sharpen.train import (
     TrainConfig,
     attach_lora,
-    collate,
     linear_decay,
     load_adapter,
     step_batches,

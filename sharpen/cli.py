@@ -1,22 +1,35 @@
-"""Command line: parse arguments and dispatch to the stages. No logic lives here."""
+"""Command line: parse arguments and dispatch to the stages. No logic lives here.
+
+Options come from the config dataclasses (`sharpen.config`), so a default is stated once. Each command imports
+its stage where it runs: the stages import torch, and `sharpen --help` and `sharpen report DIR` must work
+without it (tests/test_layers.py allows these imports, and only these, inside functions).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import BonConfig, DpoConfig, EvalConfig, SftConfig, TrainConfig, XpoConfig
 from .errors import SharpenError
+from .report import rlhf as rlhf_report
+from .report import sft as sft_report
+from .report.bon import format_table, write_report
+from .report.kit import format_eval
+from .runs import read_json
+from .tasks import TASKS
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option in one line (exit code 2) instead of the full usage block."""
-
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
@@ -27,6 +40,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
+        if f.name == "task":
+            help_ += ": " + ", ".join(TASKS)
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
@@ -43,8 +58,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _cmd_bon(args: argparse.Namespace) -> int:
-    from .bon import BonConfig, run_bon
-    from .selection import format_table
+    from .stages.bon import run_bon
 
     cfg = config_from_args(BonConfig, args)
     summary = run_bon(cfg)
@@ -54,28 +68,19 @@ def _cmd_bon(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .report import write_report
-    from .rlhf_report import write_rlhf_report
-    from .runs import read_json
-    from .sft_report import write_sft_report
-
     run_dir = Path(args.run_dir)
     if not (run_dir / "summary.json").exists():
         raise SharpenError(f"{run_dir} has no summary.json: give a finished run directory "
                            "(re-run its command to finish it)")
     command = read_json(run_dir / "config.json").get("command", "bon") if (run_dir / "config.json").exists() else "bon"
-    writer = {"sft": write_sft_report, "dpo": write_rlhf_report, "xpo": write_rlhf_report}.get(command, write_report)
+    writer = {"sft": sft_report.write_sft_report, "dpo": rlhf_report.write_rlhf_report,
+              "xpo": rlhf_report.write_rlhf_report}.get(command, write_report)
     print(f"report: {writer(run_dir)}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import time
-
-    from .bon import BonConfig, run_bon
-    from .selection import format_table
+    from .stages.bon import run_bon
 
     start = time.time()
     cfg = BonConfig(task="prontoqa", limit=args.limit, n=args.n, seeds=10, max_new_tokens=args.max_new_tokens,
@@ -92,8 +97,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .bon import BonConfig
-
     parser = _Parser(
         prog="sharpen", description="Sharpen a language model toward its own most likely responses.")
     parser.add_argument("--version", action="version", version=f"sharpen {__version__}")
@@ -128,34 +131,27 @@ def _build_parser() -> argparse.ArgumentParser:
 # ---- training stages: `sharpen sft` and `sharpen eval` ---------------------------------------------------
 
 def _add_sft(p: argparse.ArgumentParser) -> None:
-    from .sft import SftConfig
-    from .train import TrainConfig
-
     add_config_args(p, SftConfig)
     add_config_args(p, TrainConfig)
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
-    from .sft import SftConfig, run_sft
-    from .sft_report import format_summary
-    from .train import TrainConfig
+    from .stages.sft import run_sft
 
     cfg = config_from_args(SftConfig, args)
     summary = run_sft(cfg, config_from_args(TrainConfig, args))
     if summary:  # empty on the non-main processes of a multi-GPU launch
-        print(format_summary(summary))
+        print(sft_report.format_summary(summary))
         print(f"report: {cfg.out}/report.md   adapter: {cfg.out}/adapter")
     return 0
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    from .evaluate import EvalConfig
-
     add_config_args(p, EvalConfig)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EvalConfig, format_eval, run_eval
+    from .stages.evaluate import run_eval
 
     cfg = config_from_args(EvalConfig, args)
     result = run_eval(cfg)
@@ -172,30 +168,22 @@ COMMANDS["eval"] = ("greedy / sample accuracy and mean log pi_base of a model (o
 # ---- RLHF-sharpening: `sharpen dpo` and `sharpen xpo` ------------------------------------------------------
 
 def _cmd_rlhf(args: argparse.Namespace) -> int:
-    from . import rlhf
-    from .rlhf_report import format_summary
-    from .train import TrainConfig
+    from .stages import rlhf
 
-    cls, run = (rlhf.DpoConfig, rlhf.run_dpo) if args.command == "dpo" else (rlhf.XpoConfig, rlhf.run_xpo)
+    cls, run = (DpoConfig, rlhf.run_dpo) if args.command == "dpo" else (XpoConfig, rlhf.run_xpo)
     cfg = config_from_args(cls, args)
     summary = run(cfg, config_from_args(TrainConfig, args))
-    print(format_summary(summary))
+    print(rlhf_report.format_summary(summary))
     print(f"report: {cfg.out}/report.md   adapter: {cfg.out}/adapter")
     return 0
 
 
 def _add_dpo(p: argparse.ArgumentParser) -> None:
-    from .rlhf import DpoConfig
-    from .train import TrainConfig
-
     add_config_args(p, DpoConfig)
     add_config_args(p, TrainConfig)
 
 
 def _add_xpo(p: argparse.ArgumentParser) -> None:
-    from .rlhf import XpoConfig
-    from .train import TrainConfig
-
     add_config_args(p, XpoConfig)
     add_config_args(p, TrainConfig)
 
@@ -216,9 +204,7 @@ def _add_theory(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .theory import run_theory
+    from .stages.theory import run_theory
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

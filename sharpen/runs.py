@@ -18,7 +18,7 @@ import os
 import signal
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,46 @@ def prepare_run_dir(out: Path, identity: dict[str, Any], config: dict[str, Any],
                 "re-run with the same options to resume, or use a new --out")
     atomic_write_json(cfg_path, {"command": command, "identity": identity, **config})
     return out
+
+
+def open_run(out: Path, command: str, configs: Sequence[Any], **extra: Any) -> Path:
+    """`prepare_run_dir` for a stage's configs (each with `options()` and `identity()`): config.json holds their
+    options, `extra` and the package versions; the identity is the union of theirs."""
+    options: dict[str, Any] = {}
+    identity: dict[str, Any] = {}
+    for c in configs:
+        options.update(c.options())
+        identity.update(c.identity())
+    return prepare_run_dir(out, identity, {"options": options, **extra, "versions": package_versions()},
+                           command=command)
+
+
+def check_source_run(run: Path, command: str, match: Mapping[str, Any], n: int,
+                     temperature: float | None = None) -> dict[str, Any]:
+    """A finished run of `command` (e.g. bon) whose samples another stage reuses (--from-run): the options in
+    `match` must be the same, it must hold at least `n` samples per prompt and, if given, have been sampled at
+    `temperature`. Returns its options."""
+    run = Path(run)
+    if not all((run / f).exists() for f in ("summary.json", "config.json", "samples.jsonl")):
+        raise SharpenError(f"{run} is not a finished {command} run (no summary.json / samples.jsonl): finish it "
+                           "with its own command, or drop --from-run")
+    conf = read_json(run / "config.json")
+    if conf.get("command") != command:
+        raise SharpenError(f"{run} holds a '{conf.get('command')}' run, not a {command} run: "
+                           f"give a {command} run directory")
+    o = conf.get("options", {})
+    for key, want in match.items():
+        if o.get(key) != want:
+            raise SharpenError(f"{run} was sampled with {key}={o.get(key)!r}, not {want!r}: training uses the "
+                               f"model's own samples; pass --{key.replace('_', '-')} {o.get(key)}")
+    if temperature is not None and o.get("temperature") != temperature:
+        raise SharpenError(f"{run} was sampled at temperature {o.get('temperature')}: the base samples must be "
+                           f"drawn from pi_base itself (temperature {temperature}); sample a new bon run or drop "
+                           "--from-run")
+    if o.get("n", 0) < n:
+        raise SharpenError(f"{run} has {o.get('n')} samples per prompt, this run needs {n}: lower --n "
+                           "(xpo: --rounds x --pairs), or sample a larger bon run")
+    return o
 
 
 def _norm(v: Any) -> Any:

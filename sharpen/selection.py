@@ -24,13 +24,10 @@ import numpy as np
 
 from .errors import SharpenError
 
-SELECTORS = ("logprob", "logprob_mean", "majority", "random", "oracle")
-
 
 @dataclass(frozen=True)
 class Pool:
     """One prompt's samples as parallel arrays (length m)."""
-
     index: np.ndarray  # (m,) int, the sample's `index` in the run
     logprob: np.ndarray  # (m,) float, summed token log-probs (Eq. 2), ending token included
     num_tokens: np.ndarray  # (m,) int
@@ -41,7 +38,7 @@ class Pool:
     def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> Pool:
         return cls(
             index=np.array([int(r["index"]) for r in rows], dtype=np.int64),
-            logprob=np.array([_float(r["logprob"]) for r in rows], dtype=np.float64),
+            logprob=np.array([as_float(r["logprob"]) for r in rows], dtype=np.float64),
             num_tokens=np.array([int(r["num_tokens"]) for r in rows], dtype=np.int64),
             answer=tuple(r.get("answer") for r in rows),
             correct=np.array([bool(r["correct"]) for r in rows], dtype=bool),
@@ -64,7 +61,7 @@ class Pool:
 PoolLike = Pool | Sequence[Mapping[str, Any]]
 
 
-def _float(x: Any) -> float:
+def as_float(x: Any) -> float:
     # JSON has no NaN/inf literals in strict mode; writers may store them as null or as strings.
     return math.nan if x is None else float(x)
 
@@ -144,224 +141,37 @@ def select_oracle(pool: PoolLike) -> int:
     return select_logprob(p) if pos is None else pos
 
 
-_DETERMINISTIC: dict[str, Callable[[Pool], int]] = {
-    "logprob": select_logprob, "logprob_mean": select_logprob_mean,
-    "majority": select_majority, "oracle": select_oracle,
+@dataclass(frozen=True)
+class Selector:
+    """A registered selector: how it picks (a position in the pool) and one line for reports."""
+    pick: Callable[[Pool, np.random.Generator | None], int]
+    about: str
+    uses_truth: bool = False
+
+
+# The registry: summaries, reports and `sharpen sft --selector` iterate it in this order. Adding a selector is
+# one entry here (and its test).
+SELECTORS: dict[str, Selector] = {
+    "logprob": Selector(lambda p, rng: select_logprob(p),
+                        "argmax of the summed log-prob, the self-reward of Eq. 2 (the paper's BoN)"),
+    "logprob_mean": Selector(lambda p, rng: select_logprob_mean(p),
+                             "argmax of log-prob per token (length-normalized)"),
+    "majority": Selector(lambda p, rng: select_majority(p), "most frequent extracted answer (self-consistency)"),
+    "random": Selector(lambda p, rng: select_random(p, _need_rng(rng)),
+                       "one random sample (naive temperature-1 sampling, pass@1)"),
+    "oracle": Selector(lambda p, rng: select_oracle(p),
+                       "correct if any of the N is (pass@N; uses the ground truth, a ceiling)", uses_truth=True),
 }
 
 
+def _need_rng(rng: np.random.Generator | None) -> np.random.Generator:
+    if rng is None:
+        raise ValueError("the random selector needs an rng")
+    return rng
+
+
 def select(name: str, pool: PoolLike, rng: np.random.Generator | None = None) -> int:
-    """Position in `pool` picked by the selector `name` (one of SELECTORS); `random` needs `rng`."""
-    if name == "random":
-        if rng is None:
-            raise ValueError("the random selector needs an rng")
-        return select_random(pool, rng)
-    if name not in _DETERMINISTIC:
+    """Position in `pool` picked by the selector `name` (a key of SELECTORS); `random` needs `rng`."""
+    if name not in SELECTORS:
         raise SharpenError(f"unknown selector {name!r}: choose one of {', '.join(SELECTORS)}")
-    return _DETERMINISTIC[name](_as_pool(pool))
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), in the stable product form."""
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
-    if n - c < k:
-        return 1.0
-    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def lift_pct(acc: float, greedy_acc: float | None) -> float | None:
-    """Percent accuracy lift over greedy, 100 * (acc - greedy) / greedy (the paper's Fig. 1); None if undefined."""
-    if greedy_acc is None or greedy_acc == 0 or math.isnan(greedy_acc):
-        return None
-    return 100.0 * (acc - greedy_acc) / greedy_acc
-
-
-def default_ns(n: int) -> list[int]:
-    """1, 2, 4, ... below n, plus n itself."""
-    ns, k = [], 1
-    while k < n:
-        ns.append(k)
-        k *= 2
-    return ns + [n]
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties count 1/2 (Mann-Whitney); None without both classes."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    npos, nneg = int(labels.sum()), int((~labels).sum())
-    if npos == 0 or nneg == 0:
-        return None
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    sorted_s = scores[order]
-    # Average ranks over ties (1-based), so tied scores contribute 1/2.
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - npos * (npos + 1) / 2) / (npos * nneg))
-
-
-def _mean(x: Sequence[float] | np.ndarray) -> float | None:
-    """Mean of the finite values (invalid and -inf log-probs would swamp a mean); None when there are none."""
-    a = np.asarray(x, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else None
-
-
-def _complete_pools(samples: Sequence[Mapping[str, Any]], n: int) -> tuple[dict[str, Pool], int]:
-    """Pools of the prompts that have all n samples (index 0..n-1; first row wins on duplicates)."""
-    by_prompt: dict[str, dict[int, Mapping[str, Any]]] = {}
-    for row in samples:
-        idx = int(row["index"])
-        if 0 <= idx < n:
-            by_prompt.setdefault(str(row["prompt_id"]), {}).setdefault(idx, row)
-    pools = {pid: Pool.from_rows([rows[i] for i in range(n)])
-             for pid, rows in by_prompt.items() if len(rows) == n}
-    return pools, len(by_prompt) - len(pools)
-
-
-def _greedy_stats(greedy: Sequence[Mapping[str, Any]] | None, prompt_ids: set[str]) -> dict[str, Any] | None:
-    rows = {str(r["prompt_id"]): r for r in greedy or [] if str(r["prompt_id"]) in prompt_ids}
-    if not rows:
-        return None
-    vals = list(rows.values())
-    return {
-        "accuracy": float(np.mean([bool(r["correct"]) for r in vals])),
-        "mean_logprob": _mean([_float(r["logprob"]) for r in vals]),
-        "mean_num_tokens": float(np.mean([int(r["num_tokens"]) for r in vals])),
-        "num_prompts": len(vals),
-    }
-
-
-def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float | None) -> dict[str, dict]:
-    """Accuracy and self-reward of each selector at N = n_sub, over `seeds` independent subsamplings."""
-    acc = {s: [] for s in SELECTORS}
-    lp = {s: [] for s in SELECTORS}
-    ntok = {s: [] for s in SELECTORS}
-    for seed in range(seeds):
-        # One generator per (seed, N): results do not depend on which other N were evaluated.
-        rng = np.random.default_rng([seed, n_sub])
-        picked: dict[str, list[tuple[bool, float, int]]] = {s: [] for s in SELECTORS}
-        for pool in pools:
-            sub = pool.take(np.sort(rng.choice(len(pool), size=n_sub, replace=False)))
-            for s in SELECTORS:
-                pos = select(s, sub, rng)
-                picked[s].append((bool(sub.correct[pos]), float(sub.logprob[pos]), int(sub.num_tokens[pos])))
-        for s in SELECTORS:
-            c, lps, nts = zip(*picked[s], strict=True)
-            acc[s].append(float(np.mean(c)))
-            lp[s].append(_mean(lps))
-            ntok[s].append(float(np.mean(nts)))
-    out = {}
-    for s in SELECTORS:
-        a = np.array(acc[s])
-        out[s] = {
-            "accuracy_mean": float(a.mean()),
-            "accuracy_std": float(a.std(ddof=0)),  # spread over subsampling seeds, not over prompts
-            "mean_logprob": _mean([x for x in lp[s] if x is not None]),
-            "mean_num_tokens": float(np.mean(ntok[s])),
-            "lift_pct_mean": lift_pct(float(a.mean()), greedy_acc),
-            "accuracy_per_seed": [float(x) for x in a],
-        }
-    return out
-
-
-def _likelihood_vs_correctness(pools: list[Pool]) -> dict[str, Any]:
-    """Do correct samples have higher self-reward? Pooled AUROC, and the within-prompt AUROC that BoN relies on."""
-    lp = np.concatenate([p.logprob for p in pools])
-    per_tok = np.concatenate([p.logprob / np.maximum(p.num_tokens, 1) for p in pools])
-    ok = np.concatenate([p.correct for p in pools])
-    valid = ~(np.isnan(lp) | np.isposinf(lp))
-    within = [auroc(p.logprob[p.valid], p.correct[p.valid]) for p in pools]
-    within = [w for w in within if w is not None]
-    return {
-        "mean_logprob_correct": _mean(lp[ok & valid]),
-        "mean_logprob_incorrect": _mean(lp[~ok & valid]),
-        "mean_logprob_per_token_correct": _mean(per_tok[ok & valid]),
-        "mean_logprob_per_token_incorrect": _mean(per_tok[~ok & valid]),
-        "auroc": auroc(lp[valid], ok[valid]),
-        "auroc_per_token": auroc(per_tok[valid], ok[valid]),
-        # Selection happens inside one prompt's pool, so this is the AUROC that predicts BoN's gain.
-        "auroc_within_prompt": float(np.mean(within)) if within else None,
-        "num_prompts_mixed": len(within),
-    }
-
-
-def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int,
-              ns: list[int] | None = None) -> dict:
-    """Every selector's statistics at each N, computed from the stored samples (the run's summary.json).
-
-    Only prompts with all n samples (index 0..n-1) count; others are reported in `num_prompts_incomplete`.
-    Accuracy at N is averaged over `seeds` subsamplings of N of the n samples without replacement, drawn
-    independently per prompt from a numpy Generator seeded with (seed, N); `accuracy_std` is the population
-    std (ddof=0) over those seeds. `ns` defaults to 1, 2, 4, ... < n plus n. Means of log-probs skip
-    non-finite values. Greedy statistics use the counted prompts that have a greedy row.
-    """
-    if n < 1 or seeds < 1:
-        raise SharpenError(f"summarize needs n >= 1 and seeds >= 1, got n={n} seeds={seeds}")
-    ns = default_ns(n) if ns is None else sorted(set(int(k) for k in ns))
-    if not ns or ns[0] < 1 or ns[-1] > n:
-        raise SharpenError(f"every N in ns must lie in 1..{n}, got {ns}: pick sizes up to the samples per prompt")
-    by_id, incomplete = _complete_pools(samples, n)
-    if not by_id:
-        raise SharpenError(f"no prompt has all {n} samples: finish (resume) the sampling stage first")
-    ids = sorted(by_id)
-    pools = [by_id[i] for i in ids]
-    g = _greedy_stats(greedy, set(ids))
-    g_acc = g["accuracy"] if g else None
-    all_lp = np.concatenate([p.logprob for p in pools])
-    finish = [str(r.get("finish_reason")) for r in samples
-              if str(r["prompt_id"]) in by_id and 0 <= int(r["index"]) < n]
-    return {
-        "num_prompts": len(pools),
-        "num_prompts_incomplete": incomplete,
-        "n": n,
-        "seeds": seeds,
-        "ns": ns,
-        "greedy": g,
-        "selectors": _transpose({str(k): _selector_stats(pools, k, seeds, g_acc) for k in ns}),
-        "pass_at_k": {str(k): float(np.mean([pass_at_k(n, int(p.correct.sum()), k) for p in pools]))
-                      for k in ns},
-        "sample_accuracy": float(np.mean(np.concatenate([p.correct for p in pools]))),
-        "truncated_fraction": float(np.mean([f == "length" for f in finish])) if finish else 0.0,
-        "invalid_logprobs": int((np.isnan(all_lp) | np.isposinf(all_lp)).sum()),
-        "likelihood_vs_correctness": _likelihood_vs_correctness(pools),
-    }
-
-
-def _transpose(by_n: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """{N: {selector: stats}} -> {selector: {N: stats}}."""
-    return {s: {k: by_n[k][s] for k in by_n} for s in SELECTORS}
-
-
-def _pct(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:+.1f}%" if signed else f"{100 * x:.1f}"
-
-
-def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
-    """Plain-text table of the selectors at N (default the largest): accuracy mean ± std (%), lift over greedy."""
-    ns = [int(k) for k in summary["ns"]]
-    n = ns[-1] if n is None else int(n)
-    if n not in ns:
-        raise SharpenError(f"N={n} was not evaluated: choose one of {ns}")
-    head = f"{'selector':<14}{'accuracy %':>16}{'lift vs greedy':>16}{'mean logprob':>14}{'tokens':>9}"
-    lines = [f"N = {n}   prompts = {summary['num_prompts']}   seeds = {summary['seeds']}", head,
-             "-" * len(head)]
-
-    def num(x: float | None, fmt: str) -> str:
-        return "n/a" if x is None else format(x, fmt)
-
-    g = summary.get("greedy")
-    if g:
-        lines.append(f"{'greedy':<14}{_pct(g['accuracy']):>16}{'':>16}{num(g['mean_logprob'], '.2f'):>14}"
-                     f"{g['mean_num_tokens']:>9.1f}")
-    for name, by_n in summary["selectors"].items():
-        st = by_n[str(n)]
-        acc = f"{_pct(st['accuracy_mean'])} ± {_pct(st['accuracy_std'])}"
-        lines.append(f"{name:<14}{acc:>16}{_pct(st['lift_pct_mean'], signed=True):>16}"
-                     f"{num(st['mean_logprob'], '.2f'):>14}{st['mean_num_tokens']:>9.1f}")
-    return "\n".join(lines)
+    return SELECTORS[name].pick(_as_pool(pool), rng)

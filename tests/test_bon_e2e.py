@@ -52,7 +52,7 @@ def test_logprob_is_the_teacher_forced_score(run_dir):
 
 
 def test_rerun_recomputes_nothing(run_dir, monkeypatch):
-    import sharpen.engine as engine
+    import sharpen.engine.generate as engine
 
     out, argv = run_dir
     before = (out / "samples.jsonl").read_bytes()

@@ -164,8 +164,10 @@ def test_bon_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, refer
 
 def test_resume_samples_only_unfinished_chunks(tmp_path, monkeypatch, one_thread):
     """Counted at the engine: a re-run calls it for the unfinished chunks only, with their whole composition."""
-    from sharpen import engine
-    from sharpen.bon import BonConfig, run_bon
+    from sharpen import generation
+    from sharpen.config import BonConfig
+    from sharpen.engine import generate as engine
+    from sharpen.stages.bon import run_bon
 
     calls: list[tuple[str, list[str]]] = []
     real_sample = engine.sample
@@ -174,8 +176,9 @@ def test_resume_samples_only_unfinished_chunks(tmp_path, monkeypatch, one_thread
         calls.append(("greedy" if kw.get("temperature") == 0.0 else "sample", list(keys or [])))
         return real_sample(model, prompts, n, *args, keys=keys, **kw)
 
-    monkeypatch.setattr(engine, "sample", counting_sample)
-    monkeypatch.setattr("sharpen.report.write_report", lambda run_dir: None)  # not under test here
+    monkeypatch.setattr(engine, "sample", counting_sample)  # greedy() calls it too
+    monkeypatch.setattr(generation, "sample", counting_sample)
+    monkeypatch.setattr("sharpen.report.bon.write_report", lambda run_dir: None)  # not under test here
     cfg = BonConfig(model="tiny-random", task="game24", limit=6, chunk=2, n=3, max_new_tokens=8, seeds=1,
                     out=str(tmp_path / "run"))
     first = run_bon(cfg, progress=False)
@@ -196,8 +199,8 @@ def test_resume_samples_only_unfinished_chunks(tmp_path, monkeypatch, one_thread
 
 def test_same_tokens_whatever_the_batch_composition(references, one_thread):
     """A prompt's samples depend on (seed, prompt key, sample index) only, not on the prompts sampled with it."""
-    from sharpen.engine import greedy, sample
-    from sharpen.models import load_model
+    from sharpen.engine.generate import greedy, sample
+    from sharpen.engine.models import load_model
     from sharpen.tasks import load_task
 
     ref = references("bon")  # sampled in chunks of 2 prompts

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-import sharpen.models as models
+import sharpen.engine.models as models
+from sharpen.config import check_dtype_name
+from sharpen.engine.models import sampling_dtype
 from sharpen.errors import SharpenError
-from sharpen.models import check_sample_dtype, sampling_dtype
 
 CPU = torch.device("cpu")
 
@@ -22,19 +23,19 @@ def test_explicit_and_default():
     assert sampling_dtype(None, torch.float32, CPU) == torch.float32
     assert sampling_dtype("float32", torch.bfloat16, CPU) == torch.float32
     assert sampling_dtype("bf16", torch.float32, CPU) == torch.bfloat16
-    check_sample_dtype("auto")
+    check_dtype_name("auto", "--sample-dtype")
     with pytest.raises(SharpenError, match="unknown dtype"):
-        check_sample_dtype("float8")
+        check_dtype_name("float8", "--sample-dtype")
 
 
 def test_auto_reaches_the_engine(monkeypatch):
     """With native bf16, a bon-style call with dtype='auto' decodes with a bf16 copy (log-probs still fp32)."""
-    from sharpen.decoder import make_decoder
+    from sharpen.engine.decoder import make_decoder
 
     model = models.tiny_model()
     monkeypatch.setattr(models, "native_bf16", lambda device: True)
-    dec = make_decoder(model, [[1, 2, 3]], 2, 4, dtype="auto")
+    dec = make_decoder(model, [[1, 2, 3]], 2, 4, dtype=sampling_dtype("auto", model.dtype, model.device))
     assert next(dec.lm.parameters()).dtype == torch.bfloat16
     monkeypatch.setattr(models, "native_bf16", lambda device: False)
-    dec = make_decoder(model, [[1, 2, 3]], 2, 4, dtype="auto")
+    dec = make_decoder(model, [[1, 2, 3]], 2, 4, dtype=sampling_dtype("auto", model.dtype, model.device))
     assert next(dec.lm.parameters()).dtype == torch.float32

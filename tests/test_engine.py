@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from sharpen.engine import MEASURED_BF16_TOLERANCE, Sample, encode_prompts, greedy, sample
+from sharpen.engine.generate import MEASURED_BF16_TOLERANCE, Sample, encode_prompts, greedy, sample
+from sharpen.engine.models import tiny_model
+from sharpen.engine.sampler import draw, uniforms
+from sharpen.engine.scoring import score
 from sharpen.errors import SharpenError
-from sharpen.models import tiny_model
-from sharpen.sampler import draw, uniforms
-from sharpen.scoring import score
 
 PROMPTS = ["hello there", "abc", "The quick brown fox jumps"]
 
@@ -203,7 +203,7 @@ def test_bf16_compute_stays_close_to_fp32_scores():
 
 @pytest.mark.slow
 def test_embedded_model_logprobs_match_score():
-    from sharpen.models import load_model
+    from sharpen.engine.models import load_model
 
     m = load_model()
     prompts = ["The capital of France is", "Question: what is 12 + 30?\nAnswer:"]
@@ -215,7 +215,7 @@ def test_embedded_model_logprobs_match_score():
 
 @pytest.mark.slow
 def test_embedded_model_sliding_window_prompt_and_bf16_tolerance():
-    from sharpen.models import load_model
+    from sharpen.engine.models import load_model
 
     m = load_model()
     long = "One two three four five six seven eight nine ten. " * 60  # > 512 tokens: sliding layers matter
@@ -229,8 +229,8 @@ def test_embedded_model_sliding_window_prompt_and_bf16_tolerance():
 
 def test_end_of_turn_token_ends_responses():
     """A vocabulary's end-of-turn token (Gemma's <end_of_turn>, missing from converted configs) is an EOS too."""
-    from sharpen.models import Model
-    from sharpen.toytok import ToyTokenizer
+    from sharpen.engine.models import Model
+    from sharpen.engine.toytok import ToyTokenizer
 
     class WithTurns(ToyTokenizer):
         unk_token_id = 3

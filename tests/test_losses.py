@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sharpen.errors import SharpenError
-from sharpen.losses import (
+from sharpen.train.losses import (
     j_beta_estimate,
     j_beta_exact,
     logistic_dpo_loss,

@@ -7,8 +7,8 @@ import pytest
 
 from sharpen import runs
 from sharpen.errors import SharpenError
-from sharpen.report import reading, write_report
-from sharpen.selection import summarize
+from sharpen.metrics import summarize
+from sharpen.report.bon import reading, write_report
 
 PLOTS = ("accuracy_vs_n.png", "logprob_hist.png", "selected_logprob_vs_n.png")
 

@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from sharpen.config import DpoConfig, TrainConfig, XpoConfig
+from sharpen.engine.models import tiny_model
+from sharpen.engine.scoring import collate, sequence_logprobs
 from sharpen.errors import SharpenError
-from sharpen.evaluate import base_logprobs
-from sharpen.losses import j_beta_estimate, logistic_dpo_loss
-from sharpen.models import tiny_model
-from sharpen.rlhf import (
-    DpoConfig,
-    XpoConfig,
-    held_out_metrics,
-    j_beta_key,
-    make_pair,
-    pair_loss,
-    round_seed,
-    score_pairs,
-    usable,
-)
-from sharpen.scoring import collate, sequence_logprobs
-from sharpen.train import TrainConfig, attach_lora, train
+from sharpen.generation import base_logprobs
+from sharpen.stages.rlhf import held_out_metrics, j_beta_key, make_pair, pair_loss, round_seed, score_pairs, usable
+from sharpen.train.loop import train
+from sharpen.train.lora import attach_lora
+from sharpen.train.losses import j_beta_estimate, logistic_dpo_loss
 
 
 @pytest.fixture(autouse=True)
@@ -183,12 +176,18 @@ def test_cli_has_every_option():
             assert f in text, (cmd, f)
 
 
-def test_from_run_checks(tmp_path):
-    from sharpen.rlhf import _check_from_run
+def _check_from_run(cfg):
+    from sharpen import runs
 
+    return runs.check_source_run(Path(cfg.from_run), "bon", {"task": cfg.task, "model": cfg.model, "chat": cfg.chat},
+                                 cfg.n, temperature=1.0)
+
+
+def test_from_run_checks(tmp_path):
     run = tmp_path / "bon"
     run.mkdir()
     (run / "summary.json").write_text("{}")
+    (run / "samples.jsonl").write_text("")
     opts = {"task": "game24", "model": "tiny-random", "chat": False, "n": 4, "temperature": 1.0}
     (run / "config.json").write_text(json.dumps({"command": "bon", "options": {**opts, "temperature": 0.7}}))
     with pytest.raises(SharpenError, match="temperature"):
@@ -198,7 +197,7 @@ def test_from_run_checks(tmp_path):
         _check_from_run(XpoConfig(task="game24", model="tiny-random", from_run=str(run), rounds=3, pairs=2))
     with pytest.raises(SharpenError, match="model"):
         _check_from_run(DpoConfig(task="game24", model="other", from_run=str(run), n=4))
-    assert _check_from_run(DpoConfig(task="game24", model="tiny-random", from_run=str(run), n=4))[1] == opts
+    assert _check_from_run(DpoConfig(task="game24", model="tiny-random", from_run=str(run), n=4)) == opts
 
 
 DATA = os.environ.get("SHARPEN_DATA_DIR")
@@ -211,10 +210,10 @@ def _lines(path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA, reason="needs SHARPEN_DATA_DIR")
 def test_xpo_end_to_end_resumes_and_samples_from_the_current_policy(tmp_path, monkeypatch):
-    import sharpen.rlhf
+    import sharpen.stages.rlhf
     from sharpen.cli import main
-    from sharpen.scoring import score
-    from sharpen.train import load_adapter
+    from sharpen.engine.scoring import score
+    from sharpen.train.lora import load_adapter
 
     out = tmp_path / "xpo"
     argv = ["xpo", "--task", "game24", "--model", "tiny-random", "--rounds", "2", "--train-limit", "4",
@@ -222,7 +221,7 @@ def test_xpo_end_to_end_resumes_and_samples_from_the_current_policy(tmp_path, mo
             "--batch-size", "2", "--lr", "1e-2", "--clip", "1", "--data-dir", DATA, "--out", str(out)]
     # Interrupt round 2's training; the re-run redoes neither round 1 nor round 2's sampling.
     calls = {"n": 0}
-    real = sharpen.rlhf.pair_loss
+    real = sharpen.stages.rlhf.pair_loss
 
     def crashing(*a, **kw):
         calls["n"] += 1
@@ -230,12 +229,12 @@ def test_xpo_end_to_end_resumes_and_samples_from_the_current_policy(tmp_path, mo
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(sharpen.rlhf, "pair_loss", crashing)
+    monkeypatch.setattr(sharpen.stages.rlhf, "pair_loss", crashing)
     assert main(argv) == 130
     stamps = {p: (out / p).stat().st_mtime for p in ("bon/samples.jsonl", "round_1/metrics.jsonl",
                                                        "round_1/adapter/adapter_model.safetensors")}
     data = _lines(out / "xpo_data.jsonl")
-    monkeypatch.setattr(sharpen.rlhf, "pair_loss", real)
+    monkeypatch.setattr(sharpen.stages.rlhf, "pair_loss", real)
     assert main(argv) == 0
     assert stamps == {p: (out / p).stat().st_mtime for p in stamps}
     assert _lines(out / "xpo_data.jsonl") == data  # round 2's pairs were not redrawn

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from sharpen.engine.arch import lm_logits
+from sharpen.engine.models import tiny_model
+from sharpen.engine.scoring import score, sequence_logprobs, token_logprobs
 from sharpen.errors import SharpenError
-from sharpen.models import tiny_model
-from sharpen.scoring import lm_logits, score, sequence_logprobs, token_logprobs
 
 
 def _naive(module, ids, attn, resp):
@@ -112,7 +113,7 @@ def test_sequence_logprobs_works_through_a_lora_model():
 def test_frozen_head_gradient_matches_checkpointed_path(cap, monkeypatch):
     """With a frozen LM head (LoRA training) the fused path is taken; values and gradients equal those of the
     checkpointed path (itself checked against full autograd above), soft-capping included."""
-    import sharpen.scoring as scoring
+    import sharpen.engine.scoring as scoring
 
     m = tiny_model()
     m.module.config.final_logit_softcapping = cap
@@ -135,8 +136,8 @@ def _tiny_gemma3():
     """A random Gemma 3 with a 4-token sliding window, so prompts cross it (the embedded model's window is 512)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from sharpen.models import Model
-    from sharpen.toytok import ToyTokenizer
+    from sharpen.engine.models import Model
+    from sharpen.engine.toytok import ToyTokenizer
 
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,

@@ -10,22 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sharpen.errors import SharpenError
+from sharpen.metrics import default_ns, lift_pct, summarize
+from sharpen.report.bon import format_table
 from sharpen.selection import (
     SELECTORS,
     Pool,
-    auroc,
-    default_ns,
-    format_table,
-    lift_pct,
-    pass_at_k,
     select,
     select_logprob,
     select_logprob_mean,
     select_majority,
     select_oracle,
     select_random,
-    summarize,
 )
+from sharpen.stats import auroc, pass_at_k
 
 
 def row(index, logprob, answer=None, correct=False, num_tokens=10, prompt_id="p0", finish_reason="eos"):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from sharpen.config import SftConfig, TrainConfig
+from sharpen.engine.models import tiny_model
+from sharpen.engine.scoring import score
 from sharpen.errors import SharpenError
-from sharpen.evaluate import base_logprobs, summarize_responses
-from sharpen.models import tiny_model
-from sharpen.scoring import score
-from sharpen.sft import SftConfig, adapter_is_identity, best_key, best_responses
-from sharpen.sft_report import table1
-from sharpen.train import TrainConfig, attach_lora
+from sharpen.generation import base_logprobs
+from sharpen.metrics import summarize_responses, table1
+from sharpen.rows import complete_pools
+from sharpen.stages.sft import best_key, best_responses
+from sharpen.train.lora import adapter_is_identity, attach_lora
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ def test_best_responses_keeps_each_prompts_argmax():
     samples = [_sample("a", 0, -5.0), _sample("a", 1, -2.0, True), _sample("a", 2, -1.0),  # index 2 >= n
                _sample("b", 1, -3.0), _sample("b", 0, -3.0),  # tie: the lowest index wins
                _sample("c", 0, -1.0)]  # incomplete pool: left out
-    data = best_responses(prompts, samples, n=2, selector="logprob")
+    data = best_responses(prompts, complete_pools(samples, 2)[0], selector="logprob")
     assert [(d["prompt_id"], d["index"]) for d in data] == [("a", 1), ("b", 0)]
     assert data[0]["prompt_token_ids"] == [1, 5] and data[0]["token_ids"] == [11, 11, 11]
     assert data[0]["logprob"] == -2.0 and data[0]["correct"] is True
@@ -45,8 +48,8 @@ def test_best_responses_keeps_each_prompts_argmax():
 def test_best_responses_length_normalized_selector_differs():
     prompts = [{"id": "a", "prompt_token_ids": [1]}]
     samples = [_sample("a", 0, -4.0, n_tok=2), _sample("a", 1, -6.0, n_tok=6)]
-    assert best_responses(prompts, samples, 2, "logprob")[0]["index"] == 0
-    assert best_responses(prompts, samples, 2, "logprob_mean")[0]["index"] == 1
+    assert best_responses(prompts, complete_pools(samples, 2)[0], "logprob")[0]["index"] == 0
+    assert best_responses(prompts, complete_pools(samples, 2)[0], "logprob_mean")[0]["index"] == 1
 
 
 def test_base_logprobs_switch_the_adapter_off():
@@ -67,7 +70,7 @@ def test_base_logprobs_switch_the_adapter_off():
 
 
 def test_engine_samples_from_the_adapted_model():
-    from sharpen.engine import greedy
+    from sharpen.engine.generate import greedy
 
     model = attach_lora(tiny_model(), TrainConfig(lora_rank=4))
     with torch.no_grad():
@@ -103,7 +106,8 @@ def test_summaries_and_table1_by_hand():
 
 
 def test_top_answer_shows_a_collapse_to_one_answer():
-    from sharpen.evaluate import responses_table, top_answer
+    from sharpen.metrics import top_answer
+    from sharpen.report.kit import responses_table
 
     rows = [{"answer": a} for a in ("True", "True", "False", None, "True")]
     assert top_answer(rows) == {"top_answer": "True", "top_answer_fraction": 0.6}
@@ -114,7 +118,8 @@ def test_top_answer_shows_a_collapse_to_one_answer():
 
 
 def test_collapse_warnings_name_empty_responses_and_one_answer():
-    from sharpen.evaluate import collapse_warnings, summarize_responses
+    from sharpen.metrics import summarize_responses
+    from sharpen.report.kit import collapse_warnings
 
     def row(kind, text, answer):
         return {"prompt_id": text + answer if answer else text, "kind": kind, "correct": False, "text": text,
@@ -166,8 +171,14 @@ def test_cli_has_every_option_with_the_papers_defaults():
     assert args.adapter == "a" and args.samples == 1
 
 
+def _check(cfg):
+    from sharpen import runs
+
+    return runs.check_source_run(Path(cfg.from_run), "bon", {"task": cfg.task, "model": cfg.model, "chat": cfg.chat},
+                                 cfg.n)
+
+
 def test_from_run_refuses_another_models_samples(tmp_path):
-    from sharpen.sft import _from_run
 
     run = tmp_path / "bon"
     run.mkdir()
@@ -176,10 +187,10 @@ def test_from_run_refuses_another_models_samples(tmp_path):
     (run / "config.json").write_text(json.dumps({"command": "bon", "options": {
         "task": "prontoqa", "model": "other", "chat": False, "n": 8}}))
     with pytest.raises(SharpenError, match="model"):
-        _from_run(SftConfig(task="prontoqa", model="tiny-random", from_run=str(run), n=4))
+        _check(SftConfig(task="prontoqa", model="tiny-random", from_run=str(run), n=4))
     with pytest.raises(SharpenError, match="--n"):
-        _from_run(SftConfig(task="prontoqa", model="other", from_run=str(run), n=16))
-    assert _from_run(SftConfig(task="prontoqa", model="other", from_run=str(run), n=8))[1]["n"] == 8
+        _check(SftConfig(task="prontoqa", model="other", from_run=str(run), n=16))
+    assert _check(SftConfig(task="prontoqa", model="other", from_run=str(run), n=8))["n"] == 8
 
 
 DATA = os.environ.get("SHARPEN_DATA_DIR")
@@ -188,7 +199,7 @@ DATA = os.environ.get("SHARPEN_DATA_DIR")
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA, reason="needs SHARPEN_DATA_DIR")
 def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
-    import sharpen.sft
+    import sharpen.stages.sft
     from sharpen.cli import main
 
     out = tmp_path / "sft"
@@ -197,7 +208,7 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
             "--out", str(out), "--data-dir", DATA, "--merge"]
     # An interruption in step 3 (after the step-2 checkpoint); the re-run resumes without resampling.
     calls = {"n": 0}
-    real_loss = sharpen.sft.sft_batch_loss
+    real_loss = sharpen.stages.sft.sft_batch_loss
 
     def crashing_loss(model, batch):
         calls["n"] += 1
@@ -205,10 +216,10 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_loss(model, batch)
 
-    monkeypatch.setattr(sharpen.sft, "sft_batch_loss", crashing_loss)
+    monkeypatch.setattr(sharpen.stages.sft, "sft_batch_loss", crashing_loss)
     assert main(argv) == 130
     sampled = (out / "bon" / "samples.jsonl").stat().st_mtime
-    monkeypatch.setattr(sharpen.sft, "sft_batch_loss", real_loss)
+    monkeypatch.setattr(sharpen.stages.sft, "sft_batch_loss", real_loss)
     assert main(argv) == 0
     assert (out / "bon" / "samples.jsonl").stat().st_mtime == sampled
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ DATA = os.environ.get(ENV_VAR)
 
 @pytest.fixture(scope="module")
 def model():
-    from sharpen.models import load_model
+    from sharpen.engine.models import load_model
 
     return load_model()
 
@@ -22,7 +22,7 @@ def model():
 def greedy(model, prompt: str, stop: list[str], max_new_tokens: int) -> str:
     import torch
 
-    from sharpen.models import prompt_token_ids
+    from sharpen.engine.models import prompt_token_ids
 
     ids = torch.tensor([prompt_token_ids(model, prompt)])
     with torch.no_grad():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sharpen.errors import SharpenError
-from sharpen.losses import sharpened_distribution
-from sharpen.theory import METHODS, coverage_coefficient, make_prompts, make_theta0, run_theory
+from sharpen.stages.theory import METHODS, coverage_coefficient, make_prompts, make_theta0, run_theory
+from sharpen.train.losses import sharpened_distribution
 
 TINY = dict(n_seeds=2, n_train=16, n_val=8, n_test=32, n_responses=64, budgets=(1, 4, 16, 64),
             xpo_budgets=(2, 4), steps=40, xpo_steps=10)

@@ -8,18 +8,13 @@ import os
 import pytest
 import torch
 
+from sharpen.config import TrainConfig
+from sharpen.engine.models import tiny_model
+from sharpen.engine.scoring import collate, sequence_logprobs, token_logprobs
 from sharpen.errors import SharpenError
-from sharpen.models import tiny_model
-from sharpen.scoring import collate, sequence_logprobs, token_logprobs
-from sharpen.sft import sft_batch_loss
-from sharpen.train import (
-    TrainConfig,
-    attach_lora,
-    linear_decay,
-    load_adapter,
-    step_batches,
-    train,
-)
+from sharpen.stages.sft import sft_batch_loss
+from sharpen.train.loop import linear_decay, step_batches, train
+from sharpen.train.lora import attach_lora, load_adapter
 
 
 @pytest.fixture(autouse=True)
@@ -208,9 +203,10 @@ _DIST_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[2])
 from test_train import _dataset, _cfg
-from sharpen.models import tiny_model
-from sharpen.sft import sft_batch_loss
-from sharpen.train import accelerator, attach_lora, train
+from sharpen.engine.models import tiny_model
+from sharpen.stages.sft import sft_batch_loss
+from sharpen.train.loop import accelerator, train
+from sharpen.train.lora import attach_lora
 torch.set_num_threads(1)
 acc = accelerator()
 assert acc.num_processes == 2, acc.num_processes

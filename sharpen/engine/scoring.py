@@ -12,7 +12,6 @@ instead of keeping them.
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .errors import SharpenError
+from ..errors import SharpenError
+from .arch import backbone, cache_keyword, causal_lm, lm_logits
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
@@ -28,33 +28,6 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     logits = logits.float()
     picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # (...)
     return picked - torch.logsumexp(logits, dim=-1)
-
-
-def causal_lm(module: Any) -> Any:
-    """The Hugging Face *ForCausalLM under a PeftModel wrapper (or the module itself)."""
-    if hasattr(module, "get_base_model"):  # peft.PeftModel: the LoRA layers are injected in place
-        return module.get_base_model()
-    return module
-
-
-def lm_logits(module: Any, hidden: Tensor) -> Tensor:
-    """Final hidden states (..., H) -> logits (..., V), with the model's final logit soft-capping if any."""
-    lm = causal_lm(module)
-    logits = lm.get_output_embeddings()(hidden)
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def backbone(module: Any) -> Any:
-    """The transformer body (embeddings + layers + final norm) that returns last hidden states."""
-    lm = causal_lm(module)
-    body = getattr(lm, "base_model", None)
-    if body is None or body is lm:
-        raise SharpenError(f"{type(lm).__name__} has no separate transformer body: "
-                           "use a Hugging Face *ForCausalLM model")
-    return body
 
 
 def response_token_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
@@ -93,11 +66,6 @@ def head_logprobs(module: Any, h: Tensor, labels: Tensor, chunk: int = 256) -> T
     return torch.cat(pieces)
 
 
-def cache_keyword(module: Any) -> str:
-    """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
 def _chunk_logprobs(module: Any, h: Tensor, labels: Tensor) -> Tensor:
     return token_logprobs(lm_logits(module, h), labels)
 
@@ -117,7 +85,6 @@ class _FrozenHeadLogprob(torch.autograd.Function):
     d logp / d h = ((onehot - p) * cap') W is computed chunk by chunk in forward, so backward is one scaling:
     two (K x V x H) matmuls per step instead of three with checkpointing, and no (K x V) tensor outlives a chunk.
     """
-
     @staticmethod
     def forward(ctx: Any, h: Tensor, labels: Tensor, weight: Tensor, cap: float | None) -> Tensor:
         with torch.no_grad():

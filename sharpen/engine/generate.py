@@ -1,8 +1,8 @@
 """The one fast sampling path: N samples per prompt with their raw log-probs (the self-reward of Eq. 2).
 
 Phases (gpt-fast style): `prefill` runs each prompt through the model ONCE, into a prompt slot of the
-decoder's cache; `decode_step` advances every row of the batch by one token; `draw` (sharpen.sampler) picks
-the next tokens. All N samples of a prompt attend to that one copy of its KV (see sharpen.decoder).
+decoder's cache; `decode_step` advances every row of the batch by one token; `draw` (engine.sampler) picks
+the next tokens. All N samples of a prompt attend to that one copy of its KV (see engine.decoder).
 Continuous batching: a row that finishes starts a pending sample of a loaded prompt at once, and prompts are
 loaded into free slots as the loaded ones run out of samples to start.
 
@@ -20,7 +20,7 @@ Guarantees:
   are identical up to float rounding when batch shapes differ, and bit-identical for identical calls. In bf16
   compute the logits themselves round differently with the batch shape, so another composition changes a
   token more often (identical calls still reproduce exactly).
-* Precision: in fp32, per-token log-probs match `sharpen.scoring.score` to 1e-4 (tested; typically 1e-6).
+* Precision: in fp32, per-token log-probs match `engine.scoring.score` to 1e-4 (tested; typically 1e-6).
   In bf16 compute (dtype=torch.bfloat16, or a model loaded in bf16) the logits themselves are bf16: on the
   embedded Gemma 3 270M, 768 sampled tokens differed from fp32 scores by median 0.02, p99 0.15, max 0.33 nats
   per token, and 32-token sums by 0.17 on average (max 0.8). MEASURED_BF16_TOLERANCE bounds one token.
@@ -37,7 +37,10 @@ from typing import Any
 
 import torch
 
-from .errors import SharpenError
+from ..errors import SharpenError
+from .arch import causal_lm
+from .decoder import make_decoder
+from .models import sampling_dtype
 from .sampler import draw, key_hash, uniforms
 
 # Bound on |bf16 engine log-prob - fp32 score| per token: 0.33 was the largest of 768 tokens on the embedded model.
@@ -47,7 +50,6 @@ MEASURED_BF16_TOLERANCE = 0.5
 @dataclass
 class Sample:
     """One sampled response and its raw log-probs."""
-
     text: str  # decoded response, cut before a matched stop string, without EOS text
     token_ids: list[int]  # response tokens, including the ending token (EOS or the one completing a stop)
     token_logprobs: list[float]  # raw temperature-1 log-probs of token_ids
@@ -87,8 +89,6 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     key_ids = [key_hash(k) for k in keys] if keys is not None else [key_hash(p) for p in ids]
     if not ids:
         return []
-    from .decoder import make_decoder
-
     stops = [s for s in (stop or []) if s]
     eos = set() if ignore_eos else set(model.eos_token_ids)
     module = model.module
@@ -96,8 +96,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     module.eval()
     try:
         with torch.inference_mode():
-            decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dtype, max_rows=max_rows,
-                                   backend=backend)
+            dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device)
+            decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
                          eos, stops, progress)
             return loop.run()
@@ -132,7 +132,6 @@ class _Loop:
     A row can take any pending sample of any loaded prompt (continuous batching); prompts are loaded into
     free slots of the decoder's prompt cache when the loaded ones have no samples left to start.
     """
-
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
                  progress: bool | str | None) -> None:

@@ -1,5 +1,5 @@
 """RLHF-sharpening summary and report (`sharpen dpo` / `sharpen xpo`): reads a run directory's files, writes
-report.md and training_curves.png, in the style of the SFT report (sft_report.py) and with its Table 1 quantities.
+report.md and training_curves.png, in the style of the SFT report (report/sft.py) and with its Table 1 quantities.
 """
 
 from __future__ import annotations
@@ -8,55 +8,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SharpenError
-from .evaluate import finite_mean, summarize_responses
-from .report import fmt_num, fmt_pct
-from .runs import atomic_write_text, load_jsonl, read_json
-from .sft_report import protocol_line, table1
+from ..runs import atomic_write_text, load_jsonl
+from .kit import (
+    collapse_warnings,
+    config_table,
+    figure,
+    fmt_num,
+    fmt_pct,
+    format_eval,
+    protocol_line,
+    read_run,
+    responses_table,
+    save_png,
+)
 
 TITLES = {"dpo": "reward-based DPO (offline, Eq. 4/8)", "xpo": "reward-based XPO (online, Algorithm 1)"}
-
-
-def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
-    """Per round of pairs (dpo: one, round 0): how good and how likely y and y' are, by the base's measure."""
-    out = []
-    for t in sorted({p["round"] for p in pairs}):
-        ps = [p for p in pairs if p["round"] == t]
-        out.append({"round": t, "pairs": len(ps),
-                     "y_accuracy": sum(p["correct_y"] for p in ps) / len(ps),
-                     "y2_accuracy": sum(p["correct_y2"] for p in ps) / len(ps),
-                     "y_logprob_base": finite_mean([p.get("base_y") for p in ps]),
-                     "y2_logprob_base": finite_mean([p.get("base_y2") for p in ps]),
-                     "y_truncated": sum(p["finish_y"] == "length" for p in ps) / len(ps),
-                     "identical": sum(p["y"] == p["y2"] for p in ps) / len(ps)})
-    return out
-
-
-def build_summary(out: Path, cfg: Any, algorithm: str, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
-                  pairs: Sequence[dict], training: dict, history: Sequence[dict]) -> dict[str, Any]:
-    """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
-    step 0 = pi_base; xpo: rounds, round 0 = pi_base)."""
-    from .rlhf import held_out_metrics, usable
-
-    sampling = read_json(out / "sampling.json")
-    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
-    jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
-    return {
-        "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
-        "beta": cfg.beta, "alpha": getattr(cfg, "alpha", None), "rounds": getattr(cfg, "rounds", None),
-        "protocol": "train-on-eval" if cfg.train_on_eval else "held-out",
-        "num_train_prompts": sampling["num_train_prompts"],
-        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
-        "train_eval_overlap": sampling.get("overlap"),
-        "num_pairs": sum(usable(p) for p in pairs),
-        "pairs": pair_stats(pairs),
-        "base": base,
-        "sharpened": sharp,
-        "j_beta": {"base": jb["j_beta"], "sharpened": js["j_beta"], "kl_sharpened": js["kl"]},
-        "table1": table1(base, sharp),
-        "history": list(history),
-        "training": training,
-    }
 
 
 def _kept(s: Mapping[str, Any]) -> str:
@@ -66,8 +32,6 @@ def _kept(s: Mapping[str, Any]) -> str:
 
 def format_summary(s: Mapping[str, Any]) -> str:
     """Plain-text before/after table, J_beta and the Table 1 lift, for the terminal."""
-    from .evaluate import collapse_warnings, format_eval
-
     j = s["j_beta"]
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
              format_eval(s["sharpened"], title=f"sharpened ({s['algorithm']}, adapter of {_kept(s)})"), "",
@@ -86,13 +50,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 def write_rlhf_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and the metrics logs."""
-    from .report import save_png
-
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
-        raise SharpenError(f"{run_dir} has no summary.json: finish the run first (re-run its command)")
-    summary = read_json(run_dir / "summary.json")
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    summary, config = read_run(run_dir, "run")
     save_png(plot_training(train_rows(run_dir, summary), summary), run_dir / "training_curves.png")
     out = run_dir / "report.md"
     atomic_write_text(out, render(summary, config))
@@ -115,7 +74,6 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     """Loss per step; held-out J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report import figure
 
     xpo = summary["algorithm"] == "xpo"
     fig = figure(16.0, 3.6)
@@ -177,9 +135,6 @@ def _objective(s: Mapping[str, Any]) -> str:
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
-    from .evaluate import collapse_warnings, responses_table
-    from .report import config_table
-
     b, sh, j = s["base"], s["sharpened"], s["j_beta"]
     table = responses_table((("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
                              ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))))

@@ -16,7 +16,6 @@ forward hooks would not see, and the adapter gradients are small enough that one
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -30,56 +29,15 @@ from typing import Any
 
 import torch
 
-from . import runs
-from .bon import opt
-from .errors import SharpenError
-from .models import Model
+from .. import runs
+from ..config import TrainConfig
+from ..engine.models import Model
+from ..errors import SharpenError
+from ..progress import bar
+from .lora import save_adapter
 
 LossFn = Callable[[Model, list[Any]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Model], dict[str, float]]
-
-
-@dataclass
-class TrainConfig:
-    """LoRA fine-tuning options; defaults are the paper's SFT-sharpening setup (App. A.3) where it gives one."""
-
-    lr: float = opt(3e-4, "peak learning rate, decayed linearly to zero (the paper: 3e-4)")
-    epochs: int = opt(30, "passes over the training data (the paper: 30)")
-    batch_size: int = opt(4, "examples per micro-batch and process (the paper: 4)")
-    grad_accum: int = opt(1, "micro-batches per optimizer step; effective batch = batch-size x grad-accum x GPUs")
-    lora_rank: int = opt(16, "LoRA rank (the paper: 16, 8 for Mistral)")
-    lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank; the paper does not say)")
-    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
-    lora_targets: str = opt("all-linear", "modules given adapters: 'all-linear' or comma-separated names")
-    weight_decay: float = opt(0.0, "AdamW weight decay (the paper swept 0.0-1.0 per task)")
-    clip: float = opt(0.1, "gradient-norm clipping threshold (the paper: 0.1); 0 disables")
-    eval_every: int = opt(50, "optimizer steps between held-out evaluations and checkpoints")
-    max_steps: int | None = opt(None, "stop after this many optimizer steps (default: all epochs)")
-    seed: int = opt(0, "seed of sampling, data order, LoRA initialization and dropout")
-    mixed_precision: str = opt("no", "'no' (fp32 math) or 'bf16' (autocast, on CPU too)")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, slower)")
-
-    # Options that change the trained weights: a checkpoint refuses to resume under other values.
-    IDENTITY = ("lr", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
-                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision")
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "eval_every"):
-            if getattr(self, name) < 1:
-                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise SharpenError(f"--lr must be a positive number (got {self.lr})")
-        if self.weight_decay < 0 or self.clip < 0:
-            raise SharpenError("--weight-decay and --clip must be >= 0 (--clip 0 disables clipping)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise SharpenError(f"--max-steps must be at least 1 (got {self.max_steps})")
-        if not 0 <= self.lora_dropout < 1:
-            raise SharpenError(f"--lora-dropout must lie in [0, 1) (got {self.lora_dropout})")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise SharpenError(f"--mixed-precision must be 'no' or 'bf16' (got {self.mixed_precision!r})")
-
-    def identity(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.IDENTITY}
 
 
 @dataclass
@@ -110,52 +68,6 @@ def distributed() -> bool:
 def process_device(device: str) -> str:
     """The device this process should load the model on: its own GPU when launched on several."""
     return str(accelerator().device) if distributed() else device
-
-
-def attach_lora(model: Model, cfg: TrainConfig) -> Model:
-    """Wrap `model.module` in a PEFT LoRA model (in place); only the adapter weights are trainable.
-
-    LoRA's B matrices start at zero, so the wrapped model starts out equal to pi_base; with the adapter
-    disabled (`module.disable_adapter()`) it *is* pi_base, the frozen reference, without a second copy.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    targets: str | list[str] = cfg.lora_targets
-    if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
-                      lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
-    torch.manual_seed(cfg.seed)  # the A matrices are random: make them a function of the seed
-    try:
-        module = get_peft_model(model.module, lora)
-    except ValueError as e:
-        raise SharpenError(f"cannot attach LoRA adapters ({str(e).splitlines()[0][:160]}): "
-                           "check --lora-targets names modules of this model") from e
-    return dataclasses.replace(model, module=module)
-
-
-def load_adapter(model: Model, adapter_dir: str | Path, trainable: bool = False) -> Model:
-    """`model` with the PEFT adapter saved in `adapter_dir` attached."""
-    from peft import PeftModel
-
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").exists():
-        raise SharpenError(f"{path} holds no PEFT adapter (no adapter_config.json): give the adapter "
-                           "directory a training run wrote (its adapter/ folder)")
-    module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
-    module.to(model.device)
-    return dataclasses.replace(model, module=module.eval())
-
-
-def merge_adapter(model: Model, out: str | Path) -> Path:
-    """Fold the adapter into the base weights and save a plain model directory (with its tokenizer)."""
-    out = Path(out)
-    merged = model.module.merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    merged.save_pretrained(tmp)
-    model.tokenizer.save_pretrained(tmp)
-    _swap_dir(tmp, out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -207,33 +119,6 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-
-def _swap_dir(tmp: Path, target: Path) -> None:
-    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old)
-
-
-def save_adapter(module: Any, out: Path) -> None:
-    """Save the adapter in PEFT format (loads with `PeftModel.from_pretrained`), atomically."""
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    module.save_pretrained(str(tmp))
-    _swap_dir(tmp, out)
-
 
 def _trainable(module: Any) -> dict[str, torch.Tensor]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
@@ -326,7 +211,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
 
     if not resume:
         evaluate_and_save()  # step 0: the base model is a candidate too
-    bar = _bar(total, step, progress and acc.is_main_process)
+    steps_bar = bar(total, step, desc="train", unit="step", enabled=progress and acc.is_main_process)
     module.train()
     autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
                 if cfg.mixed_precision == "bf16" else nullcontext())
@@ -356,12 +241,12 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
                **{k: v / max(mine, 1) for k, v in sums.items()}}  # main process's share (always non-empty)
         if acc.is_main_process:
             runs.append_jsonl(metrics_path, [row])
-        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
-        bar.update(1)
+        steps_bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
+        steps_bar.update(1)
         if step % cfg.eval_every == 0 or step == total:
             evaluate_and_save()
             module.train()
-    bar.close()
+    steps_bar.close()
     module.eval()
     if eval_fn is None and acc.is_main_process:
         save_adapter(module, adapter_dir)  # no judge of checkpoints: keep the final adapter
@@ -397,9 +282,3 @@ def _sync_grads(acc: Any, params: list[torch.Tensor], world: int) -> None:
         n = p.numel()
         p.grad.copy_(flat[offset:offset + n].view_as(p))
         offset += n
-
-
-def _bar(total: int, initial: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

@@ -10,71 +10,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SharpenError
-from .evaluate import finite_mean, summarize_responses
-from .report import fmt_num, fmt_pct
-from .runs import atomic_write_text, load_jsonl, read_json
+from ..runs import atomic_write_text, load_jsonl
+from .kit import (
+    collapse_warnings,
+    config_table,
+    figure,
+    fmt_num,
+    fmt_pct,
+    format_eval,
+    protocol_line,
+    read_run,
+    responses_table,
+    save_png,
+)
 
 # Table 1 of the paper: lift of the SFT-sharpened model's temperature-1 samples over base greedy.
 PAPER_TABLE1 = [("Phi-3.5-mini", "MATH", 19.24, 48.33), ("Phi-3.5-mini", "GSM8K", 1.82, 1.49),
                 ("Phi-3.5-mini", "ProntoQA", 12.46, 5.64), ("Mistral-7B", "MATH", 8.88, 5.71)]
 
 
-def table1(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> dict[str, Any]:
-    """Accuracy lift % and likelihood lift of the sharpened responses over base greedy (Table 1)."""
-    from .selection import lift_pct
-
-    out: dict[str, Any] = {}
-    # "sample" is Table 1 itself; the others separate the effect of training from that of decoding.
-    for name, kind, ref in (("sample", "sample", "greedy"), ("greedy", "greedy", "greedy"),
-                            ("sample_vs_base_sample", "sample", "sample")):
-        st, g = sharp.get(kind), base.get(ref)
-        if not st or not g:
-            continue
-        lp, glp = st["mean_logprob_base"], g["mean_logprob_base"]
-        out[name] = {"accuracy_lift_pct": lift_pct(st["accuracy"], g["accuracy"]),
-                     "accuracy_diff": st["accuracy"] - g["accuracy"],
-                     "likelihood_lift": None if lp is None or glp is None else lp - glp}
-    return out
-
-
-def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
-                  data: Sequence[dict], result: Any) -> dict[str, Any]:
-    """summary.json of an sft run from its evaluation rows, training set and training result."""
-    sampling = read_json(out / "sampling.json")
-    bon_dir = Path(sampling["bon_dir"])
-    bon_greedy = None
-    if (bon_dir / "summary.json").exists():
-        bon_greedy = (read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
-    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
-    return {
-        "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
-        "protocol": "train-on-eval" if cfg.train_on_eval else "held-out",
-        "num_train_prompts": len(data),
-        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
-        "train_eval_overlap": sampling.get("overlap"),
-        # The training targets are the base model's best-of-N picks: their accuracy is base best-of-N at N = n
-        # on the training prompts (one pool per prompt, no subsampling).
-        "base_bon": {
-            "prompts": "evaluated" if cfg.train_on_eval else "training",
-            "accuracy": sum(bool(r["correct"]) for r in data) / len(data),
-            "mean_logprob_base": finite_mean([r["logprob"] for r in data]),
-            "mean_num_tokens": sum(r["num_tokens"] for r in data) / len(data),
-            "truncated_fraction": sum(r["finish_reason"] == "length" for r in data) / len(data),
-            "greedy_accuracy": bon_greedy,
-        },
-        "base": base,
-        "sharpened": sharp,
-        "table1": table1(base, sharp),
-        "training": {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
-                     "adapter": "adapter"},
-    }
-
-
 def format_summary(s: Mapping[str, Any]) -> str:
     """Plain-text before/after table and the Table 1 lifts, for the terminal."""
-    from .evaluate import collapse_warnings, format_eval
-
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
              format_eval(s["sharpened"], title=f"sharpened (adapter of step {s['training']['best_step']})")]
     t = s["table1"].get("sample")
@@ -91,13 +47,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 def write_sft_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
-    from .report import save_png
-
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
-        raise SharpenError(f"{run_dir} has no summary.json: finish the sft run first (re-run its command)")
-    summary = read_json(run_dir / "summary.json")
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    summary, config = read_run(run_dir, "sft run")
     save_png(plot_training(load_jsonl(run_dir / "metrics.jsonl"), summary), run_dir / "training_curves.png")
     out = run_dir / "report.md"
     atomic_write_text(out, render(summary, config))
@@ -106,8 +57,6 @@ def write_sft_report(run_dir: Path) -> Path:
 
 def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     """Training loss per step; held-out greedy accuracy and mean log pi_base at each evaluation."""
-    from .report import figure
-
     fig = figure(12.0, 3.6)
     ax_loss, ax_acc, ax_lp = fig.subplots(1, 3)
     train = [r for r in metrics if r.get("kind") == "train" and r.get("loss") is not None]
@@ -131,22 +80,8 @@ def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     return fig
 
 
-def protocol_line(s: Mapping[str, Any]) -> str:
-    if s["protocol"] == "train-on-eval":
-        return (f"**Protocol: train-on-eval** (the paper's): the model was trained on the {s['num_train_prompts']} "
-                "prompts it is evaluated on, so the 'held-out' numbers below are not held out.")
-    text = (f"**Protocol: held-out.** Trained on {s['num_train_prompts']} prompts, evaluated on "
-            f"{s['num_eval_prompts']} others")
-    if s.get("train_eval_overlap"):
-        text += f" (**warning:** {s['train_eval_overlap']} training prompts also appear among the evaluated ones)"
-    return text + ". The kept checkpoint was chosen on the evaluated prompts, which favours it slightly."
-
-
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text."""
-    from .evaluate import collapse_warnings, responses_table
-    from .report import config_table
-
     b, sh, bon = s["base"], s["sharpened"], s["base_bon"]
     rows = [("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
             ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))]

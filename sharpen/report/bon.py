@@ -1,6 +1,6 @@
 """Best-of-N report: reads a run directory's files and writes report.md with PNG plots.
 
-The report never recomputes selection: the numbers come from summary.json (see `selection.summarize`);
+The report never recomputes selection: the numbers come from summary.json (see `metrics.summarize`);
 samples.jsonl is read only for the log-prob histograms. Plots use matplotlib's object API (no pyplot), so
 no global backend is switched and it works headless.
 """
@@ -8,35 +8,28 @@ no global backend is switched and it works headless.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import SharpenError
-from .runs import atomic_write_text, load_jsonl, read_json
+from ..errors import SharpenError
+from ..runs import atomic_write_text, load_jsonl
+from ..selection import SELECTORS
+from .kit import config_table, figure, fmt_num, fmt_pct, read_run, save_png
 
 COLORS = {"logprob": "tab:blue", "logprob_mean": "tab:orange", "majority": "tab:green",
           "random": "tab:gray", "oracle": "tab:purple"}
-ABOUT = {
-    "logprob": "argmax of the summed log-prob, the self-reward of Eq. 2 (the paper's BoN)",
-    "logprob_mean": "argmax of log-prob per token (length-normalized)",
-    "majority": "most frequent extracted answer (self-consistency)",
-    "random": "one random sample (naive temperature-1 sampling, pass@1)",
-    "oracle": "correct if any of the N is (pass@N; uses the ground truth, a ceiling)",
-}
 
 
+def _color(name: str) -> str | None:
+    """The paper's selectors keep their colours; others take matplotlib's cycle."""
+    return COLORS.get(name)
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and its plots from config.json, summary.json and samples.jsonl; return its path."""
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
-        raise SharpenError(f"{run_dir} has no summary.json: finish the best-of-N run first (re-run its command)")
-    summary = read_json(run_dir / "summary.json")
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    summary, config = read_run(run_dir, "best-of-N run")
     samples = load_jsonl(run_dir / "samples.jsonl")
     plots = {
         "accuracy_vs_n.png": plot_accuracy_vs_n(summary),
@@ -51,24 +44,6 @@ def write_report(run_dir: Path) -> Path:
 
 
 # ---- plots ----------------------------------------------------------------------------------------------
-
-def figure(width: float = 6.4, height: float = 4.2) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def save_png(fig: Any, path: Path) -> None:
-    # Atomic: a reader never sees a half-written PNG.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
 
 def _ns(summary: Mapping[str, Any]) -> list[int]:
     return [int(k) for k in summary["ns"]]
@@ -90,7 +65,7 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
     for name, by_n in summary["selectors"].items():
         mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
         std = [100 * by_n[str(k)]["accuracy_std"] for k in ns]
-        ax.errorbar(ns, mean, yerr=std, marker="o", ms=4, capsize=3, label=name, color=COLORS.get(name),
+        ax.errorbar(ns, mean, yerr=std, marker="o", ms=4, capsize=3, label=name, color=_color(name),
                     linestyle="--" if name == "oracle" else "-")
     if summary.get("greedy"):
         ax.axhline(100 * summary["greedy"]["accuracy"], color="black", linestyle=":", label="greedy")
@@ -139,7 +114,7 @@ def plot_selected_logprob(summary: Mapping[str, Any]) -> Any:
     for name, by_n in summary["selectors"].items():
         pts = [(k, by_n[str(k)]["mean_logprob"]) for k in ns if by_n[str(k)]["mean_logprob"] is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=4, label=name, color=COLORS.get(name),
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=4, label=name, color=_color(name),
                     linestyle="--" if name == "oracle" else "-")
     g = summary.get("greedy") or {}
     if g.get("mean_logprob") is not None:
@@ -155,14 +130,6 @@ def plot_selected_logprob(summary: Mapping[str, Any]) -> Any:
 
 def _title(summary: Mapping[str, Any]) -> str:
     return " / ".join(str(summary[k]) for k in ("task", "model", "sample_dtype") if summary.get(k)) or "best-of-N"
-
-
-def fmt_num(x: float | None, fmt: str = ".2f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def fmt_pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
 
 
 def _noise(p: float, q: float, m: int) -> float:
@@ -249,8 +216,9 @@ def _selector_table(summary: Mapping[str, Any], n: int) -> list[str]:
     for name, by_n in summary["selectors"].items():
         st = by_n[str(n)]
         lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
+        about = SELECTORS[name].about if name in SELECTORS else ""
         lines.append(f"| {name} | {fmt_pct(st['accuracy_mean'])} ± {fmt_pct(st['accuracy_std'])} | {lift} | "
-                     f"{fmt_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {ABOUT.get(name, '')} |")
+                     f"{fmt_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {about} |")
     return lines
 
 
@@ -261,18 +229,6 @@ def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(fmt_pct(by_n[str(k)]["accuracy_mean"]) for k in ns) + " |")
     pak = summary.get("pass_at_k", {})
     lines.append("| pass@k (unbiased, from all n) | " + " | ".join(fmt_pct(pak.get(str(k))) for k in ns) + " |")
-    return lines
-
-
-def config_table(config: Mapping[str, Any]) -> list[str]:
-    options = config.get("options", config)
-    rows = [(k, v) for k, v in options.items() if not isinstance(v, dict | list)]
-    if not rows:
-        return ["(config.json not found)"]
-    lines = ["| option | value |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows]
-    versions = config.get("versions")
-    if isinstance(versions, dict) and versions:
-        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     return lines
 
 
@@ -329,3 +285,33 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
     ]
     return "\n".join(parts)
 
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:+.1f}%" if signed else f"{100 * x:.1f}"
+
+
+def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
+    """Plain-text table of the selectors at N (default the largest): accuracy mean ± std (%), lift over greedy."""
+    ns = [int(k) for k in summary["ns"]]
+    n = ns[-1] if n is None else int(n)
+    if n not in ns:
+        raise SharpenError(f"N={n} was not evaluated: choose one of {ns}")
+    head = f"{'selector':<14}{'accuracy %':>16}{'lift vs greedy':>16}{'mean logprob':>14}{'tokens':>9}"
+    lines = [f"N = {n}   prompts = {summary['num_prompts']}   seeds = {summary['seeds']}", head,
+             "-" * len(head)]
+
+    def num(x: float | None, fmt: str) -> str:
+        return "n/a" if x is None else format(x, fmt)
+
+    g = summary.get("greedy")
+    if g:
+        lines.append(f"{'greedy':<14}{_pct(g['accuracy']):>16}{'':>16}{num(g['mean_logprob'], '.2f'):>14}"
+                     f"{g['mean_num_tokens']:>9.1f}")
+    for name, by_n in summary["selectors"].items():
+        st = by_n[str(n)]
+        acc = f"{_pct(st['accuracy_mean'])} ± {_pct(st['accuracy_std'])}"
+        lines.append(f"{name:<14}{acc:>16}{_pct(st['lift_pct_mean'], signed=True):>16}"
+                     f"{num(st['mean_logprob'], '.2f'):>14}{st['mean_num_tokens']:>9.1f}")
+    return "\n".join(lines)

@@ -9,11 +9,9 @@ from typing import Any
 
 import torch
 
-from .errors import SharpenError
-
-DEFAULT_MODEL = "gemma-3-270m"
-_EMBEDDED = {"gemma-3-270m", "gemma3-270m", "embedded"}
-
+from ..errors import SharpenError
+from .spec import DEFAULT_MODEL, DTYPES, EMBEDDED
+from .toytok import ToyTokenizer
 
 END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")  # Gemma, Llama 3, Qwen, Phi-3
 
@@ -21,7 +19,6 @@ END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")  # Gemma,
 @dataclass
 class Model:
     """A loaded model: the torch module, its tokenizer, and where/how it runs."""
-
     module: Any  # transformers PreTrainedModel (maybe a PeftModel)
     tokenizer: Any
     name: str
@@ -65,16 +62,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-SAMPLE_DTYPE_HELP = ("sampling compute dtype: auto (bfloat16 where the hardware has it natively, else the "
-                     "model's), float32 (exact self-reward) or bfloat16")
-
-
-def check_sample_dtype(spec: str) -> None:
-    """Fail early (before any model loads) on a --sample-dtype no engine call would accept."""
-    if spec != "auto":
-        resolve_dtype(spec, torch.device("cpu"))
-
-
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matmuls are fast here: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX."""
     if device.type == "cuda":
@@ -94,7 +81,7 @@ def native_bf16(device: torch.device) -> bool:
 def sampling_dtype(spec: str | torch.dtype | None, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """Compute dtype of the sampling engine. None: the model's. "auto": bf16 when the model is fp32 and the
     hardware has native bf16 (about 2.2x faster on such CPUs; log-probs then carry bf16 error, see
-    sharpen.engine), else the model's. Anything else: as `resolve_dtype`."""
+    sharpen.engine.generate), else the model's. Anything else: as `resolve_dtype`."""
     if spec is None:
         return model_dtype
     if spec == "auto":
@@ -110,11 +97,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
+    if dtype not in DTYPES:
         raise SharpenError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16")
-    return table[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def embedded_model_dir() -> Path:
@@ -176,7 +161,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
-    if spec in _EMBEDDED:
+    if spec in EMBEDDED:
         source: str | Path = embedded_model_dir()
     elif spec.endswith(".gguf"):
         if not path.is_file():
@@ -213,8 +198,6 @@ def _finish(module: Any, tokenizer: Any, name: str, dev: torch.device, dt: torch
 def tiny_model(vocab_size: int = 128, seed: int = 0, layers: int = 2, hidden: int = 32) -> Model:
     """A random-weight Llama-style model with a byte-level toy tokenizer, for tests and benchmarks."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from .toytok import ToyTokenizer
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import SharpenError
+from ..errors import SharpenError
 
 __all__ = [
     "sft_loss",

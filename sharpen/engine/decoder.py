@@ -28,20 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import SharpenError
-from .models import sampling_dtype
-from .scoring import backbone, cache_keyword, causal_lm, lm_logits
+from ..errors import SharpenError
+from .arch import backbone, cache_keyword, causal_lm, lm_logits
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (signature, cast copy)
 
 
-def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: Any = None,
+def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: torch.dtype,
                  max_rows: int | None = None, backend: str = "auto") -> Any:
-    """Pick the decoder and its batch shape for this call."""
-    lm = causal_lm(model.module)
-    dt = sampling_dtype(dtype, next(lm.parameters()).dtype, model.device)
-    lm = module_in_dtype(lm, dt)
+    """Pick the decoder and its batch shape for this call; `dtype` is the compute dtype (models.sampling_dtype)."""
+    dt = dtype
+    lm = module_in_dtype(causal_lm(model.module), dt)
     kind = getattr(lm.config, "model_type", "")
     if backend not in ("auto", "fast", "hf"):
         raise SharpenError(f"unknown backend {backend!r}: use auto, fast or hf")
@@ -140,7 +138,6 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class FastDecoder:
     """Shared-prompt KV decoding over a Hugging Face decoder-only model's own modules."""
-
     refill_rows = True
 
     def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
@@ -357,7 +354,6 @@ class FastDecoder:
 class HFDecoder:
     """Generic fallback through the model's own forward and cache: one prompt at a time, its cache repeated
     for the rows after a single prefill. Rows cannot restart on their own (refill_rows = False)."""
-
     refill_rows = False
     slots = 1
 

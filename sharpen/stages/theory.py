@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import SharpenError
-from .losses import j_beta_exact, reward_dpo_loss, sft_loss, sharpened_distribution, xpo_loss
+from ..errors import SharpenError
+from ..train.losses import j_beta_exact, reward_dpo_loss, sft_loss, sharpened_distribution, xpo_loss
 
 __all__ = ["Prompts", "make_theta0", "make_prompts", "coverage_coefficient", "run_theory"]
 
@@ -62,7 +62,6 @@ DTYPE = torch.float32  # ample for d = 8 parameters; twice as fast as float64 he
 @dataclass
 class Prompts:
     """A set of prompts of the synthetic problem: features of every (prompt, response) and the argmax."""
-
     phi: torch.Tensor  # (P, K, d)
     y_star: torch.Tensor  # (P,) index of argmax_y pi_base(y|x)
 

@@ -8,7 +8,6 @@ _CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
 
 class ToyTokenizer:
     """Ids 0-2 are pad/bos/eos; then one id per printable ASCII character; the rest decode to '<k>'."""
-
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
     pad_token, bos_token, eos_token = _SPECIAL
     chat_template = None

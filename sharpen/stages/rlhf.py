@@ -26,107 +26,27 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .bon import chunk_size, opt
-from .errors import SharpenError
-from .models import DEFAULT_MODEL, SAMPLE_DTYPE_HELP, Model, check_sample_dtype
-from .train import TrainConfig
-
-LOSSES = ("square", "logistic")
-
-
-@dataclass
-class RlhfConfig:
-    """Options shared by `sharpen dpo` and `sharpen xpo`; training options are `TrainConfig`'s."""
-
-    task: str = opt("prontoqa", "task: gsm8k, math, prontoqa, mmlu or game24")
-    model: str = opt(DEFAULT_MODEL, "'gemma-3-270m' (embedded), a hub id, a model directory or a .gguf file")
-    out: str = opt("runs/rlhf", "run directory (re-running the same command resumes it)")
-    data_dir: str | None = opt(None, "benchmark data directory (default: $SHARPEN_DATA_DIR, else the hub)")
-    subject: str | None = opt(None, "MMLU subject(s), comma separated (default: the paper's three college ones)")
-    beta: float = opt(0.05, "KL weight of J_beta = E_pi[log pi_base] - beta KL(pi||pi_base); its optimum is "
-                            "pi_base^(1+1/beta), sharper as beta -> 0")
-    train_limit: int | None = opt(256, "training prompts: the first TRAIN_LIMIT of the task's train split "
-                                       "(disjoint from the evaluated subset)")
-    eval_limit: int | None = opt(None, "held-out prompts: the first EVAL_LIMIT items of the paper's subset "
-                                       "(default: all of it)")
-    train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's SFT protocol)")
-    from_run: str | None = opt(None, "take the base samples y' from a finished `sharpen bon` run directory")
-    eval_samples: int = opt(4, "temperature-1 samples per held-out prompt: sample accuracy and the J_beta "
-                               "estimate that picks the kept adapter")
-    max_new_tokens: int = opt(512, "maximum response tokens (sampling and evaluation)")
-    chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
-    dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
-    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
-    chunk: int | None = opt(None, "prompts per sampling / evaluation call, the unit of progress kept on "
-                                  "interruption (default: about 1024 responses per call)")
-    merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
-
-    # Options that change results: a run directory refuses to resume under other values.
-    IDENTITY = ("task", "model", "subject", "beta", "train_limit", "eval_limit", "train_on_eval", "from_run",
-                "eval_samples", "max_new_tokens", "chat", "dtype", "sample_dtype", "chunk")
-
-    def validate(self) -> None:
-        check_sample_dtype(self.sample_dtype)
-        if not (math.isfinite(self.beta) and self.beta > 0):
-            raise SharpenError(f"--beta must be a positive number (got {self.beta})")
-        for name in ("train_limit", "eval_limit"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
-        if self.eval_samples < 1:
-            raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
-                               f"policy (got {self.eval_samples})")
-        if self.max_new_tokens < 1 or (self.chunk is not None and self.chunk < 1):
-            raise SharpenError("--max-new-tokens and --chunk must be at least 1")
-
-
-@dataclass
-class DpoConfig(RlhfConfig):
-    out: str = opt("runs/dpo", "run directory (re-running the same command resumes it)")
-    n: int = opt(8, "base samples per training prompt, paired up disjointly: n/2 pairs (y, y') per prompt")
-    loss: str = opt("square", "square: reward-based DPO (Eq. 4/8); logistic: standard DPO on pairs ranked by "
-                              "self-reward (chosen = higher log pi_base)")
-
-    IDENTITY = RlhfConfig.IDENTITY + ("n", "loss")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.n < 2 or self.n % 2:
-            raise SharpenError(f"--n must be an even number >= 2: samples are paired up (got {self.n})")
-        if self.loss not in LOSSES:
-            raise SharpenError(f"unknown --loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-
-
-@dataclass
-class XpoConfig(RlhfConfig):
-    out: str = opt("runs/xpo", "run directory (re-running the same command resumes it)")
-    rounds: int = opt(4, "rounds of Algorithm 1 (sample, add pairs, retrain); --epochs / --max-steps are per round")
-    pairs: int = opt(1, "pairs (y ~ pi_t, y' ~ pi_base) per training prompt and round")
-    alpha: float = opt(1e-3, "weight of the optimism term alpha * log pi(y'|x) of Algorithm 1 (0: online DPO)")
-
-    IDENTITY = RlhfConfig.IDENTITY + ("rounds", "pairs", "alpha")
-
-    @property
-    def n(self) -> int:
-        """Base samples per training prompt: one y' per pair of every round."""
-        return self.rounds * self.pairs
-
-    def validate(self) -> None:
-        super().validate()
-        if self.rounds < 1 or self.pairs < 1:
-            raise SharpenError(f"--rounds and --pairs must be at least 1 (got {self.rounds}, {self.pairs})")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise SharpenError(f"--alpha must be a number >= 0 (got {self.alpha})")
-
+from .. import runs
+from ..config import DpoConfig, RlhfConfig, TrainConfig, XpoConfig
+from ..engine.generate import sample
+from ..engine.models import Model, load_model, prompt_token_ids
+from ..engine.scoring import collate, sequence_logprobs
+from ..errors import SharpenError
+from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked
+from ..metrics import summarize_responses, table1
+from ..report.bon import write_report
+from ..report.rlhf import write_rlhf_report
+from ..rows import finite_mean, sample_rows
+from ..tasks import load_task
+from ..train.loop import distributed, train
+from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
+from ..train.losses import j_beta_estimate, logistic_dpo_loss, reward_dpo_loss, xpo_loss
 
 # ---------------------------------------------------------------------------------------------- pairs and loss
 
@@ -144,8 +64,6 @@ def score_pairs(model: Model, pairs: list[dict], progress: bool = False) -> list
 
     A non-finite score is stored as null (see runs.dumps) and the pair is left out of training (`usable`).
     """
-    from .evaluate import base_logprobs
-
     prompts = [p["prompt_token_ids"] for p in pairs]
     lp = base_logprobs(model, prompts + prompts, [p["y"] for p in pairs] + [p["y2"] for p in pairs],
                        progress="pairs: log pi_base" if progress else None)
@@ -164,9 +82,6 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     One forward pass scores y and y' under the policy (adapter on, differentiable); the base log-probs are the
     stored ones.
     """
-    from .losses import logistic_dpo_loss, reward_dpo_loss, xpo_loss
-    from .scoring import collate, sequence_logprobs
-
     B = len(batch)
     prompts = [r["prompt_token_ids"] for r in batch]
     ids, attn, resp = collate(model, prompts + prompts, [r["y"] for r in batch] + [r["y2"] for r in batch])
@@ -195,9 +110,6 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
 def held_out_metrics(rows: Sequence[dict], beta: float) -> dict[str, float | None]:
     """From `evaluate.respond` rows of the policy: greedy / sample accuracy, mean log pi_base of the samples,
     and the sample estimates of KL(pi || pi_base) and J_beta = E_pi[log pi_base] - beta * KL."""
-    from .evaluate import summarize_responses
-    from .losses import j_beta_estimate
-
     st = summarize_responses(rows)
     g, s = st.get("greedy", {}), st.get("sample", {})
     lps = [(r["logprob"], r["logprob_base"]) for r in rows if r.get("kind") == "sample"
@@ -219,9 +131,6 @@ def j_beta_key(metrics: dict) -> float:
 def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: RlhfConfig, seed: int,
                 base_rows: Sequence[dict]) -> Any:
     """eval_fn for `train`: held_out_metrics of fresh responses, with the same sampling seed as the base's."""
-    from .evaluate import respond
-    from .sft import adapter_is_identity
-
     def fn(model: Model) -> dict[str, float | None]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
             model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
@@ -231,97 +140,70 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
     return fn
 
 
+# ---------------------------------------------------------------------------------------------- summary
+
+def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per round of pairs (dpo: one, round 0): how good and how likely y and y' are, by the base's measure."""
+    out = []
+    for t in sorted({p["round"] for p in pairs}):
+        ps = [p for p in pairs if p["round"] == t]
+        out.append({"round": t, "pairs": len(ps),
+                     "y_accuracy": sum(p["correct_y"] for p in ps) / len(ps),
+                     "y2_accuracy": sum(p["correct_y2"] for p in ps) / len(ps),
+                     "y_logprob_base": finite_mean([p.get("base_y") for p in ps]),
+                     "y2_logprob_base": finite_mean([p.get("base_y2") for p in ps]),
+                     "y_truncated": sum(p["finish_y"] == "length" for p in ps) / len(ps),
+                     "identical": sum(p["y"] == p["y2"] for p in ps) / len(ps)})
+    return out
+
+
+def build_summary(out: Path, cfg: Any, algorithm: str, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+                  pairs: Sequence[dict], training: dict, history: Sequence[dict]) -> dict[str, Any]:
+    """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
+    step 0 = pi_base; xpo: rounds, round 0 = pi_base)."""
+    sampling = runs.read_json(out / "sampling.json")
+    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
+    jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
+    return {
+        "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
+        "beta": cfg.beta, "alpha": getattr(cfg, "alpha", None), "rounds": getattr(cfg, "rounds", None),
+        "protocol": cfg.protocol,
+        "num_train_prompts": sampling["num_train_prompts"],
+        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
+        "train_eval_overlap": sampling.get("overlap"),
+        "num_pairs": sum(usable(p) for p in pairs),
+        "pairs": pair_stats(pairs),
+        "base": base,
+        "sharpened": sharp,
+        "j_beta": {"base": jb["j_beta"], "sharpened": js["j_beta"], "kl_sharpened": js["kl"]},
+        "table1": table1(base, sharp),
+        "history": list(history),
+        "training": training,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- shared steps
-
-def _check_from_run(cfg: Any) -> tuple[Path, dict]:
-    """A finished bon run of this task and model at temperature 1 with enough samples per prompt."""
-    from .runs import read_json
-
-    run = Path(cfg.from_run or "")
-    if not (run / "summary.json").exists() or not (run / "config.json").exists():
-        raise SharpenError(f"{run} is not a finished bon run (no summary.json): finish it with its own command, "
-                           "or drop --from-run")
-    conf = read_json(run / "config.json")
-    o = conf.get("options", {})
-    if conf.get("command") != "bon":
-        raise SharpenError(f"{run} holds a '{conf.get('command')}' run, not a bon run: give a bon run directory")
-    for key in ("task", "model", "chat"):
-        if o.get(key) != getattr(cfg, key):
-            raise SharpenError(f"{run} was sampled with {key}={o.get(key)!r}, not {getattr(cfg, key)!r}: "
-                               f"the pairs must be the model's own samples; pass --{key} {o.get(key)}")
-    if o.get("temperature") != 1.0:
-        raise SharpenError(f"{run} was sampled at temperature {o.get('temperature')}: y' must be drawn from "
-                           "pi_base itself (temperature 1); sample a new bon run or drop --from-run")
-    if o.get("n", 0) < cfg.n:
-        raise SharpenError(f"{run} has {o.get('n')} samples per prompt, this run needs {cfg.n}: "
-                           "lower --n (dpo) or --rounds x --pairs (xpo), or sample a larger bon run")
-    return run, o
-
-
-def base_pool(cfg: Any, tcfg: TrainConfig, out: Path, items: Sequence[Any], progress: bool
-              ) -> tuple[list[dict], dict[str, list[dict]], dict]:
-    """Step 2: cfg.n base samples per training prompt (bon run). Returns the training prompts (prompts.jsonl
-    rows), each prompt's samples ordered by index, and the bon options; writes DIR/sampling.json."""
-    from . import runs
-    from .bon import BonConfig, run_bon
-
-    if cfg.from_run:
-        bon_dir, bon_opts = _check_from_run(cfg)
-    else:
-        bon = BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
-                        subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
-                        n=cfg.n, seed=tcfg.seed, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                        chat=cfg.chat, device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype,
-                        chunk=cfg.chunk,
-                        split="test" if cfg.train_on_eval else "train")
-        run_bon(bon, progress=progress)
-        bon_dir, bon_opts = Path(bon.out), asdict(bon)
-    prompts = runs.load_jsonl(bon_dir / "prompts.jsonl")
-    if cfg.from_run and cfg.train_limit is not None and not cfg.train_on_eval:
-        prompts = prompts[:cfg.train_limit]
-    pools: dict[str, dict[int, dict]] = {}
-    for r in runs.load_jsonl(bon_dir / "samples.jsonl"):
-        if int(r["index"]) < cfg.n:
-            pools.setdefault(str(r["prompt_id"]), {})[int(r["index"])] = r
-    prompts = [p for p in prompts if len(pools.get(str(p["id"]), {})) == cfg.n]
-    if not prompts:
-        raise SharpenError(f"no training prompt of {bon_dir} has {cfg.n} samples: finish that bon run first")
-    overlap = len({p["prompt"] for p in prompts} & {it.prompt for it in items})
-    runs.atomic_write_json(out / "sampling.json", {"bon_dir": str(bon_dir), "bon_options": bon_opts,
-                                                   "num_train_prompts": len(prompts), "overlap": overlap})
-    ordered = {pid: [pool[i] for i in range(cfg.n)] for pid, pool in pools.items()}
-    return prompts, ordered, bon_opts
-
 
 def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
     """Steps 1-2 and the model: validate, held-out task, run directory, base samples, model and prompt ids."""
-    from . import runs
-    from .models import load_model, prompt_token_ids
-    from .tasks import load_task
-    from .train import distributed
-
     cfg.validate()
     tcfg.validate()
     if distributed():
         raise SharpenError(f"sharpen {command} runs in a single process: launch it without accelerate / torchrun")
-    out = Path(cfg.out)
-    task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit,
-                     **({"subject": cfg.subject} if cfg.subject else {}))
-    options = {**asdict(cfg), **asdict(tcfg)}
-    identity = {**{k: options[k] for k in cfg.IDENTITY}, **tcfg.identity()}
-    protocol = "train-on-eval" if cfg.train_on_eval else "held-out"
-    runs.prepare_run_dir(out, identity, {"options": options, "protocol": protocol,
-                                         "versions": runs.package_versions()}, command=command)
-    prompts, pools, bon_opts = base_pool(cfg, tcfg, out, task.items, progress)
+    out = Path(cfg.out or "")
+    task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit, **cfg.task_options)
+    runs.open_run(out, command, [cfg, tcfg], protocol=cfg.protocol)
+    # y' must be drawn from pi_base itself: temperature 1.
+    pool = base_pool(cfg, cfg.n, tcfg.seed, out, task.items, temperature=1.0, require_temperature=1.0,
+                     progress=progress)
+    if pool.sampled:
+        write_report(pool.dir)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
-    return out, task, prompts, pools, bon_opts, model, prompt_ids
+    return out, task, pool, model, prompt_ids
 
 
 def _finish(out: Path, model: Model, cfg: Any, summary: dict) -> dict:
-    from . import runs
-    from .rlhf_report import write_rlhf_report
-    from .train import merge_adapter
 
     runs.atomic_write_json(out / "summary.json", summary)
     write_rlhf_report(out)
@@ -334,12 +216,8 @@ def _finish(out: Path, model: Model, cfg: Any, summary: dict) -> dict:
 
 def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
-    from . import runs
-    from .rlhf_report import build_summary
-    from .sft import adapter_is_identity, eval_stage, restore_adapter
-    from .train import attach_lora, train
-
-    out, task, prompts, pools, _, model, prompt_ids = _start(cfg, tcfg, "dpo", progress)
+    out, task, pool, model, prompt_ids = _start(cfg, tcfg, "dpo", progress)
+    prompts, pools = pool.prompts, pool.pools
     # 3) Disjoint pairs of base samples, scored once under pi_base.
     pairs_path = out / "pairs.jsonl"
     if not pairs_path.exists():
@@ -349,7 +227,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
     # 4) The base model on the held-out prompts.
-    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+    base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     # 5) LoRA training; the adapter with the best held-out J_beta is kept (step 0 = pi_base itself).
     model = attach_lora(model, tcfg)
     result = train(model, data, functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta), tcfg, out,
@@ -359,7 +237,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     restore_adapter(model, result.adapter_dir)
     if adapter_is_identity(model.module):
         runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
-    sharp_rows = eval_stage(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+    sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     # 7) Summary and report.
     history = [r for r in runs.load_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
     training = {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
@@ -376,45 +254,30 @@ def round_seed(seed: int, t: int) -> int:
     return seed * 1_000_003 + 7_919 * t
 
 
-def collect_round(path: Path, model: Model, task: Any, prompts: Sequence[dict], pools: dict[str, list[dict]],
-                  cfg: XpoConfig, seed: int, t: int, progress: bool) -> list[dict]:
+def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoConfig, seed: int, t: int,
+                  progress: bool) -> list[dict]:
     """D_t (Algorithm 1): the pairs of rounds 1..t-1 in `path` plus round t's, drawn here chunk by chunk:
     y ~ pi_t (the model as it is, adapter on) and y' = the round's unused base sample, both scored under pi_base."""
-    from . import runs
-    from .bon import _bar, sample_rows
-    from .engine import sample
-
     k = cfg.pairs
-    rows = runs.load_jsonl(path)
-    counts = Counter(r["prompt_id"] for r in rows if r["round"] == t)
-    # Drop what a crash left: round t's incomplete prompts, and anything of later rounds.
-    rows = runs.repair_jsonl(path, keep=lambda r: r["round"] < t or (r["round"] == t and counts[r["prompt_id"]] == k))
-    done = {r["prompt_id"] for r in rows if r["round"] == t}
-    todo = [p for p in prompts if p["id"] not in done]
     by_id = {it.id: it for it in task.items}
-    with _bar(total=len(prompts), initial=len(prompts) - len(todo), desc=f"round {t}: y ~ pi_{t}",
-              enabled=progress) as bar:
-        size = chunk_size(cfg.chunk, k)
-        for start in range(0, len(todo), size):
-            chunk = todo[start:start + size]
-            drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
-                           seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk],
-                           dtype=cfg.sample_dtype)
-            new = []
-            for p, ss in zip(chunk, drawn, strict=True):
-                ys = sample_rows(task, by_id[p["id"]], ss)
-                new += [make_pair(p, y, pools[p["id"]][(t - 1) * k + j], t) for j, y in enumerate(ys)]
-            new = score_pairs(model, new)
-            runs.append_jsonl(path, new)
-            rows += new
-            bar.update(len(chunk))
-    return rows
+
+    def draw(chunk: list[dict]) -> list[dict]:
+        drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
+                       seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk],
+                       dtype=cfg.sample_dtype)
+        pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
+                 for p, ss in zip(chunk, drawn, strict=True)
+                 for j, y in enumerate(sample_rows(task, by_id[p["id"]], ss))]
+        return score_pairs(model, pairs)  # the whole chunk in one call
+
+    # Round t's rows are this call's; earlier rounds' stay; anything of a later round (a crash) is dropped.
+    return run_chunked(path, pool.prompts, k, draw, chunk=cfg.chunk, label=f"round {t}: y ~ pi_{t}",
+                       progress=progress, key=lambda p: p["id"], mine=lambda r: r["round"] == t,
+                       earlier=lambda r: r["round"] < t)
 
 
 def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
     """The task whose items the training prompts are (to grade the policy's samples)."""
-    from .tasks import load_task
-
     return load_task(cfg.task, data_dir=bon_opts.get("data_dir") or cfg.data_dir,
                      split=bon_opts.get("split", "test"), limit=bon_opts.get("limit"),
                      **({"subject": bon_opts["subject"]} if bon_opts.get("subject") else {}))
@@ -422,15 +285,10 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
 
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) online reward-based XPO (Algorithm 1); returns the summary also in DIR/summary.json."""
-    from . import runs
-    from .rlhf_report import build_summary
-    from .sft import eval_stage, restore_adapter
-    from .train import attach_lora, save_adapter, train
-
-    out, task, prompts, pools, bon_opts, model, prompt_ids = _start(cfg, tcfg, "xpo", progress)
-    train_task = _train_task(cfg, bon_opts)
+    out, task, pool, model, prompt_ids = _start(cfg, tcfg, "xpo", progress)
+    train_task = _train_task(cfg, pool.options)
     # 4) Iterate 0 is pi_base: its held-out evaluation is the base evaluation.
-    base_rows = eval_stage(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+    base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     model = attach_lora(model, tcfg)
     if not (out / "round_0" / "adapter").exists():
         (out / "round_0").mkdir(exist_ok=True)
@@ -448,13 +306,13 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         rdir = out / f"round_{t}"
         restore_adapter(model, out / f"round_{t - 1}" / "adapter")  # pi_t
         # a) y ~ pi_t, y' ~ pi_base for every training prompt, added to D_t.
-        pairs = collect_round(data_path, model, train_task, prompts, pools, cfg, tcfg.seed, t, progress)
+        pairs = collect_round(data_path, model, train_task, pool, cfg, tcfg.seed, t, progress)
         data = [p for p in pairs if usable(p)]
         # b) pi_{t+1} = argmin of the XPO loss over D_t, starting from pi_t (the final adapter is kept).
         result = train(model, data, functools.partial(pair_loss, kind="xpo", beta=cfg.beta, alpha=cfg.alpha),
                        tcfg, rdir, progress=progress)
         # c) The held-out J_beta of the new iterate.
-        rows = eval_stage(rdir / "eval.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+        rows = eval_rows(rdir / "eval.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
         row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta)}
         runs.append_jsonl(hist_path, [row])
         history.append(row)

@@ -1,0 +1,264 @@
+"""Options of every stage: one base dataclass with the fields all stages share, validated once; each stage's
+config extends it. The CLI derives its options from these dataclasses (field, default, help), so a default is
+stated in one place. Importable without torch: `sharpen --help` and `sharpen report` never load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine.spec import DEFAULT_MODEL, DTYPES, SAMPLE_DTYPE_HELP
+from .errors import SharpenError
+from .selection import SELECTORS
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    """A config field whose help text the CLI shows (the CLI is derived from the dataclass)."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def check_dtype_name(spec: str | None, flag: str, auto: bool = True) -> None:
+    """Fail early (before torch or a model loads) on a dtype name the engine would refuse."""
+    if spec is None or (auto and spec == "auto") or spec in DTYPES:
+        return
+    raise SharpenError(f"unknown dtype {spec!r} for {flag}: use one of float32, bfloat16, float16")
+
+
+@dataclass
+class RunConfig:
+    """The fields every stage shares: what to run on, where to write, how to decode."""
+    task: str = opt("prontoqa", "task")  # the CLI appends the registered task names
+    model: str = opt(DEFAULT_MODEL, "'gemma-3-270m' (embedded), a hub id, a model directory or a .gguf file")
+    out: str | None = opt("runs/run", "run directory (re-running the same command resumes it)")
+    data_dir: str | None = opt(None, "benchmark data directory (default: $SHARPEN_DATA_DIR, else the hub)")
+    subject: str | None = opt(None, "MMLU subject(s), comma separated (default: the paper's three college ones)")
+    max_new_tokens: int = opt(512, "maximum response tokens; longer responses are cut and flagged")
+    chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
+    device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
+    dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
+    sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
+    chunk: int | None = opt(None, "prompts per sampling call, the unit of progress kept on interruption "
+                                  "(default: about 1024 responses per call, enough to keep every row busy)")
+
+    # Options that change results: a run directory refuses to resume with other values for them.
+    IDENTITY = ("task", "model", "subject", "max_new_tokens", "chat", "dtype", "sample_dtype", "chunk")
+    # Integer options that must be at least 1 when given (None means "all" or "auto").
+    POSITIVE = ("max_new_tokens", "chunk")
+
+    def validate(self) -> None:
+        check_dtype_name(self.dtype, "--dtype", auto=False)
+        check_dtype_name(self.sample_dtype, "--sample-dtype")
+        for name in self.POSITIVE:
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.IDENTITY}
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """Keyword options of `load_task` beyond name, data dir, split and limit."""
+        return {"subject": self.subject} if self.subject else {}
+
+
+def _check_temperature(t: float, positive: bool) -> None:
+    if not math.isfinite(t) or t < 0 or (positive and t == 0):
+        raise SharpenError(f"--temperature must be {'> 0 for sampling' if positive else '>= 0'} (got {t})"
+                           + ("" if positive else "; 0 means greedy"))
+
+
+@dataclass
+class BonConfig(RunConfig):
+    out: str | None = opt("runs/bon", "run directory (re-running the same command resumes it)")
+    limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
+    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts (used by sft)")
+    n: int = opt(50, "samples per prompt (the paper: 50)")
+    seeds: int = opt(10, "subsampling seeds for accuracy at each N (the paper: 10)")
+    seed: int = opt(0, "sampling seed: samples depend only on (seed, prompt id, sample index)")
+    temperature: float = opt(1.0, "sampling temperature (log-probs are always those of temperature 1)")
+
+    IDENTITY = RunConfig.IDENTITY + ("limit", "split", "n", "seed", "temperature")
+    POSITIVE = RunConfig.POSITIVE + ("n", "seeds", "limit")
+
+    def validate(self) -> None:
+        super().validate()
+        _check_temperature(self.temperature, positive=False)
+
+
+@dataclass
+class EvalConfig(RunConfig):
+    out: str | None = opt(None, "write eval.json and the responses (eval.jsonl) into this directory "
+                                "(re-running the same command resumes it)")
+    adapter: str | None = opt(None, "a PEFT adapter directory, e.g. an sft run's adapter/ (default: none)")
+    limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
+    samples: int = opt(1, "temperature-1 samples per prompt (0: greedy only)")
+    temperature: float = opt(1.0, "sampling temperature of the samples")
+    seed: int = opt(0, "sampling seed (samples depend only on seed, prompt id and sample index)")
+
+    IDENTITY = RunConfig.IDENTITY + ("adapter", "limit", "samples", "temperature", "seed")
+    POSITIVE = RunConfig.POSITIVE + ("limit",)
+
+    @property
+    def eval_samples(self) -> int:
+        """--samples under the name the training stages' evaluations use."""
+        return self.samples
+
+    def validate(self) -> None:
+        super().validate()
+        if self.samples < 0:
+            raise SharpenError(f"--samples must be >= 0 (got {self.samples})")
+        _check_temperature(self.temperature, positive=False)
+
+
+@dataclass
+class TrainConfig:
+    """LoRA fine-tuning options; defaults are the paper's SFT-sharpening setup (App. A.3) where it gives one."""
+    lr: float = opt(3e-4, "peak learning rate, decayed linearly to zero (the paper: 3e-4)")
+    epochs: int = opt(30, "passes over the training data (the paper: 30)")
+    batch_size: int = opt(4, "examples per micro-batch and process (the paper: 4)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; effective batch = batch-size x grad-accum x GPUs")
+    lora_rank: int = opt(16, "LoRA rank (the paper: 16, 8 for Mistral)")
+    lora_alpha: float | None = opt(None, "LoRA alpha (default: 2 x rank; the paper does not say)")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA input")
+    lora_targets: str = opt("all-linear", "modules given adapters: 'all-linear' or comma-separated names")
+    weight_decay: float = opt(0.0, "AdamW weight decay (the paper swept 0.0-1.0 per task)")
+    clip: float = opt(0.1, "gradient-norm clipping threshold (the paper: 0.1); 0 disables")
+    eval_every: int = opt(50, "optimizer steps between held-out evaluations and checkpoints")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (default: all epochs)")
+    seed: int = opt(0, "seed of sampling, data order, LoRA initialization and dropout")
+    mixed_precision: str = opt("no", "'no' (fp32 math) or 'bf16' (autocast, on CPU too)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, slower)")
+
+    # Options that change the trained weights: a checkpoint refuses to resume under other values.
+    IDENTITY = ("lr", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
+                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision")
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "eval_every"):
+            if getattr(self, name) < 1:
+                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SharpenError(f"--lr must be a positive number (got {self.lr})")
+        if self.weight_decay < 0 or self.clip < 0:
+            raise SharpenError("--weight-decay and --clip must be >= 0 (--clip 0 disables clipping)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SharpenError(f"--max-steps must be at least 1 (got {self.max_steps})")
+        if not 0 <= self.lora_dropout < 1:
+            raise SharpenError(f"--lora-dropout must lie in [0, 1) (got {self.lora_dropout})")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise SharpenError(f"--mixed-precision must be 'no' or 'bf16' (got {self.mixed_precision!r})")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.IDENTITY}
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SharpenConfig(RunConfig):
+    """Fields of the amortized-sharpening stages (sft, dpo, xpo): training prompts, held-out prompts, base
+    samples. Training options are `TrainConfig`'s; the sampling seed is its --seed."""
+    train_limit: int | None = opt(256, "training prompts: the first TRAIN_LIMIT of the task's train split "
+                                       "(disjoint from the evaluated subset), as many as the paper evaluates")
+    eval_limit: int | None = opt(None, "held-out prompts: the first EVAL_LIMIT items of the paper's subset "
+                                       "(default: all of it)")
+    train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's protocol)")
+    from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
+    eval_samples: int = opt(1, "temperature-1 samples per held-out prompt in the before/after evaluation")
+    merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
+
+    IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "from_run", "eval_samples")
+    POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit")
+
+    @property
+    def protocol(self) -> str:
+        return "train-on-eval" if self.train_on_eval else "held-out"
+
+
+@dataclass
+class SftConfig(SharpenConfig):
+    out: str | None = opt("runs/sft", "run directory (re-running the same command resumes it)")
+    n: int = opt(50, "samples per training prompt (the paper: 50)")
+    selector: str = opt("logprob", "which sample to train on: " + ", ".join(SELECTORS)
+                        + " (logprob is the paper's; oracle uses the ground truth)")
+    temperature: float = opt(1.0, "sampling temperature of the N training samples (the paper: 1)")
+
+    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "temperature")
+    POSITIVE = SharpenConfig.POSITIVE + ("n",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.selector not in SELECTORS:
+            raise SharpenError(f"unknown selector {self.selector!r}: choose one of {', '.join(SELECTORS)}")
+        if self.eval_samples < 0:
+            raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
+        _check_temperature(self.temperature, positive=True)
+
+
+LOSSES = ("square", "logistic")
+
+
+@dataclass
+class RlhfConfig(SharpenConfig):
+    """Options shared by `sharpen dpo` and `sharpen xpo`."""
+    out: str | None = opt("runs/rlhf", "run directory (re-running the same command resumes it)")
+    beta: float = opt(0.05, "KL weight of J_beta = E_pi[log pi_base] - beta KL(pi||pi_base); its optimum is "
+                            "pi_base^(1+1/beta), sharper as beta -> 0")
+    eval_samples: int = opt(4, "temperature-1 samples per held-out prompt: sample accuracy and the J_beta "
+                               "estimate that picks the kept adapter")
+
+    IDENTITY = SharpenConfig.IDENTITY + ("beta",)
+
+    def validate(self) -> None:
+        super().validate()
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise SharpenError(f"--beta must be a positive number (got {self.beta})")
+        if self.eval_samples < 1:
+            raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
+                               f"policy (got {self.eval_samples})")
+
+
+@dataclass
+class DpoConfig(RlhfConfig):
+    out: str | None = opt("runs/dpo", "run directory (re-running the same command resumes it)")
+    n: int = opt(8, "base samples per training prompt, paired up disjointly: n/2 pairs (y, y') per prompt")
+    loss: str = opt("square", "square: reward-based DPO (Eq. 4/8); logistic: standard DPO on pairs ranked by "
+                              "self-reward (chosen = higher log pi_base)")
+
+    IDENTITY = RlhfConfig.IDENTITY + ("n", "loss")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n < 2 or self.n % 2:
+            raise SharpenError(f"--n must be an even number >= 2: samples are paired up (got {self.n})")
+        if self.loss not in LOSSES:
+            raise SharpenError(f"unknown --loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+
+
+@dataclass
+class XpoConfig(RlhfConfig):
+    out: str | None = opt("runs/xpo", "run directory (re-running the same command resumes it)")
+    rounds: int = opt(4, "rounds of Algorithm 1 (sample, add pairs, retrain); --epochs / --max-steps are per round")
+    pairs: int = opt(1, "pairs (y ~ pi_t, y' ~ pi_base) per training prompt and round")
+    alpha: float = opt(1e-3, "weight of the optimism term alpha * log pi(y'|x) of Algorithm 1 (0: online DPO)")
+
+    IDENTITY = RlhfConfig.IDENTITY + ("rounds", "pairs", "alpha")
+    POSITIVE = RlhfConfig.POSITIVE + ("rounds", "pairs")
+
+    @property
+    def n(self) -> int:
+        """Base samples per training prompt: one y' per pair of every round."""
+        return self.rounds * self.pairs
+
+    def validate(self) -> None:
+        super().validate()
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise SharpenError(f"--alpha must be a number >= 0 (got {self.alpha})")

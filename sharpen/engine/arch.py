@@ -1,0 +1,45 @@
+"""Where the parts of a Hugging Face causal LM are: its body, its LM head, its cache keyword.
+
+Shared by the decoders and the scoring primitive; imports nothing of the package, so both can use it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def causal_lm(module: Any) -> Any:
+    """The Hugging Face *ForCausalLM under a PeftModel wrapper (or the module itself)."""
+    if hasattr(module, "get_base_model"):  # peft.PeftModel: the LoRA layers are injected in place
+        return module.get_base_model()
+    return module
+
+
+def lm_logits(module: Any, hidden: Tensor) -> Tensor:
+    """Final hidden states (..., H) -> logits (..., V), with the model's final logit soft-capping if any."""
+    lm = causal_lm(module)
+    logits = lm.get_output_embeddings()(hidden)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def backbone(module: Any) -> Any:
+    """The transformer body (embeddings + layers + final norm) that returns last hidden states."""
+    lm = causal_lm(module)
+    body = getattr(lm, "base_model", None)
+    if body is None or body is lm:
+        # A programming error, not bad input: every Hugging Face *ForCausalLM has a body.
+        raise TypeError(f"{type(lm).__name__} has no separate transformer body: "
+                        "use a Hugging Face *ForCausalLM model")
+    return body
+
+
+def cache_keyword(module: Any) -> str:
+    """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

@@ -1,0 +1,246 @@
+"""Sampling into run directories: the one resumable chunked loop, graded responses, and the base sample pool.
+
+Every stage that samples goes through `run_chunked`: best-of-N's greedy and N samples (`run_pool`, which the
+sft, dpo and xpo stages also use for their base samples), held-out evaluations (`eval_rows`) and XPO's
+per-round samples. Items are processed in fixed chunks (by default about CALL_RESPONSES responses per engine
+call), the unit of resume: a re-run skips finished chunks and redoes a chunk whose rows are incomplete with the
+same composition, so an interrupted run ends with the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .config import BonConfig, SharpenConfig
+from .engine.generate import greedy, sample
+from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
+from .engine.scoring import score
+from .errors import SharpenError
+from .metrics import summarize
+from .progress import bar
+from .rows import complete_pools, counts, sample_rows
+from .tasks import load_task
+
+# Responses per engine call when --chunk is not given. Rows that finish are refilled only from the samples of the
+# same call, so a call needs many more pending responses than decode rows (up to 256) or its tail runs nearly empty.
+CALL_RESPONSES = 1024
+
+Draw = Callable[[list[Any]], list[dict]]
+
+
+def chunk_size(chunk: int | None, per_prompt: int) -> int:
+    """Prompts per engine call: --chunk, or enough prompts for CALL_RESPONSES responses."""
+    return chunk if chunk else max(1, -(-CALL_RESPONSES // per_prompt))
+
+
+def _item_id(item: Any) -> str:
+    return item.id
+
+
+def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: Draw, *, chunk: int | None,
+                label: str, progress: bool, key: Callable[[Any], str] = _item_id,
+                mine: Callable[[dict], bool] | None = None, earlier: Callable[[dict], bool] | None = None
+                ) -> list[dict]:
+    """The rows of `path` (a JSONL file; None keeps nothing on disk) for `items`, `per_prompt` rows each.
+
+    `draw(chunk of items)` returns the chunk's new rows (each with its `prompt_id`), in file order. Rows of
+    prompts left incomplete by a crash are dropped and their whole chunk is redone; rows of complete prompts in a
+    redone chunk are not written twice. A file shared with other calls (XPO's rounds): `mine(row)` marks this
+    call's rows, `earlier(row)` rows kept as they are; any other row is dropped. Returns the earlier rows and
+    this call's, in file order.
+    """
+    wanted = {key(it) for it in items}
+    is_mine = mine or (lambda r: True)
+    kept_other = earlier or (lambda r: False)
+    rows = runs.load_jsonl(path) if path is not None else []
+    done = counts(r for r in rows if is_mine(r))
+    if path is not None:
+        rows = runs.repair_jsonl(path, keep=lambda r: kept_other(r) if not is_mine(r) else
+                                 done.get(r["prompt_id"], 0) == per_prompt and r["prompt_id"] in wanted)
+    done = counts(r for r in rows if is_mine(r))
+    size = chunk_size(chunk, per_prompt)
+    chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    todo = [c for c in chunks if any(done.get(key(it), 0) < per_prompt for it in c)]
+    finished = len(items) - sum(len(c) for c in todo)
+    if finished and progress and path is not None:
+        print(f"{label}: resuming, {finished} of {len(items)} prompts already in {path.name}", file=sys.stderr)
+    # The bar closes (ends its line) before an error reaches the CLI, so the error gets a line of its own.
+    with bar(total=len(items), initial=finished, desc=label, enabled=progress) as b:
+        for c in todo:
+            new = [r for r in draw(c) if done.get(r["prompt_id"], 0) != per_prompt]
+            if path is not None:
+                runs.append_jsonl(path, new)
+            rows.extend(new)
+            b.update(len(c))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- responses
+
+def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                  progress: str | None = None) -> list[float]:
+    """log pi_base(y | x) of each response (Eq. 2): scored with the LoRA adapter disabled, if there is one."""
+    if not prompts:
+        return []
+    off = model.module.disable_adapter() if hasattr(model.module, "disable_adapter") else nullcontext()
+    with off:
+        per_token = score(model, [list(p) for p in prompts], [list(r) for r in responses], progress=progress)
+    return [float(sum(t)) for t in per_token]
+
+
+def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,
+            max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None,
+            progress: str | None = None) -> list[dict]:
+    """Greedy and `samples` temperature-`temperature` responses per item, graded, with log pi_base.
+    progress: a label for progress bars (none without it).
+
+    Rows: `rows.sample_rows` plus `kind` ("greedy" / "sample") and `logprob_base`; `logprob` is under `model`
+    itself (the policy, adapter on).
+    """
+    ids = [prompt_ids[it.id] for it in items]
+    rows: list[dict] = []
+
+    def label(what: str) -> str | None:
+        return f"{progress}: {what}" if progress else None
+
+    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype, progress=label("greedy"))
+    for it, s in zip(items, first, strict=True):
+        rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
+    if samples > 0:
+        drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                       stop=task.stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"))
+        for it, ss in zip(items, drawn, strict=True):
+            rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
+    lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
+                       progress=label("log pi_base"))
+    for r, v in zip(rows, lp, strict=True):
+        r["logprob_base"] = v
+    return rows
+
+
+def eval_rows(path: Path | None, model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]],
+              cfg: Any, seed: int, progress: bool = False, temperature: float = 1.0) -> list[dict]:
+    """Greedy + cfg.eval_samples responses per item (see `respond`), resumable chunk by chunk in `path`; rows in
+    item order, greedy first."""
+    per_prompt = 1 + cfg.eval_samples
+    label = path.stem if path is not None else "eval"
+
+    def draw(chunk: list[Any]) -> list[dict]:
+        return respond(model, task, chunk, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, temperature=temperature,
+                       seed=seed, dtype=cfg.sample_dtype, progress=label if progress else None)
+
+    rows = run_chunked(path, items, per_prompt, draw, chunk=cfg.chunk, label=label, progress=False)
+    order = {it.id: i for i, it in enumerate(items)}
+    return sorted(rows, key=lambda r: (order[r["prompt_id"]], r["kind"] != "greedy", r["index"]))
+
+
+# ---------------------------------------------------------------------------------------------- the base pool
+
+def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
+    """Best-of-N sampling into run directory cfg.out (or resume it): prompts.jsonl, greedy.jsonl, samples.jsonl
+    and summary.json (every selector, offline). Returns the summary. The stages that need base samples (bon, and
+    sft/dpo/xpo through DIR/bon) all come here.
+
+    Steps: 1) check the run directory, 2) load the model, 3) write prompts.jsonl with the exact token ids the
+    model saw, 4) greedy decode every prompt, 5) draw n samples per prompt at the sampling temperature with their
+    raw log-probs (the self-reward of Eq. 2), 6) summarize all selectors over subsamples.
+    """
+    cfg.validate()
+    # 1) The run directory is checked before anything slow happens.
+    out = Path(cfg.out or "")
+    runs.open_run(out, "bon", [cfg], num_prompts=len(task.items))
+    # 2) Model.
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    items = task.items
+    # 3) Prompts, with the exact token ids the model saw.
+    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in items}
+    prompts_path = out / "prompts.jsonl"
+    if not prompts_path.exists():
+        runs.write_jsonl(prompts_path, ({"id": it.id, "prompt": it.prompt, "prompt_token_ids": prompt_ids[it.id],
+                                         "answer": it.answer} for it in items))
+    inner = "  responses" if progress else False  # the engine's bar inside a chunk (prompts finish per chunk)
+
+    def greedy_draw(chunk: list[Any]) -> list[dict]:
+        out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens, stop=task.stop,
+                      dtype=cfg.sample_dtype, progress=inner)
+        return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(task, it, [s])]
+
+    def samples_draw(chunk: list[Any]) -> list[dict]:
+        out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.temperature, seed=cfg.seed, stop=task.stop, keys=[it.id for it in chunk],
+                      dtype=cfg.sample_dtype, progress=inner)
+        return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
+
+    # 4) Greedy: the baseline every selector is compared to.
+    greedy_rows = run_chunked(out / "greedy.jsonl", items, 1, greedy_draw, chunk=cfg.chunk, label="greedy",
+                              progress=progress)
+    # 5) n samples per prompt, each with its raw temperature-1 log-prob.
+    pool = run_chunked(out / "samples.jsonl", items, cfg.n, samples_draw, chunk=cfg.chunk,
+                       label=f"sample x{cfg.n}", progress=progress)
+    # 6) Every selector, offline, over subsamples.
+    summary = summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds)
+    summary["task"], summary["model"] = cfg.task, cfg.model
+    # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine.generate), fp32 none.
+    summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
+    summary["greedy_invalid_logprobs"] = sum(not _valid(r["logprob"]) for r in greedy_rows)
+    runs.atomic_write_json(out / "summary.json", summary)
+    bad, bad_greedy = summary["invalid_logprobs"], summary["greedy_invalid_logprobs"]
+    if bad or bad_greedy:
+        print(f"sharpen: warning: {bad} of {summary['num_prompts'] * cfg.n} samples and {bad_greedy} of "
+              f"{len(greedy_rows)} greedy responses have a NaN/inf log-prob (the model's forward pass is "
+              "numerically broken: try --dtype float32); they are never selected as best", file=sys.stderr)
+    return summary
+
+
+def _valid(logprob: float | None) -> bool:
+    """A usable self-reward: stored NaN/inf log-probs are null in the files, and -inf is a legitimate value."""
+    return logprob is not None and not math.isnan(logprob) and logprob != math.inf
+
+
+@dataclass
+class BasePool:
+    """The base samples of an amortized-sharpening stage (see `base_pool`)."""
+    dir: Path  # the bon run directory that holds them
+    options: dict[str, Any]  # its options
+    prompts: list[dict]  # training prompts (prompts.jsonl rows) that have all n samples
+    pools: dict[str, list[dict]]  # prompt id -> samples 0..n-1
+    sampled: bool  # drawn by this call (the caller then writes its report), not taken from --from-run
+
+
+def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequence[Any], temperature: float = 1.0,
+              require_temperature: float | None = None, progress: bool = True) -> BasePool:
+    """n base samples per training prompt for sft, dpo and xpo: drawn into DIR/bon (a bon run directory, resumable)
+    or taken from a finished bon run (--from-run, checked for task, model, chat, n and `require_temperature`).
+    Writes DIR/sampling.json, with the overlap of the training prompts with the evaluated ones."""
+    if cfg.from_run:
+        bon_dir = Path(cfg.from_run)
+        options = runs.check_source_run(bon_dir, "bon", {"task": cfg.task, "model": cfg.model, "chat": cfg.chat}, n,
+                                        temperature=require_temperature)
+    else:
+        bon = BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
+                        subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
+                        n=n, seed=seed, max_new_tokens=cfg.max_new_tokens, temperature=temperature, chat=cfg.chat,
+                        device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype, chunk=cfg.chunk,
+                        split="test" if cfg.train_on_eval else "train")
+        bon.validate()
+        task = load_task(bon.task, data_dir=bon.data_dir, split=bon.split, limit=bon.limit, **bon.task_options)
+        run_pool(bon, task, progress=progress)
+        bon_dir, options = Path(bon.out or ""), bon.options()
+    prompts = runs.load_jsonl(bon_dir / "prompts.jsonl")
+    if cfg.from_run and cfg.train_limit is not None and not cfg.train_on_eval:
+        prompts = prompts[:cfg.train_limit]
+    pools, _ = complete_pools(runs.load_jsonl(bon_dir / "samples.jsonl"), n)
+    prompts = [p for p in prompts if str(p["id"]) in pools]
+    if not prompts:
+        raise SharpenError(f"no training prompt of {bon_dir} has {n} samples: finish that bon run first")
+    overlap = len({p["prompt"] for p in prompts} & {it.prompt for it in eval_items})
+    runs.atomic_write_json(out / "sampling.json", {"bon_dir": str(bon_dir), "bon_options": options,
+                                                   "num_train_prompts": len(prompts), "overlap": overlap})
+    return BasePool(bon_dir, options, prompts, pools, sampled=not cfg.from_run)

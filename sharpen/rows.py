@@ -1,0 +1,49 @@
+"""The sample row, built in one place, and grouping of rows by prompt.
+
+A row is one response as stored in samples.jsonl, greedy.jsonl and the evaluation files: the raw sample
+(text, token ids, summed temperature-1 log-prob of Eq. 2, finish reason) plus the task's extracted answer and
+grade. Stages add fields of their own (`kind`, `logprob_base`) on top, never instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+
+def sample_rows(task: Any, item: Any, samples: Sequence[Any]) -> list[dict]:
+    """Rows for `samples` (engine Samples, in sample-index order) of one task item: extracted answer and grade."""
+    rows = []
+    for i, s in enumerate(samples):
+        answer = task.extract(s.text)
+        rows.append({"prompt_id": item.id, "index": i, "text": s.text, "token_ids": list(s.token_ids),
+                     "logprob": s.logprob, "num_tokens": len(s.token_ids), "finish_reason": s.finish_reason,
+                     "answer": answer, "correct": bool(task.grade(item, s.text))})
+    return rows
+
+
+def counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Rows per prompt id."""
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["prompt_id"]] = out.get(r["prompt_id"], 0) + 1
+    return out
+
+
+def complete_pools(rows: Iterable[Mapping[str, Any]], n: int) -> tuple[dict[str, list[Any]], int]:
+    """Each prompt's samples 0..n-1 in index order, for the prompts that have all n (the first row wins on a
+    duplicate index; indices >= n are ignored), and how many prompts are incomplete."""
+    by_prompt: dict[str, dict[int, Any]] = {}
+    for r in rows:
+        idx = int(r["index"])
+        if 0 <= idx < n:
+            by_prompt.setdefault(str(r["prompt_id"]), {}).setdefault(idx, r)
+    pools = {pid: [got[i] for i in range(n)] for pid, got in by_prompt.items() if len(got) == n}
+    return pools, len(by_prompt) - len(pools)
+
+
+def finite_mean(xs: Iterable[float | None]) -> float | None:
+    """Mean of the finite values (a -inf log-prob would swamp it); None when there are none."""
+    vals = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    return sum(vals) / len(vals) if vals else None

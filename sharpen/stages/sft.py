@@ -1,0 +1,173 @@
+"""SFT-sharpening (Sec. 2.1, `sharpen sft`): fine-tune LoRA adapters on each training prompt's best-of-N response.
+
+Steps: 1) check options and the run directory, 2) sample N responses per training prompt into DIR/bon (a bon
+run directory) or reuse a finished bon run (--from-run), 3) keep each prompt's best response by the selector
+(DIR/sft_data.jsonl), 4) evaluate the base model on the held-out prompts, 5) train LoRA adapters on
+(prompt, best response) with the loss on response tokens only, judging checkpoints on the held-out prompts,
+6) evaluate the kept adapter, 7) write summary.json, report.md and training curves. Every step resumes:
+bon resumes its sampling, training resumes from its last checkpoint, evaluations resume by chunks of prompts.
+
+Multi-GPU: `accelerate launch -m sharpen.cli sft ...`; sampling and evaluation run on the main process,
+training on all (see sharpen.train.loop).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import runs
+from ..config import SftConfig, TrainConfig
+from ..engine.models import Model, load_model, prompt_token_ids
+from ..engine.scoring import collate, sequence_logprobs
+from ..generation import base_pool, eval_rows, respond
+from ..metrics import summarize_responses, table1
+from ..report.bon import write_report
+from ..report.sft import write_sft_report
+from ..rows import finite_mean
+from ..selection import select
+from ..tasks import load_task
+from ..train.loop import accelerator, process_device, train
+from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter
+from ..train.losses import sft_loss
+
+# ---------------------------------------------------------------------------------------------- loss
+
+def sft_batch_loss(model: Model, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over the batch of -log pi(y_i | x_i), summed over response tokens only (the prompt is masked)."""
+    ids, attn, resp = collate(model, [r["prompt_token_ids"] for r in batch], [r["token_ids"] for r in batch])
+    logp = sequence_logprobs(model.module, ids, attn, resp)  # (B,)
+    return sft_loss(logp), {"logprob": float(logp.detach().mean()), "tokens": float(resp.sum()) / len(batch)}
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]], selector: str,
+                   seed: int = 0) -> list[dict]:
+    """One SFT example per prompt that has a pool (its samples 0..n-1, `rows.complete_pools`): the sample the
+    selector picks. `prompts` rows are prompts.jsonl rows (id, prompt_token_ids)."""
+    rng = np.random.default_rng(seed)  # only the random selector draws
+    out = []
+    for p in prompts:
+        rows = pools.get(str(p["id"]))
+        if not rows:
+            continue
+        best = rows[select(selector, rows, rng)]
+        out.append({"prompt_id": p["id"], "prompt_token_ids": p["prompt_token_ids"],
+                    "token_ids": best["token_ids"], "logprob": best["logprob"], "index": best["index"],
+                    "num_tokens": best["num_tokens"], "finish_reason": best["finish_reason"],
+                    "correct": best["correct"], "text": best["text"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig,
+                  base_greedy: dict | None) -> Any:
+    """eval_fn for training: greedy accuracy and mean log pi_base of the greedy responses on held-out prompts."""
+    def fn(model: Model) -> dict[str, float]:
+        if base_greedy is not None and adapter_is_identity(model.module):
+            st = base_greedy  # the model is pi_base itself: reuse the base evaluation
+        else:
+            st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens,
+                                                 dtype=cfg.sample_dtype))["greedy"]
+        return {"accuracy": st["accuracy"], "logprob_base": st["mean_logprob_base"],
+                "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"]}
+
+    return fn
+
+
+def best_key(metrics: dict) -> tuple[float, float]:
+    """Checkpoints are judged by held-out greedy accuracy, ties broken by the mean log pi_base."""
+    lp = metrics.get("logprob_base")
+    return float(metrics["accuracy"]), -math.inf if lp is None else float(lp)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+                  data: Sequence[dict], result: Any) -> dict[str, Any]:
+    """summary.json of an sft run from its evaluation rows, training set and training result."""
+    sampling = runs.read_json(out / "sampling.json")
+    bon_dir = Path(sampling["bon_dir"])
+    bon_greedy = None
+    if (bon_dir / "summary.json").exists():
+        bon_greedy = (runs.read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
+    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
+    return {
+        "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
+        "protocol": cfg.protocol,
+        "num_train_prompts": len(data),
+        "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
+        "train_eval_overlap": sampling.get("overlap"),
+        # The training targets are the base model's best-of-N picks: their accuracy is base best-of-N at N = n
+        # on the training prompts (one pool per prompt, no subsampling).
+        "base_bon": {
+            "prompts": "evaluated" if cfg.train_on_eval else "training",
+            "accuracy": sum(bool(r["correct"]) for r in data) / len(data),
+            "mean_logprob_base": finite_mean([r["logprob"] for r in data]),
+            "mean_num_tokens": sum(r["num_tokens"] for r in data) / len(data),
+            "truncated_fraction": sum(r["finish_reason"] == "length" for r in data) / len(data),
+            "greedy_accuracy": bon_greedy,
+        },
+        "base": base,
+        "sharpened": sharp,
+        "table1": table1(base, sharp),
+        "training": {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
+                     "adapter": "adapter"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) SFT-sharpening; returns the summary also written to DIR/summary.json."""
+    cfg.validate()
+    tcfg.validate()
+    acc = accelerator()
+    main = acc.is_main_process
+    out = Path(cfg.out or "")
+    # 1) Held-out prompts and the run directory, before anything slow.
+    task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit, **cfg.task_options)
+    items = task.items
+    if main:
+        runs.open_run(out, "sft", [cfg, tcfg], protocol=cfg.protocol)
+        # 2) N samples per training prompt, through the same engine and run store as `sharpen bon`.
+        pool = base_pool(cfg, cfg.n, tcfg.seed, out, items, temperature=cfg.temperature, progress=progress)
+        if pool.sampled:
+            write_report(pool.dir)
+        # 3) The training set: each prompt's best response.
+        runs.write_jsonl(out / "sft_data.jsonl", best_responses(pool.prompts, pool.pools, cfg.selector, tcfg.seed))
+    acc.wait_for_everyone()
+    data = runs.load_jsonl(out / "sft_data.jsonl")
+
+    model = load_model(cfg.model, device=process_device(cfg.device), dtype=cfg.dtype)
+    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in items}
+    # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
+    base_greedy = None
+    if main:
+        base_rows = eval_rows(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
+        base_greedy = summarize_responses(base_rows)["greedy"]
+    acc.wait_for_everyone()
+    # 5) LoRA fine-tuning; the adapter best on the held-out prompts is kept in DIR/adapter.
+    model = attach_lora(model, tcfg)
+    result = train(model, data, sft_batch_loss, tcfg, out,
+                   eval_fn=held_out_eval(task, items, prompt_ids, cfg, base_greedy), best_key=best_key,
+                   progress=progress)
+    if not main:
+        return {}
+    # 6) The sharpened model (best adapter) on the same prompts, with the same sampling seed and keys.
+    restore_adapter(model, result.adapter_dir)
+    sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
+    # 7) Summary and report read the files.
+    summary = build_summary(out, cfg, base_rows, sharp_rows, data, result)
+    runs.atomic_write_json(out / "summary.json", summary)
+    write_sft_report(out)
+    if cfg.merge:
+        merge_adapter(model, out / "merged")
+    return summary

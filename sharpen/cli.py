@@ -23,7 +23,8 @@ from .errors import SharpenError
 from .report import rlhf as rlhf_report
 from .report import sft as sft_report
 from .report.bon import format_table, write_report
-from .report.kit import format_eval
+from .report.compare import write_compare
+from .report.kit import format_eval, label_console
 from .runs import read_json
 from .tasks import TASKS
 
@@ -79,6 +80,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    paths = write_compare(args.run_dir, args.out)
+    print(paths["md"].read_text(encoding="utf-8"))
+    print("   ".join(f"{ext}: {path}" for ext, path in paths.items()))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .stages.bon import run_bon
 
@@ -112,6 +120,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report.md and plots from a run directory's files")
     p.add_argument("run_dir", help="a run directory written by sharpen bon")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="one table and lift heatmap across run directories (no model loaded)",
+                       description="Compare finished bon / sft / dpo / xpo / eval run directories: accuracy with "
+                                   "its 95% interval, balanced accuracy, majority-label baseline, lift over "
+                                   "greedy; writes PREFIX.md, PREFIX.csv and PREFIX.png.")
+    p.add_argument("run_dir", nargs="+", help="run directories written by sharpen bon / sft / dpo / xpo / eval")
+    p.add_argument("--out", default="compare", help="output prefix (default: compare, in the current directory)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
@@ -157,6 +173,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = run_eval(cfg)
     print(format_eval({k: result[k] for k in ("greedy", "sample") if k in result},
                       title=f"{cfg.task} / {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else "")))
+    print("\n".join(label_console(result.get("labels"))))
     return 0
 
 

@@ -173,10 +173,13 @@ class SharpenConfig(RunConfig):
     train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's protocol)")
     from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
     eval_samples: int = opt(1, "temperature-1 samples per held-out prompt in the before/after evaluation")
+    val_limit: int = opt(32, "validation prompts, on which the kept checkpoint is chosen: items of the task's train "
+                             "split after the training prompts, never a training or an evaluated prompt")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
-    IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "from_run", "eval_samples")
-    POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit")
+    IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "from_run", "eval_samples",
+                                     "val_limit")
+    POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit", "val_limit")
 
     @property
     def protocol(self) -> str:

@@ -97,9 +97,10 @@ def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Seq
 
 def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,
             max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None,
-            progress: str | None = None) -> list[dict]:
+            progress: str | None = None, chat: bool = False) -> list[dict]:
     """Greedy and `samples` temperature-`temperature` responses per item, graded, with log pi_base.
-    progress: a label for progress bars (none without it).
+    progress: a label for progress bars (none without it). chat: the prompts are chat-templated (responses end
+    at the end of turn, not at the completion format's stop strings).
 
     Rows: `rows.sample_rows` plus `kind` ("greedy" / "sample") and `logprob_base`; `logprob` is under `model`
     itself (the policy, adapter on).
@@ -110,12 +111,13 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
     def label(what: str) -> str | None:
         return f"{progress}: {what}" if progress else None
 
-    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=task.stop, dtype=dtype, progress=label("greedy"))
+    stop = task.stops(chat)
+    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"))
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     if samples > 0:
         drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=task.stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"))
+                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"))
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
@@ -134,7 +136,7 @@ def eval_rows(path: Path | None, model: Model, task: Any, items: Sequence[Any], 
 
     def draw(chunk: list[Any]) -> list[dict]:
         return respond(model, task, chunk, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, temperature=temperature,
-                       seed=seed, dtype=cfg.sample_dtype, progress=label if progress else None)
+                       seed=seed, dtype=cfg.sample_dtype, progress=label if progress else None, chat=cfg.chat)
 
     rows = run_chunked(path, items, per_prompt, draw, chunk=cfg.chunk, label=label, progress=False)
     order = {it.id: i for i, it in enumerate(items)}
@@ -168,14 +170,14 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
     inner = "  responses" if progress else False  # the engine's bar inside a chunk (prompts finish per chunk)
 
     def greedy_draw(chunk: list[Any]) -> list[dict]:
-        out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens, stop=task.stop,
-                      dtype=cfg.sample_dtype, progress=inner)
+        out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens,
+                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner)
         return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(task, it, [s])]
 
     def samples_draw(chunk: list[Any]) -> list[dict]:
         out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
-                      temperature=cfg.temperature, seed=cfg.seed, stop=task.stop, keys=[it.id for it in chunk],
-                      dtype=cfg.sample_dtype, progress=inner)
+                      temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
+                      keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner)
         return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
 
     # 4) Greedy: the baseline every selector is compared to.
@@ -185,7 +187,8 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
     pool = run_chunked(out / "samples.jsonl", items, cfg.n, samples_draw, chunk=cfg.chunk,
                        label=f"sample x{cfg.n}", progress=progress)
     # 6) Every selector, offline, over subsamples.
-    summary = summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds)
+    summary = summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds, gold={it.id: it.answer for it in items},
+                        labels=task.labels)
     summary["task"], summary["model"] = cfg.task, cfg.model
     # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine.generate), fp32 none.
     summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
@@ -244,3 +247,22 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
     runs.atomic_write_json(out / "sampling.json", {"bon_dir": str(bon_dir), "bon_options": options,
                                                    "num_train_prompts": len(prompts), "overlap": overlap})
     return BasePool(bon_dir, options, prompts, pools, sampled=not cfg.from_run)
+
+
+def validation_split(cfg: SharpenConfig, train_prompts: Sequence[dict], eval_items: Sequence[Any]
+                     ) -> tuple[Any, list[Any], dict[str, Any]]:
+    """The validation prompts of a training stage, on which checkpoints (SFT) or iterates (DPO, XPO) are chosen:
+    the first cfg.val_limit items of the task's train split that are neither training nor evaluated prompts
+    (the training prompts are the first items of that split, so these come after them). Returns the task (to
+    grade them), the items and what summary.json records about them."""
+    skip = 0 if cfg.train_on_eval else len(train_prompts)
+    task = load_task(cfg.task, data_dir=cfg.data_dir, split="train", limit=skip + cfg.val_limit, **cfg.task_options)
+    train_text, eval_text = {p["prompt"] for p in train_prompts}, {it.prompt for it in eval_items}
+    items = [it for it in task.items if it.prompt not in train_text and it.prompt not in eval_text][:cfg.val_limit]
+    if not items:
+        raise SharpenError(f"no validation prompt left in the train split of {cfg.task}: lower --train-limit or "
+                           "raise --val-limit")
+    texts = {it.prompt for it in items}
+    info = {"split": "train", "num_prompts": len(items), "overlap_with_eval": len(texts & eval_text),
+            "overlap_with_train": len(texts & train_text)}
+    return task, items, info

@@ -15,7 +15,15 @@ import numpy as np
 from .errors import SharpenError
 from .rows import complete_pools, finite_mean
 from .selection import SELECTORS, Pool, as_float, select
-from .stats import auroc, pass_at_k
+from .stats import (
+    auroc,
+    auroc_within_prompt,
+    bootstrap_ci,
+    label_controls,
+    paired_bootstrap,
+    pass_at_k,
+    policy_label_stats,
+)
 
 
 def lift_pct(acc: float, greedy_acc: float | None) -> float | None:
@@ -52,36 +60,58 @@ def _greedy_stats(greedy: Sequence[Mapping[str, Any]] | None, prompt_ids: set[st
     if not rows:
         return None
     vals = list(rows.values())
+    correct = [float(bool(r["correct"])) for r in vals]
     return {
-        "accuracy": float(np.mean([bool(r["correct"]) for r in vals])),
+        "accuracy": float(np.mean(correct)),
         "mean_logprob": _mean([as_float(r["logprob"]) for r in vals]),
         "mean_num_tokens": float(np.mean([int(r["num_tokens"]) for r in vals])),
         "num_prompts": len(vals),
+        "accuracy_ci": _ci(correct),
+        "answer_rate": float(np.mean([r.get("answer") is not None for r in vals])),
     }
 
 
-def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float | None) -> dict[str, dict]:
-    """Accuracy and self-reward of each selector at N = n_sub, over `seeds` independent subsamplings."""
-    acc: dict[str, list] = {s: [] for s in SELECTORS}
-    lp = {s: [] for s in SELECTORS}
-    ntok = {s: [] for s in SELECTORS}
+def _ci(values: Sequence[float] | np.ndarray) -> list[float] | None:
+    """95% bootstrap interval over prompts of the mean of per-prompt values (stats.bootstrap_ci), as a list."""
+    ci = bootstrap_ci(np.asarray(values, dtype=np.float64))
+    return None if ci is None else [ci[0], ci[1]]
+
+
+def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float | None,
+                    greedy_correct: np.ndarray | None) -> tuple[dict[str, dict], dict[str, list]]:
+    """Accuracy and self-reward of each selector at N = n_sub, over `seeds` independent subsamplings; and the
+    answers picked under the first seed (for the label statistics).
+
+    Intervals are over prompts: each prompt's accuracy is the share of seeds whose pick was correct, and the
+    bootstrap resamples prompts; `vs_greedy` pairs it with greedy's correctness on the same prompt.
+    """
+    m = len(pools)
+    correct = {s: np.zeros((seeds, m), dtype=bool) for s in SELECTORS}
+    answered = {s: np.zeros((seeds, m), dtype=bool) for s in SELECTORS}
+    first: dict[str, list] = {s: [] for s in SELECTORS}
+    lp: dict[str, list] = {s: [] for s in SELECTORS}
+    ntok: dict[str, list] = {s: [] for s in SELECTORS}
     for seed in range(seeds):
         # One generator per (seed, N): results do not depend on which other N were evaluated.
         rng = np.random.default_rng([seed, n_sub])
-        picked: dict[str, list[tuple[bool, float, int]]] = {s: [] for s in SELECTORS}
-        for pool in pools:
+        picked: dict[str, list[tuple[float, int]]] = {s: [] for s in SELECTORS}
+        for j, pool in enumerate(pools):
             sub = pool.take(np.sort(rng.choice(len(pool), size=n_sub, replace=False)))
             for s in SELECTORS:
                 pos = select(s, sub, rng)
-                picked[s].append((bool(sub.correct[pos]), float(sub.logprob[pos]), int(sub.num_tokens[pos])))
+                correct[s][seed, j] = bool(sub.correct[pos])
+                answered[s][seed, j] = sub.answer[pos] is not None
+                picked[s].append((float(sub.logprob[pos]), int(sub.num_tokens[pos])))
+                if seed == 0:
+                    first[s].append(sub.answer[pos])
         for s in SELECTORS:
-            c, lps, nts = zip(*picked[s], strict=True)
-            acc[s].append(float(np.mean(c)))
+            lps, nts = zip(*picked[s], strict=True)
             lp[s].append(_mean(lps))
             ntok[s].append(float(np.mean(nts)))
     out = {}
     for s in SELECTORS:
-        a = np.array(acc[s])
+        a = correct[s].mean(axis=1)  # (seeds,) accuracy per seed
+        per_prompt = correct[s].mean(axis=0)  # (m,) share of seeds correct, per prompt
         out[s] = {
             "accuracy_mean": float(a.mean()),
             "accuracy_std": float(a.std(ddof=0)),  # spread over subsampling seeds, not over prompts
@@ -89,8 +119,17 @@ def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float
             "mean_num_tokens": float(np.mean(ntok[s])),
             "lift_pct_mean": lift_pct(float(a.mean()), greedy_acc),
             "accuracy_per_seed": [float(x) for x in a],
+            "accuracy_ci": _ci(per_prompt),
+            "answer_rate": float(answered[s].mean()),
+            "vs_greedy": None if greedy_correct is None else _paired(per_prompt, greedy_correct),
         }
-    return out
+    return out, first
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Paired difference a - b over the prompts where b is known (NaN marks a prompt without b)."""
+    known = ~np.isnan(b)
+    return paired_bootstrap(a[known], b[known])
 
 
 def _likelihood_vs_correctness(pools: list[Pool]) -> dict[str, Any]:
@@ -115,7 +154,8 @@ def _likelihood_vs_correctness(pools: list[Pool]) -> dict[str, Any]:
 
 
 def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int,
-              ns: list[int] | None = None) -> dict:
+              ns: list[int] | None = None, gold: Mapping[str, Any] | None = None,
+              labels: Sequence[str] | None = None) -> dict:
     """Every selector's statistics at each N, computed from the stored samples (the run's summary.json).
 
     Only prompts with all n samples (index 0..n-1) count; others are reported in `num_prompts_incomplete`.
@@ -123,6 +163,12 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
     independently per prompt from a numpy Generator seeded with (seed, N); `accuracy_std` is the population
     std (ddof=0) over those seeds. `ns` defaults to 1, 2, 4, ... < n plus n. Means of log-probs skip
     non-finite values. Greedy statistics use the counted prompts that have a greedy row.
+
+    Intervals (95%, bootstrap over prompts, fixed seed): `accuracy_ci` of greedy and of every selector at every
+    N, `vs_greedy` (paired difference with greedy on the same prompts, `diff_ci`, `excludes_zero`) and
+    `pass_at_k_ci`. pass@k is given for every k up to n. With `gold` (prompt id -> gold answer) and `labels`
+    (a closed answer set), `labels` holds the label controls of greedy and of each selector at the largest
+    N, first subsampling seed (stats.label_controls).
     """
     if n < 1 or seeds < 1:
         raise SharpenError(f"summarize needs n >= 1 and seeds >= 1, got n={n} seeds={seeds}")
@@ -136,6 +182,13 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
     pools = [by_id[i] for i in ids]
     g = _greedy_stats(greedy, set(ids))
     g_acc = g["accuracy"] if g else None
+    g_rows = {str(r["prompt_id"]): r for r in greedy or []}
+    g_correct = (np.array([float(bool(g_rows[i]["correct"])) if i in g_rows else np.nan for i in ids])
+                 if g else None)
+    by_n, picks = {}, {}
+    for k in ns:
+        by_n[str(k)], picks[k] = _selector_stats(pools, k, seeds, g_acc, g_correct)
+    per_prompt_pass = {k: [pass_at_k(n, int(p.correct.sum()), k) for p in pools] for k in range(1, n + 1)}
     all_lp = np.concatenate([p.logprob for p in pools])
     finish = [str(r.get("finish_reason")) for r in samples
               if str(r["prompt_id"]) in by_id and 0 <= int(r["index"]) < n]
@@ -146,14 +199,31 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
         "seeds": seeds,
         "ns": ns,
         "greedy": g,
-        "selectors": _transpose({str(k): _selector_stats(pools, k, seeds, g_acc) for k in ns}),
-        "pass_at_k": {str(k): float(np.mean([pass_at_k(n, int(p.correct.sum()), k) for p in pools]))
-                      for k in ns},
+        "selectors": _transpose(by_n),
+        "pass_at_k": {str(k): float(np.mean(v)) for k, v in per_prompt_pass.items()},
         "sample_accuracy": float(np.mean(np.concatenate([p.correct for p in pools]))),
         "truncated_fraction": float(np.mean([f == "length" for f in finish])) if finish else 0.0,
         "invalid_logprobs": int((np.isnan(all_lp) | np.isposinf(all_lp)).sum()),
         "likelihood_vs_correctness": _likelihood_vs_correctness(pools),
+        "pass_at_k_ci": {str(k): _ci(v) for k, v in per_prompt_pass.items()},
+        "self_reward_auroc": _self_reward_auroc(pools),
+        **({"labels": label_controls([gold[i] for i in ids],
+                                     {"greedy": [g_rows[i].get("answer") if i in g_rows else None for i in ids],
+                                      **picks[ns[-1]]}, labels)} if gold is not None and labels else {}),
     }
+
+
+def _self_reward_auroc(pools: list[Pool]) -> dict[str, dict[str, Any]]:
+    """How well each label-free score separates correct from incorrect samples: pooled over all samples, and
+    within prompt (pairs from the same prompt, weighted by their number), the one selection relies on."""
+    out = {}
+    for name, score in (("logprob", lambda p: p.logprob),
+                        ("logprob_mean", lambda p: p.logprob / np.maximum(p.num_tokens, 1))):
+        groups = [(score(p)[p.valid], p.correct[p.valid]) for p in pools]
+        within = auroc_within_prompt(groups)
+        out[name] = {"pooled": auroc(np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups])),
+                     "within_prompt": within["auroc"], "num_prompts": within["num_prompts"]}
+    return out
 
 
 def _transpose(by_n: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
@@ -161,13 +231,23 @@ def _transpose(by_n: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     return {s: {k: by_n[k][s] for k in by_n} for s in SELECTORS}
 
 
+def per_prompt_accuracy(rows: Sequence[dict]) -> dict[str, float]:
+    """Prompt id -> share of its rows that are correct (a prompt with k samples counts once, weight 1)."""
+    hits: dict[str, list[bool]] = {}
+    for r in rows:
+        hits.setdefault(str(r["prompt_id"]), []).append(bool(r["correct"]))
+    return {pid: sum(h) / len(h) for pid, h in hits.items()}
+
+
 def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
-    """Per kind (greedy / sample): accuracy, mean log pi_base, mean log pi (policy), mean length, counts."""
+    """Per kind (greedy / sample): accuracy with its 95% interval over prompts, answer rate, mean log pi_base,
+    mean log pi (policy), mean length, counts; for samples, unbiased pass@k for k up to the samples per prompt."""
     out = {}
     for kind in ("greedy", "sample"):
         rs = [r for r in rows if r.get("kind") == kind]
         if not rs:
             continue
+        per_prompt = per_prompt_accuracy(rs)
         out[kind] = {
             "accuracy": sum(bool(r["correct"]) for r in rs) / len(rs),
             "mean_logprob_base": finite_mean([r.get("logprob_base") for r in rs]),
@@ -178,8 +258,65 @@ def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
             "num_responses": len(rs),
             "empty_fraction": sum(not r["text"].strip() for r in rs) / len(rs),
             **top_answer(rs),
+            "accuracy_ci": _ci(list(per_prompt.values())),
+            "answer_rate": sum(r.get("answer") is not None for r in rs) / len(rs),
         }
+        if kind == "sample":
+            out[kind]["pass_at_k"] = _pass_at_k_of_rows(rs)
     return out
+
+
+def _pass_at_k_of_rows(rows: Sequence[dict]) -> dict[str, float]:
+    """Unbiased pass@k (stats.pass_at_k) for k up to the fewest samples any prompt has."""
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        c = counts.setdefault(str(r["prompt_id"]), [0, 0])
+        c[0], c[1] = c[0] + 1, c[1] + bool(r["correct"])
+    kmax = min(n for n, _ in counts.values())
+    return {str(k): float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in range(1, kmax + 1)}
+
+
+def compare_responses(base_rows: Sequence[dict], sharp_rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Paired 95% bootstrap intervals of accuracy differences over the prompts both models answered, for the
+    pairs of `table1` (sharpened sample vs base greedy, greedy vs greedy, sample vs sample)."""
+    out = {}
+    for name, kind, ref in TABLE1_PAIRS:
+        a = per_prompt_accuracy([r for r in sharp_rows if r.get("kind") == kind])
+        b = per_prompt_accuracy([r for r in base_rows if r.get("kind") == ref])
+        common = sorted(set(a) & set(b))
+        if common:
+            out[name] = paired_bootstrap([a[p] for p in common], [b[p] for p in common])
+    return out
+
+
+def label_summary(gold: Mapping[str, Any], policies: Mapping[str, Sequence[dict]],
+                  labels: Sequence[str] | None) -> dict[str, Any] | None:
+    """Label controls (stats.label_controls) of the evaluated prompts, and for each policy (name -> response
+    rows; several rows per prompt count as several answers): answer rate, predicted labels, recall per label,
+    balanced accuracy. None when the task has no closed answer set."""
+    if not labels:
+        return None
+    ids = sorted({str(r["prompt_id"]) for rows in policies.values() for r in rows})
+    out = label_controls([gold[i] for i in ids], None, labels)
+    out["policies"] = {name: policy_label_stats([gold[str(r["prompt_id"])] for r in rows],
+                                                [r.get("answer") for r in rows], labels)
+                       for name, rows in policies.items() if rows}
+    base = out["majority_baseline"]["accuracy"]
+    for st in out["policies"].values():  # against the evaluated prompts' baseline, not the rows' own
+        st["beats_majority_baseline"] = base is not None and st["accuracy"] > base
+    return out
+
+
+def before_after(base_rows: Sequence[dict], sharp_rows: Sequence[dict], gold: Mapping[str, Any],
+                 labels: Sequence[str] | None) -> dict[str, Any]:
+    """The evaluation part of a training stage's summary: base and sharpened response statistics, the Table 1
+    quantities with paired intervals, and (closed answer sets) the label controls of all four response kinds."""
+    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
+    out = {"base": base, "sharpened": sharp, "table1": table1(base, sharp, compare_responses(base_rows, sharp_rows))}
+    policies = {f"{who} {kind}": [r for r in rows if r.get("kind") == kind]
+                for who, rows in (("base", base_rows), ("sharpened", sharp_rows)) for kind in ("greedy", "sample")}
+    lab = label_summary(gold, policies, labels)
+    return {**out, "labels": lab} if lab else out
 
 
 def top_answer(rows: Sequence[dict]) -> dict[str, Any]:
@@ -190,12 +327,18 @@ def top_answer(rows: Sequence[dict]) -> dict[str, Any]:
     return {"top_answer": answer, "top_answer_fraction": k / len(rows)}
 
 
-def table1(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> dict[str, Any]:
-    """Accuracy lift % and likelihood lift of the sharpened responses over base greedy (Table 1)."""
+# (name, sharpened kind, base kind): "sample" is Table 1 itself; the others separate the effect of training from
+# that of decoding.
+TABLE1_PAIRS = (("sample", "sample", "greedy"), ("greedy", "greedy", "greedy"),
+                ("sample_vs_base_sample", "sample", "sample"))
+
+
+def table1(base: Mapping[str, Any], sharp: Mapping[str, Any],
+           paired: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Accuracy lift % and likelihood lift of the sharpened responses over base greedy (Table 1); with `paired`
+    (compare_responses), the paired interval of each accuracy difference and whether it excludes zero."""
     out: dict[str, Any] = {}
-    # "sample" is Table 1 itself; the others separate the effect of training from that of decoding.
-    for name, kind, ref in (("sample", "sample", "greedy"), ("greedy", "greedy", "greedy"),
-                            ("sample_vs_base_sample", "sample", "sample")):
+    for name, kind, ref in TABLE1_PAIRS:
         st, g = sharp.get(kind), base.get(ref)
         if not st or not g:
             continue
@@ -203,4 +346,7 @@ def table1(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> dict[str, Any]:
         out[name] = {"accuracy_lift_pct": lift_pct(st["accuracy"], g["accuracy"]),
                      "accuracy_diff": st["accuracy"] - g["accuracy"],
                      "likelihood_lift": None if lp is None or glp is None else lp - glp}
+        if paired and name in paired:
+            out[name]["diff_ci"] = paired[name]["diff_ci"]
+            out[name]["excludes_zero"] = paired[name]["excludes_zero"]
     return out

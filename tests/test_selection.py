@@ -216,7 +216,8 @@ def test_format_table_content():
     assert lines[0].startswith("N = 4")
     assert [ln.split()[0] for ln in lines[3:]] == ["greedy", *SELECTORS]
     oracle = next(ln for ln in lines if ln.startswith("oracle"))
-    assert "100.0 ± 0.0" in oracle and "+100.0%" in oracle  # greedy 50%, oracle 100%
+    # greedy 50%, oracle 100% on every prompt: an interval of one point, a paired difference that excludes zero
+    assert "100.0 [100.0, 100.0]" in oracle and "+100.0%" in oracle and "*" in oracle
     assert "N = 2" in format_table(s, n=2)
     with pytest.raises(SharpenError):
         format_table(s, n=3)

@@ -114,7 +114,10 @@ def test_top_answer_shows_a_collapse_to_one_answer():
     st = {"accuracy": 0.5, "mean_logprob_base": -3.0, "mean_num_tokens": 5.0, "truncated_fraction": 0.0,
           "num_prompts": 5, **top_answer(rows)}
     lines = responses_table([("sharpened greedy", st), ("absent", None)])
-    assert len(lines) == 3 and "| sharpened greedy | 50.0 | -3.00 | 5.0 | 0.0 | True (60.0%) | 5 |" == lines[2]
+    # stats without an interval or answer rate (a run made before they were stored) show n/a there
+    assert len(lines) == 3 and "| sharpened greedy | 50.0 | n/a | -3.00 | 5.0 | 0.0 | True (60.0%) | 5 |" == lines[2]
+    st.update(accuracy_ci=[0.25, 0.75], answer_rate=0.8)
+    assert responses_table([("x", st)])[2].startswith("| x | 50.0 [25.0, 75.0] | 80.0 | -3.00 |")
 
 
 def test_collapse_warnings_name_empty_responses_and_one_answer():

@@ -17,7 +17,18 @@ import numpy as np
 from ..errors import SharpenError
 from ..runs import atomic_write_text, load_jsonl
 from ..selection import SELECTORS
-from .kit import config_table, figure, fmt_num, fmt_pct, read_run, save_png
+from .kit import (
+    config_table,
+    figure,
+    fmt_acc,
+    fmt_diff,
+    fmt_num,
+    fmt_pct,
+    label_console,
+    label_lines,
+    read_run,
+    save_png,
+)
 
 COLORS = {"logprob": "tab:blue", "logprob_mean": "tab:orange", "majority": "tab:green",
           "random": "tab:gray", "oracle": "tab:purple"}
@@ -58,21 +69,40 @@ def _log2_axis(ax: Any, ns: list[int]) -> None:
 
 
 def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
-    """(a) Accuracy of each selector vs N, error bars = std over subsampling seeds, greedy as a line."""
+    """(a) Coverage and selection in one plot: pass@k for every k (unbiased, band = 95% interval over prompts),
+    each selector's accuracy at the subsampled N with its 95% interval, greedy as a line with its band."""
     ns = _ns(summary)
     fig = figure()
     ax = fig.add_subplot()
+    pak, pci = summary.get("pass_at_k") or {}, summary.get("pass_at_k_ci") or {}
+    ks = sorted((int(k) for k in pak), key=int)
+    if ks:
+        ax.plot(ks, [100 * pak[str(k)] for k in ks], color="tab:purple", lw=1, label="pass@k (coverage)")
+        if all(pci.get(str(k)) for k in ks):
+            ax.fill_between(ks, [100 * pci[str(k)][0] for k in ks], [100 * pci[str(k)][1] for k in ks],
+                            color="tab:purple", alpha=0.12)
     for name, by_n in summary["selectors"].items():
+        if name == "oracle" and ks:
+            continue  # oracle at N is pass@N, drawn above for every k
         mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
-        std = [100 * by_n[str(k)]["accuracy_std"] for k in ns]
-        ax.errorbar(ns, mean, yerr=std, marker="o", ms=4, capsize=3, label=name, color=_color(name),
+        cis = [by_n[str(k)].get("accuracy_ci") for k in ns]
+        err = ([[m - 100 * c[0] for m, c in zip(mean, cis, strict=True)],
+                [100 * c[1] - m for m, c in zip(mean, cis, strict=True)]] if all(cis)
+               else [100 * by_n[str(k)]["accuracy_std"] for k in ns])  # older runs: spread over seeds
+        ax.errorbar(ns, mean, yerr=err, marker="o", ms=4, capsize=3, label=name, color=_color(name),
                     linestyle="--" if name == "oracle" else "-")
-    if summary.get("greedy"):
-        ax.axhline(100 * summary["greedy"]["accuracy"], color="black", linestyle=":", label="greedy")
-    _log2_axis(ax, ns)
+    g = summary.get("greedy")
+    if g:
+        ax.axhline(100 * g["accuracy"], color="black", linestyle=":", label="greedy")
+        if g.get("accuracy_ci"):
+            ax.axhspan(100 * g["accuracy_ci"][0], 100 * g["accuracy_ci"][1], color="black", alpha=0.06)
+    base = ((summary.get("labels") or {}).get("majority_baseline") or {}).get("accuracy")
+    if base is not None:
+        ax.axhline(100 * base, color="tab:red", linestyle="-.", lw=1, label="always the majority label")
+    _log2_axis(ax, sorted(set(ns) | ({1, ks[-1]} if ks else set())))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{_title(summary)}: accuracy vs N ({summary['num_prompts']} prompts, "
-                 f"{summary['seeds']} seeds)", fontsize=10)
+    ax.set_title(f"{_title(summary)}: accuracy vs N ({summary['num_prompts']} prompts, 95% intervals)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     return fig
 
@@ -152,7 +182,13 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     lp, rnd = sel["logprob"]["accuracy_mean"], sel["random"]["accuracy_mean"]
     g = summary.get("greedy")
     out = []
-    if g:
+    vg = sel["logprob"].get("vs_greedy")
+    if g and vg and vg.get("diff") is not None:
+        verdict = ("the 95% paired interval excludes zero" if vg["excludes_zero"] else
+                   "within noise: the 95% paired interval contains zero")
+        out.append(f"**Best-of-{n} with the log-prob self-reward vs greedy:** {fmt_pct(lp)}% vs "
+                   f"{fmt_pct(g['accuracy'])}%, difference {fmt_diff(vg)} points ({verdict}).")
+    elif g:
         out.append(f"**Best-of-{n} with the log-prob self-reward vs greedy:** {fmt_pct(lp)}% vs "
                    f"{fmt_pct(g['accuracy'])}%, "
                    f"{_compare(lp, g['accuracy'], m)}.")
@@ -200,6 +236,13 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
     if summary.get("invalid_logprobs"):
         out.append(f"**Warning:** {summary['invalid_logprobs']} sample(s) have a NaN/+inf log-prob (a numerically "
                    "broken model or dtype); they were never selected as best.")
+    labels = summary.get("labels")
+    if labels:
+        base = labels["majority_baseline"]
+        losers = [k for k, st in labels.get("policies", {}).items() if not st["beats_majority_baseline"]]
+        out.append(f"**Label baseline:** always answering `{base['label']}` scores {fmt_pct(base['accuracy'])}%"
+                   + (f"; not beaten by: {', '.join(f'`{k}`' for k in losers)}" if losers else
+                      "; every policy beats it") + " (balanced accuracy in the table below).")
     if summary.get("num_prompts_incomplete"):
         out.append(f"**Note:** {summary['num_prompts_incomplete']} prompts lack some of the {summary['n']} samples "
                    "and are left out (an unfinished run).")
@@ -207,19 +250,32 @@ def reading(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _selector_table(summary: Mapping[str, Any], n: int) -> list[str]:
-    lines = ["| selector | accuracy % (mean ± std over seeds) | lift vs greedy | mean log-prob | mean tokens | picks |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| selector | accuracy % [95% CI] | vs greedy, points [95% CI] | lift vs greedy | answer rate % | "
+             "mean log-prob | mean tokens | picks |", "|---|---|---|---|---|---|---|---|"]
     g = summary.get("greedy")
     if g:
-        lines.append(f"| greedy | {fmt_pct(g['accuracy'])} | | {fmt_num(g['mean_logprob'], '.2f')} | "
+        lines.append(f"| greedy | {fmt_acc(g['accuracy'], g.get('accuracy_ci'))} | | | "
+                     f"{fmt_pct(g.get('answer_rate'))} | {fmt_num(g['mean_logprob'], '.2f')} | "
                      f"{g['mean_num_tokens']:.1f} | greedy decoding (the baseline) |")
     for name, by_n in summary["selectors"].items():
         st = by_n[str(n)]
         lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
         about = SELECTORS[name].about if name in SELECTORS else ""
-        lines.append(f"| {name} | {fmt_pct(st['accuracy_mean'])} ± {fmt_pct(st['accuracy_std'])} | {lift} | "
+        lines.append(f"| {name} | {fmt_acc(st['accuracy_mean'], st.get('accuracy_ci'))} | "
+                     f"{fmt_diff(st.get('vs_greedy'))} | {lift} | {fmt_pct(st.get('answer_rate'))} | "
                      f"{fmt_num(st['mean_logprob'], '.2f')} | {st['mean_num_tokens']:.1f} | {about} |")
     return lines
+
+
+def _auroc_lines(summary: Mapping[str, Any]) -> list[str]:
+    aur = summary.get("self_reward_auroc") or {}
+    if not aur:
+        return []
+    out = ["| self-reward | AUROC pooled | AUROC within prompt | prompts with both outcomes |", "|---|---|---|---|"]
+    out += [f"| {name} | {fmt_num(a['pooled'], '.3f')} | {fmt_num(a['within_prompt'], '.3f')} | "
+            f"{a['num_prompts']} |" for name, a in aur.items()]
+    return out + ["", "Within prompt: the AUROC over pairs of samples of the same prompt (weighted by their "
+                  "number), the comparison selection makes; 0.5 = no signal."]
 
 
 def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
@@ -227,8 +283,9 @@ def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
     lines = ["| accuracy % | " + " | ".join(f"N={k}" for k in ns) + " |", "|---" * (len(ns) + 1) + "|"]
     for name, by_n in summary["selectors"].items():
         lines.append(f"| {name} | " + " | ".join(fmt_pct(by_n[str(k)]["accuracy_mean"]) for k in ns) + " |")
-    pak = summary.get("pass_at_k", {})
-    lines.append("| pass@k (unbiased, from all n) | " + " | ".join(fmt_pct(pak.get(str(k))) for k in ns) + " |")
+    pak, pci = summary.get("pass_at_k", {}), summary.get("pass_at_k_ci", {})
+    lines.append("| pass@k (unbiased, from all n) | "
+                 + " | ".join(fmt_acc(pak.get(str(k)), pci.get(str(k))) for k in ns) + " |")
     return lines
 
 
@@ -248,9 +305,12 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         "",
         *_selector_table(summary, n),
         "",
-        "Lift = 100 × (accuracy − greedy) / greedy, as in the paper's Fig. 1. ± is the population std (ddof=0) "
-        f"over {summary['seeds']} subsampling seeds: it measures subsampling variability only, not the "
-        f"uncertainty from having {summary['num_prompts']} prompts.",
+        "Lift = 100 × (accuracy − greedy) / greedy, as in the paper's Fig. 1. Intervals are 95% bootstraps over "
+        f"the {summary['num_prompts']} prompts (a prompt's accuracy is the share of the {summary['seeds']} "
+        "subsampling seeds whose pick is correct); 'vs greedy' is the paired difference on the same prompts, "
+        "starred when its interval excludes zero.",
+        "",
+        *label_lines(summary.get("labels")),
         "",
         "## Accuracy vs N",
         "",
@@ -266,6 +326,8 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         f"per token {fmt_num(lvc.get('auroc_per_token'), '.3f')}, within prompt "
         f"{fmt_num(lvc.get('auroc_within_prompt'), '.3f')} (0.5 = no signal; selection happens within a prompt, "
         "so that is the number that predicts BoN's gain).",
+        "",
+        *_auroc_lines(summary),
         "",
         "## Self-reward of the selected response",
         "",
@@ -293,12 +355,14 @@ def _pct(x: float | None, signed: bool = False) -> str:
 
 
 def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
-    """Plain-text table of the selectors at N (default the largest): accuracy mean ± std (%), lift over greedy."""
+    """Plain-text table of the selectors at N (default the largest): accuracy with its 95% interval (%), the
+    paired difference with greedy, lift over greedy; then the majority-label baseline where labels are closed."""
     ns = [int(k) for k in summary["ns"]]
     n = ns[-1] if n is None else int(n)
     if n not in ns:
         raise SharpenError(f"N={n} was not evaluated: choose one of {ns}")
-    head = f"{'selector':<14}{'accuracy %':>16}{'lift vs greedy':>16}{'mean logprob':>14}{'tokens':>9}"
+    head = (f"{'selector':<14}{'accuracy % [95% CI]':>22}{'vs greedy, points':>26}{'lift':>9}{'mean logprob':>14}"
+            f"{'tokens':>9}")
     lines = [f"N = {n}   prompts = {summary['num_prompts']}   seeds = {summary['seeds']}", head,
              "-" * len(head)]
 
@@ -307,11 +371,12 @@ def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
 
     g = summary.get("greedy")
     if g:
-        lines.append(f"{'greedy':<14}{_pct(g['accuracy']):>16}{'':>16}{num(g['mean_logprob'], '.2f'):>14}"
-                     f"{g['mean_num_tokens']:>9.1f}")
+        lines.append(f"{'greedy':<14}{fmt_acc(g['accuracy'], g.get('accuracy_ci')):>22}{'':>26}{'':>9}"
+                     f"{num(g['mean_logprob'], '.2f'):>14}{g['mean_num_tokens']:>9.1f}")
     for name, by_n in summary["selectors"].items():
         st = by_n[str(n)]
-        acc = f"{_pct(st['accuracy_mean'])} ± {_pct(st['accuracy_std'])}"
-        lines.append(f"{name:<14}{acc:>16}{_pct(st['lift_pct_mean'], signed=True):>16}"
-                     f"{num(st['mean_logprob'], '.2f'):>14}{st['mean_num_tokens']:>9.1f}")
-    return "\n".join(lines)
+        lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
+        lines.append(f"{name:<14}{fmt_acc(st['accuracy_mean'], st.get('accuracy_ci')):>22}"
+                     f"{fmt_diff(st.get('vs_greedy')):>26}{lift:>9}{num(st['mean_logprob'], '.2f'):>14}"
+                     f"{st['mean_num_tokens']:>9.1f}")
+    return "\n".join(lines + label_console(summary.get("labels")))

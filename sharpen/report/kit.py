@@ -32,6 +32,24 @@ def fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def fmt_ci(ci: Sequence[float] | None) -> str:
+    """A 95% interval of a fraction, in percent: '[41.2, 58.3]' ('' when there is none)."""
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def fmt_acc(x: float | None, ci: Sequence[float] | None) -> str:
+    """Accuracy in percent with its interval: '50.0 [41.2, 58.3]'."""
+    return f"{fmt_pct(x)} {fmt_ci(ci)}".strip()
+
+
+def fmt_diff(d: Mapping[str, Any] | None) -> str:
+    """A paired difference in points with its interval, starred when the interval excludes zero."""
+    if not d or d.get("diff") is None:
+        return "n/a"
+    lo, hi = d["diff_ci"]
+    return f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{' *' if d['excludes_zero'] else ''}"
+
+
 def figure(width: float = 6.4, height: float = 4.2) -> Any:
     from matplotlib.figure import Figure
 
@@ -96,30 +114,67 @@ def responses_table(rows: Sequence[tuple[str, Mapping[str, Any] | None]]) -> lis
     def num(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
 
-    lines = ["| responses | accuracy % | mean log pi_base | mean tokens | truncated % | most common answer | prompts |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| responses | accuracy % [95% CI] | answer rate % | mean log pi_base | mean tokens | truncated % | "
+             "most common answer | prompts |", "|---|---|---|---|---|---|---|---|"]
     for name, st in rows:
         if not st:
             continue
         top = (f"{st['top_answer'] if st['top_answer'] is not None else '(none)'} "
                f"({pct(st['top_answer_fraction'])}%)" if "top_answer" in st else "")
-        lines.append(f"| {name} | {pct(st['accuracy'])} | {num(st['mean_logprob_base'])} | "
+        lines.append(f"| {name} | {fmt_acc(st['accuracy'], st.get('accuracy_ci'))} | "
+                     f"{fmt_pct(st.get('answer_rate'))} | {num(st['mean_logprob_base'])} | "
                      f"{st['mean_num_tokens']:.1f} | {pct(st['truncated_fraction'])} | {top} | "
                      f"{st['num_prompts']} |")
     return lines
 
 
+def label_console(labels: Mapping[str, Any] | None) -> list[str]:
+    """Plain-text lines of a `labels` section: the majority baseline, then each policy's balanced accuracy."""
+    if not labels:
+        return []
+    base = labels["majority_baseline"]
+    out = [f"always '{base['label']}' (majority label): {fmt_pct(base['accuracy'])}%   balanced accuracy / answer "
+           "rate, % (! = does not beat the majority label):"]
+    out += [f"  {name:<22}{fmt_pct(st['balanced_accuracy']):>7}{fmt_pct(st['answer_rate']):>8}"
+            f"{'' if st['beats_majority_baseline'] else '  !'}" for name, st in labels.get("policies", {}).items()]
+    return out
+
+
+def label_lines(labels: Mapping[str, Any] | None) -> list[str]:
+    """Markdown of a summary's `labels` section (closed answer sets): the gold labels, the always-the-same-label
+    baselines, and per policy the answer rate, balanced accuracy and recall per label, flagging any policy whose
+    accuracy does not beat always giving the majority label."""
+    if not labels:
+        return []
+    base = labels["majority_baseline"]
+    names = labels["labels"]
+    out = ["Gold labels: " + ", ".join(f"{k} {v}" for k, v in labels["gold_counts"].items())
+           + f". Always answering `{base['label']}` scores **{fmt_pct(base['accuracy'])}%** (the majority "
+           "baseline); balanced accuracy gives each label equal weight, so a policy that always gives one label "
+           "scores 1/labels.", "",
+           "| policy | accuracy % | balanced accuracy % | answer rate % | "
+           + " | ".join(f"recall {k} %" for k in names) + " | predicted | beats majority? |",
+           "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+    for name, st in labels.get("policies", {}).items():
+        pred = ", ".join(f"{k} {v}" for k, v in st["predicted_counts"].items() if v)
+        flag = "yes" if st["beats_majority_baseline"] else "**no**"
+        out.append(f"| {name} | {fmt_pct(st['accuracy'])} | {fmt_pct(st['balanced_accuracy'])} | "
+                   f"{fmt_pct(st['answer_rate'])} | " + " | ".join(fmt_pct(st["recall"].get(k)) for k in names)
+                   + f" | {pred} | {flag} |")
+    return out
+
+
 def format_eval(stats: dict[str, dict[str, Any]], title: str = "") -> str:
     """Plain-text table: accuracy and mean log pi_base per response kind."""
-    head = (f"{'responses':<12}{'accuracy %':>12}{'log pi_base':>14}{'log pi':>12}{'tokens':>9}{'prompts':>9}"
-            f"  most common answer")
+    head = (f"{'responses':<12}{'accuracy % [95% CI]':>24}{'log pi_base':>14}{'log pi':>12}{'tokens':>9}"
+            f"{'prompts':>9}  most common answer")
     lines = ([title] if title else []) + [head, "-" * len(head)]
 
     def num(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
 
     for kind, st in stats.items():
-        lines.append(f"{kind:<12}{100 * st['accuracy']:>12.1f}{num(st['mean_logprob_base']):>14}"
+        lines.append(f"{kind:<12}{fmt_acc(st['accuracy'], st.get('accuracy_ci')):>24}{num(st['mean_logprob_base']):>14}"
                      f"{num(st['mean_logprob']):>12}{st['mean_num_tokens']:>9.1f}{st['num_prompts']:>9}"
                      f"  {st.get('top_answer')} ({100 * st.get('top_answer_fraction', 0):.0f}%)")
     return "\n".join(lines)
@@ -133,4 +188,53 @@ def protocol_line(s: Mapping[str, Any]) -> str:
             f"{s['num_eval_prompts']} others")
     if s.get("train_eval_overlap"):
         text += f" (**warning:** {s['train_eval_overlap']} training prompts also appear among the evaluated ones)"
-    return text + ". The kept checkpoint was chosen on the evaluated prompts, which favours it slightly."
+    v = s.get("validation")
+    if not v:  # runs made before the validation split
+        return text + ". The kept checkpoint was chosen on the evaluated prompts, which favours it slightly."
+    return text + (f". The kept checkpoint was chosen on {v['num_prompts']} validation prompts of the training "
+                   f"distribution ({v['split']} split; {v['overlap_with_eval']} of them among the evaluated prompts, "
+                   f"{v['overlap_with_train']} among the training prompts), never on the reported ones.")
+
+
+TABLE1_NAMES = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"),
+                "greedy": ("greedy", "base greedy"),
+                "sample_vs_base_sample": ("temperature-1 samples", "base temperature-1 samples")}
+
+
+def table1_lines(table1: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown of the paper's Table 1 quantities, with the paired interval of each accuracy difference."""
+    out = ["| sharpened responses | compared with | accuracy lift | accuracy difference, points [95% CI] | "
+           "likelihood lift (mean log pi_base) |", "|---|---|---|---|---|"]
+    for kind, v in table1.items():
+        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
+        diff = fmt_diff({"diff": v["accuracy_diff"], "diff_ci": v["diff_ci"], "excludes_zero": v["excludes_zero"]}
+                        ) if v.get("diff_ci") else f"{100 * v['accuracy_diff']:+.1f}"
+        what, ref = TABLE1_NAMES.get(kind, (kind, ""))
+        out.append(f"| {what} | {ref} | {lift} | {diff} | {fmt_num(v['likelihood_lift'], '+.2f')} |")
+    out += ["", "Paired bootstrap over the evaluated prompts; * marks an interval that excludes zero."]
+    return out
+
+
+def table1_console(table1: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Plain-text Table 1 lines: each accuracy difference with its paired interval, lift and likelihood lift."""
+    out = []
+    for kind, v in table1.items():
+        what, ref = TABLE1_NAMES.get(kind, (kind, ""))
+        diff = fmt_diff({"diff": v["accuracy_diff"], "diff_ci": v["diff_ci"], "excludes_zero": v["excludes_zero"]}
+                        ) if v.get("diff_ci") else f"{100 * v['accuracy_diff']:+.1f}"
+        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
+        out.append(f"sharpened {what.replace('**', '')} vs {ref}: {diff} points (lift {lift}), "
+                   f"log pi_base {fmt_num(v['likelihood_lift'], '+.2f')}")
+    return out
+
+
+def pass_at_k_lines(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> list[str]:
+    """pass@k of the base and the sharpened model's temperature-1 samples side by side: sharpening that narrows
+    the distribution shows as the base overtaking at large k."""
+    b, s = (base.get("sample") or {}).get("pass_at_k") or {}, (sharp.get("sample") or {}).get("pass_at_k") or {}
+    ks = sorted(set(b) & set(s), key=int)
+    if len(ks) < 2:
+        return []
+    return ["| k | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|",
+            "| base pass@k % | " + " | ".join(fmt_pct(b[k]) for k in ks) + " |",
+            "| sharpened pass@k % | " + " | ".join(fmt_pct(s[k]) for k in ks) + " |"]

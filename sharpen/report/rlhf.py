@@ -16,10 +16,15 @@ from .kit import (
     fmt_num,
     fmt_pct,
     format_eval,
+    label_console,
+    label_lines,
+    pass_at_k_lines,
     protocol_line,
     read_run,
     responses_table,
     save_png,
+    table1_console,
+    table1_lines,
 )
 
 TITLES = {"dpo": "reward-based DPO (offline, Eq. 4/8)", "xpo": "reward-based XPO (online, Algorithm 1)"}
@@ -37,13 +42,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
              format_eval(s["sharpened"], title=f"sharpened ({s['algorithm']}, adapter of {_kept(s)})"), "",
              f"held-out J_beta (beta={s['beta']}): base {fmt_num(j['base'], '.3f')} -> sharpened "
              f"{fmt_num(j['sharpened'], '.3f')} (KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')})"]
-    t = s["table1"].get("sample")
-    if t:
-        lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
-        lines.append(f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
-                     f"log pi_base {fmt_num(t['likelihood_lift'], '+.2f')}")
+    lines += table1_console(s["table1"])
     lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
-    return "\n".join(lines)
+    return "\n".join(lines + label_console(s.get("labels")))
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ def train_rows(run_dir: Path, summary: Mapping[str, Any]) -> list[dict]:
 
 
 def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
-    """Loss per step; held-out J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
+    """Loss per step; validation J_beta, accuracy and KL at every evaluation (dpo: step; xpo: round)."""
     from matplotlib.ticker import MaxNLocator
 
 
@@ -102,8 +103,8 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     curve(ax_acc, "accuracy", "greedy", 100)
     curve(ax_acc, "sample_accuracy", "temperature 1", 100)
     curve(ax_kl, "kl", "KL(pi || pi_base)")
-    for ax, ylabel, title in ((ax_j, f"held-out J_beta (beta={summary['beta']})", "J_beta estimate"),
-                              (ax_acc, "held-out accuracy (%)", "accuracy"),
+    for ax, ylabel, title in ((ax_j, f"validation J_beta (beta={summary['beta']})", "J_beta estimate"),
+                              (ax_acc, "validation accuracy (%)", "accuracy"),
                               (ax_kl, "KL estimate (nats)", "KL(pi || pi_base)")):
         if kept is not None:
             ax.axvline(kept, color="gray", ls=":", label=f"kept: {xkey} {kept}")
@@ -125,12 +126,12 @@ def _objective(s: Mapping[str, Any]) -> str:
         return common + (f"XPO (Algorithm 1): {s['rounds']} rounds; each draws y ~ pi_t and y' ~ pi_base for every "
                          "training prompt, adds the pairs to D_t and retrains from pi_t on the square loss of Eq. 8 "
                          f"plus the optimism term α·log pi(y'|x), α = {s['alpha']}. The kept iterate has the largest "
-                         "held-out J_beta estimate (round 0 is pi_base).")
+                         "validation J_beta estimate (round 0 is pi_base).")
     if s["loss"] == "logistic":
         return common + ("Loss: standard (logistic) DPO on pairs of base samples, chosen = the response with the "
                          "larger log pi_base; it uses only the ranking, so its optimum is not pi_base^(1+1/β).")
     return common + ("Loss: reward-based DPO, the square loss of Eq. 4/8 on disjoint pairs of base samples (y, y'). "
-                     "The kept adapter has the largest held-out J_beta estimate (step 0 is pi_base).")
+                     "The kept adapter has the largest validation J_beta estimate (step 0 is pi_base).")
 
 
 def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
@@ -138,13 +139,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     b, sh, j = s["base"], s["sharpened"], s["j_beta"]
     table = responses_table((("base greedy", b.get("greedy")), ("base sample (T=1)", b.get("sample")),
                              ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))))
-    t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift |", "|---|---|---|---|"]
-    names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"), "greedy": ("greedy", "base greedy"),
-             "sample_vs_base_sample": ("temperature-1 samples", "base temperature-1 samples")}
-    for kind, v in s["table1"].items():
-        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
-        what, ref = names.get(kind, (kind, ""))
-        t1.append(f"| {what} | {ref} | {lift} | {fmt_num(v['likelihood_lift'], '+.2f')} |")
+    t1 = table1_lines(s["table1"])
     xkey = "round" if s["algorithm"] == "xpo" else "step"
     hist = [f"| {xkey} | J_beta | KL | greedy accuracy % | sample accuracy % | sample mean log pi_base |",
             "|---|---|---|---|---|---|"]
@@ -161,14 +156,15 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         f"# RLHF-sharpening, {TITLES[s['algorithm']]}: {s['task']} / {s['model']}", "",
         protocol_line(s), "", _objective(s), "",
         "## Before and after", "", *table, "", *[w + "\n" for w in collapse_warnings(sh)],
+        *label_lines(s.get("labels")), "",
         f"Held-out J_beta estimate (temperature-1 samples of each model): base {fmt_num(j['base'], '.3f')}, "
         f"sharpened {fmt_num(j['sharpened'], '.3f')} (estimated KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')}). "
         "log pi_base is always scored under the base model (adapter disabled).", "",
-        "## The paper's Table 1 quantities", "", *t1, "",
+        "## The paper's Table 1 quantities", "", *t1, "", *pass_at_k_lines(b, sh), "",
         "Accuracy lift = 100 × (acc − acc_ref) / acc_ref (n/a when acc_ref = 0); likelihood lift = difference of "
         "mean log pi_base. The paper ran no RLHF-sharpening experiment: there are no published numbers to compare.",
         "",
-        f"## Held-out evaluations (per {xkey})", "", *hist, "",
+        f"## Validation evaluations (per {xkey}: they choose the kept adapter)", "", *hist, "",
         f"Kept adapter: {_kept(s)} ({tr['steps']} optimizer steps were taken in all), saved in `adapter/` "
         "(PEFT format; `sharpen eval --adapter DIR/adapter` re-evaluates it).", "",
         "## Training pairs", "",

@@ -18,10 +18,15 @@ from .kit import (
     fmt_num,
     fmt_pct,
     format_eval,
+    label_console,
+    label_lines,
+    pass_at_k_lines,
     protocol_line,
     read_run,
     responses_table,
     save_png,
+    table1_console,
+    table1_lines,
 )
 
 # Table 1 of the paper: lift of the SFT-sharpened model's temperature-1 samples over base greedy.
@@ -33,14 +38,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
     """Plain-text before/after table and the Table 1 lifts, for the terminal."""
     lines = [format_eval(s["base"], title=f"base model ({s['protocol']}, {s['num_eval_prompts']} prompts)"), "",
              format_eval(s["sharpened"], title=f"sharpened (adapter of step {s['training']['best_step']})")]
-    t = s["table1"].get("sample")
-    if t:
-        lift = "n/a" if t["accuracy_lift_pct"] is None else f"{t['accuracy_lift_pct']:+.2f}%"
-        lk = "n/a" if t["likelihood_lift"] is None else f"{t['likelihood_lift']:+.2f}"
-        lines += ["", f"Table 1: sharpened temperature-1 samples vs base greedy: accuracy {lift}, "
-                      f"log pi_base {lk}"]
+    lines += ["", *table1_console(s["table1"])]
     lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
-    return "\n".join(lines)
+    return "\n".join(lines + label_console(s.get("labels")))
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def write_sft_report(run_dir: Path) -> Path:
 
 
 def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
-    """Training loss per step; held-out greedy accuracy and mean log pi_base at each evaluation."""
+    """Training loss per step; validation greedy accuracy and mean log pi_base at each evaluation."""
     fig = figure(12.0, 3.6)
     ax_loss, ax_acc, ax_lp = fig.subplots(1, 3)
     train = [r for r in metrics if r.get("kind") == "train" and r.get("loss") is not None]
@@ -65,8 +65,8 @@ def plot_training(metrics: Sequence[dict], summary: Mapping[str, Any]) -> Any:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     ax_loss.set(xlabel="optimizer step", ylabel="loss: mean -log pi(y|x) of the targets", title="training loss")
     best = (summary.get("training") or {}).get("best_step")
-    for ax, key, label in ((ax_acc, "accuracy", "held-out greedy accuracy (%)"),
-                           (ax_lp, "logprob_base", "held-out mean log pi_base(greedy)")):
+    for ax, key, label in ((ax_acc, "accuracy", "validation greedy accuracy (%)"),
+                           (ax_lp, "logprob_base", "validation mean log pi_base(greedy)")):
         pts = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
         if pts:
             xs, ys = zip(*pts, strict=True)
@@ -87,19 +87,10 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
             ("sharpened greedy", sh.get("greedy")), ("sharpened sample (T=1)", sh.get("sample"))]
     table = responses_table(rows)
     table.append(f"| base best-of-{s['n']} (`{s['selector']}`, {bon['prompts']} prompts) | "
-                 f"{fmt_pct(bon['accuracy'])} | "
+                 f"{fmt_pct(bon['accuracy'])} |  | "
                  f"{fmt_num(bon['mean_logprob_base'])} | {bon['mean_num_tokens']:.1f} | "
                  f"{fmt_pct(bon['truncated_fraction'])} |  | {s['num_train_prompts']} |")
-    t1 = ["| sharpened responses | compared with | accuracy lift | likelihood lift (mean log pi_base) |",
-          "|---|---|---|---|"]
-    names = {"sample": ("temperature-1 samples (**Table 1**)", "base greedy"),
-             "greedy": ("greedy", "base greedy"),
-             "sample_vs_base_sample": ("temperature-1 samples", "base temperature-1 samples")}
-    for kind, v in s["table1"].items():
-        lift = "n/a" if v["accuracy_lift_pct"] is None else f"{v['accuracy_lift_pct']:+.2f}%"
-        lk = "n/a" if v["likelihood_lift"] is None else f"{v['likelihood_lift']:+.2f}"
-        what, ref = names.get(kind, (kind, ""))
-        t1.append(f"| {what} | {ref} | {lift} | {lk} |")
+    t1 = table1_lines(s["table1"])
     paper = ["| model | task | accuracy lift | likelihood lift |", "|---|---|---|---|"]
     paper += [f"| {m} | {t} | +{a:.2f}% | +{lk:.2f} |" for m, t, a, lk in PAPER_TABLE1]
     tr = s["training"]
@@ -118,6 +109,8 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         *table,
         "",
         *[w + "\n" for w in collapse_warnings(sh)],
+        *label_lines(s.get("labels")),
+        "",
         "log pi_base is always scored under the base model (adapter disabled). The best-of-N row is the accuracy "
         "of the training targets themselves" + (f" (base greedy on those prompts: {fmt_pct(bon_greedy)}%)"
                                                  if bon_greedy is not None else "") + ".",
@@ -125,6 +118,8 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "## The paper's Table 1 quantities",
         "",
         *t1,
+        "",
+        *pass_at_k_lines(b, sh),
         "",
         "Accuracy lift = 100 × (acc − acc_ref) / acc_ref (n/a when acc_ref = 0); likelihood lift = mean log pi_base "
         "of the sharpened responses − that of the reference responses. The paper's Table 1 values for comparison "
@@ -135,7 +130,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "## Training",
         "",
         f"{tr['steps']} optimizer steps; kept adapter: step {tr.get('best_step')} "
-        f"(held-out greedy accuracy {fmt_pct(best.get('accuracy'))}%, mean log pi_base "
+        f"(validation greedy accuracy {fmt_pct(best.get('accuracy'))}%, mean log pi_base "
         f"{fmt_num(best.get('logprob_base'))}), saved in `adapter/` (PEFT format; "
         "`sharpen eval --adapter DIR/adapter` re-evaluates it). Step 0 is the base model itself.",
         "",

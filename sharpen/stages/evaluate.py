@@ -17,7 +17,7 @@ from .. import runs
 from ..config import EvalConfig
 from ..engine.models import load_model, prompt_token_ids
 from ..generation import eval_rows
-from ..metrics import summarize_responses
+from ..metrics import label_summary, summarize_responses
 from ..tasks import load_task
 from ..train.lora import load_adapter
 
@@ -36,7 +36,10 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     rows = eval_rows(out / "eval.jsonl" if out else None, model, task, task.items, ids, cfg, cfg.seed,
                      progress=True, temperature=cfg.temperature)
     stats = summarize_responses(rows)
-    result = {"task": cfg.task, "model": cfg.model, "adapter": cfg.adapter, "options": cfg.options(), **stats}
+    labels = label_summary({it.id: it.answer for it in task.items},
+                           {kind: [r for r in rows if r["kind"] == kind] for kind in stats}, task.labels)
+    result = {"task": cfg.task, "model": cfg.model, "adapter": cfg.adapter, "options": cfg.options(), **stats,
+              **({"labels": labels} if labels else {})}
     if out is not None:
         runs.atomic_write_json(out / "eval.json", result)
     return result

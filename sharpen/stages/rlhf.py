@@ -38,8 +38,8 @@ from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
-from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked
-from ..metrics import summarize_responses, table1
+from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
+from ..metrics import before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows
@@ -134,7 +134,7 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
     def fn(model: Model) -> dict[str, float | None]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
             model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
-            dtype=cfg.sample_dtype)
+            dtype=cfg.sample_dtype, chat=cfg.chat)
         return held_out_metrics(rows, cfg.beta)
 
     return fn
@@ -157,12 +157,12 @@ def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def build_summary(out: Path, cfg: Any, algorithm: str, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
-                  pairs: Sequence[dict], training: dict, history: Sequence[dict]) -> dict[str, Any]:
+def build_summary(out: Path, cfg: Any, task: Any, algorithm: str, base_rows: Sequence[dict],
+                  sharp_rows: Sequence[dict], pairs: Sequence[dict], training: dict, history: Sequence[dict]
+                  ) -> dict[str, Any]:
     """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
     step 0 = pi_base; xpo: rounds, round 0 = pi_base)."""
     sampling = runs.read_json(out / "sampling.json")
-    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
     jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
     return {
         "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
@@ -173,10 +173,8 @@ def build_summary(out: Path, cfg: Any, algorithm: str, base_rows: Sequence[dict]
         "train_eval_overlap": sampling.get("overlap"),
         "num_pairs": sum(usable(p) for p in pairs),
         "pairs": pair_stats(pairs),
-        "base": base,
-        "sharpened": sharp,
+        **before_after(base_rows, sharp_rows, {it.id: it.answer for it in task.items}, task.labels),
         "j_beta": {"base": jb["j_beta"], "sharpened": js["j_beta"], "kl_sharpened": js["kl"]},
-        "table1": table1(base, sharp),
         "history": list(history),
         "training": training,
     }
@@ -198,13 +196,14 @@ def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
                      progress=progress)
     if pool.sampled:
         write_report(pool.dir)
+    val = validation_split(cfg, pool.prompts, task.items)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
-    return out, task, pool, model, prompt_ids
+    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in [*task.items, *val[1]]}
+    return out, task, pool, model, prompt_ids, val
 
 
-def _finish(out: Path, model: Model, cfg: Any, summary: dict) -> dict:
-
+def _finish(out: Path, model: Model, cfg: Any, summary: dict, validation: dict) -> dict:
+    summary["validation"] = validation
     runs.atomic_write_json(out / "summary.json", summary)
     write_rlhf_report(out)
     if cfg.merge:
@@ -216,7 +215,7 @@ def _finish(out: Path, model: Model, cfg: Any, summary: dict) -> dict:
 
 def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
-    out, task, pool, model, prompt_ids = _start(cfg, tcfg, "dpo", progress)
+    out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "dpo", progress)
     prompts, pools = pool.prompts, pool.pools
     # 3) Disjoint pairs of base samples, scored once under pi_base.
     pairs_path = out / "pairs.jsonl"
@@ -226,12 +225,13 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         runs.write_jsonl(pairs_path, score_pairs(model, pairs, progress))
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
-    # 4) The base model on the held-out prompts.
+    # 4) The base model on the held-out prompts, and on the validation prompts (step 0 of the selection).
     base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
-    # 5) LoRA training; the adapter with the best held-out J_beta is kept (step 0 = pi_base itself).
+    val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
+    # 5) LoRA training; the adapter with the best validation J_beta is kept (step 0 = pi_base itself).
     model = attach_lora(model, tcfg)
     result = train(model, data, functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta), tcfg, out,
-                   eval_fn=j_beta_eval(task, task.items, prompt_ids, cfg, tcfg.seed, base_rows),
+                   eval_fn=j_beta_eval(val_task, val_items, prompt_ids, cfg, tcfg.seed, val_base),
                    best_key=j_beta_key, progress=progress)
     # 6) The kept adapter on the same prompts, with the same sampling seed (pi_base kept: its rows).
     restore_adapter(model, result.adapter_dir)
@@ -242,8 +242,8 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     history = [r for r in runs.load_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
     training = {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
                 "adapter": "adapter"}
-    summary = build_summary(out, cfg, "dpo", base_rows, sharp_rows, pairs, training, history)
-    return _finish(out, model, cfg, summary)
+    summary = build_summary(out, cfg, task, "dpo", base_rows, sharp_rows, pairs, training, history)
+    return _finish(out, model, cfg, summary, validation)
 
 
 # ---------------------------------------------------------------------------------------------- xpo
@@ -263,7 +263,7 @@ def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoC
 
     def draw(chunk: list[dict]) -> list[dict]:
         drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
-                       seed=round_seed(seed, t), stop=task.stop, keys=[p["id"] for p in chunk],
+                       seed=round_seed(seed, t), stop=task.stops(cfg.chat), keys=[p["id"] for p in chunk],
                        dtype=cfg.sample_dtype)
         pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
                  for p, ss in zip(chunk, drawn, strict=True)
@@ -285,10 +285,11 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
 
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) online reward-based XPO (Algorithm 1); returns the summary also in DIR/summary.json."""
-    out, task, pool, model, prompt_ids = _start(cfg, tcfg, "xpo", progress)
+    out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "xpo", progress)
     train_task = _train_task(cfg, pool.options)
-    # 4) Iterate 0 is pi_base: its held-out evaluation is the base evaluation.
+    # 4) The base model on the held-out prompts; iterate 0 (pi_base) on the validation prompts.
     base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+    val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
     model = attach_lora(model, tcfg)
     if not (out / "round_0" / "adapter").exists():
         (out / "round_0").mkdir(exist_ok=True)
@@ -296,7 +297,7 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     hist_path = out / "rounds.jsonl"
     history = runs.repair_jsonl(hist_path, keep=lambda r: r["round"] <= cfg.rounds)
     if not history:
-        history = [{"round": 0, "steps": 0, "num_pairs": 0, **held_out_metrics(base_rows, cfg.beta)}]
+        history = [{"round": 0, "steps": 0, "num_pairs": 0, **held_out_metrics(val_base, cfg.beta)}]
         runs.write_jsonl(hist_path, history)
     done = {r["round"] for r in history}
     data_path = out / "xpo_data.jsonl"
@@ -311,19 +312,20 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         # b) pi_{t+1} = argmin of the XPO loss over D_t, starting from pi_t (the final adapter is kept).
         result = train(model, data, functools.partial(pair_loss, kind="xpo", beta=cfg.beta, alpha=cfg.alpha),
                        tcfg, rdir, progress=progress)
-        # c) The held-out J_beta of the new iterate.
-        rows = eval_rows(rdir / "eval.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
+        # c) The validation J_beta of the new iterate.
+        rows = eval_rows(rdir / "val.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
         row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta)}
         runs.append_jsonl(hist_path, [row])
         history.append(row)
-    # The returned iterate: the largest held-out J_beta (ties: the earlier round).
+    # The returned iterate: the largest validation J_beta (ties: the earlier round), then evaluated held out.
     best = max(sorted(history, key=lambda r: r["round"]), key=j_beta_key)["round"]
     restore_adapter(model, out / f"round_{best}" / "adapter")
     save_adapter(model.module, out / "adapter")
-    sharp_rows = base_rows if best == 0 else runs.load_jsonl(out / f"round_{best}" / "eval.jsonl")
-    runs.write_jsonl(out / "eval_sharpened.jsonl", sharp_rows)
+    if best == 0:
+        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
+    sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     training = {"best_round": best, "best_eval": next(r for r in history if r["round"] == best),
                 "steps": sum(r["steps"] for r in history), "adapter": "adapter"}
-    summary = build_summary(out, cfg, "xpo", base_rows, sharp_rows, runs.load_jsonl(data_path), training,
+    summary = build_summary(out, cfg, task, "xpo", base_rows, sharp_rows, runs.load_jsonl(data_path), training,
                             sorted(history, key=lambda r: r["round"]))
-    return _finish(out, model, cfg, summary)
+    return _finish(out, model, cfg, summary, validation)

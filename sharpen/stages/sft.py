@@ -25,15 +25,15 @@ from .. import runs
 from ..config import SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
-from ..generation import base_pool, eval_rows, respond
-from ..metrics import summarize_responses, table1
+from ..generation import base_pool, eval_rows, respond, validation_split
+from ..metrics import before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean
 from ..selection import select
 from ..tasks import load_task
 from ..train.loop import accelerator, process_device, train
-from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter
+from ..train.lora import attach_lora, merge_adapter, restore_adapter
 from ..train.losses import sft_loss
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -67,15 +67,12 @@ def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]],
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig,
-                  base_greedy: dict | None) -> Any:
-    """eval_fn for training: greedy accuracy and mean log pi_base of the greedy responses on held-out prompts."""
+def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig) -> Any:
+    """eval_fn for training: greedy accuracy and mean log pi_base of the greedy responses on the validation
+    prompts (never the evaluated ones: the kept checkpoint is chosen there)."""
     def fn(model: Model) -> dict[str, float]:
-        if base_greedy is not None and adapter_is_identity(model.module):
-            st = base_greedy  # the model is pi_base itself: reuse the base evaluation
-        else:
-            st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens,
-                                                 dtype=cfg.sample_dtype))["greedy"]
+        st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens,
+                                         dtype=cfg.sample_dtype, chat=cfg.chat))["greedy"]
         return {"accuracy": st["accuracy"], "logprob_base": st["mean_logprob_base"],
                 "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"]}
 
@@ -83,14 +80,14 @@ def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[in
 
 
 def best_key(metrics: dict) -> tuple[float, float]:
-    """Checkpoints are judged by held-out greedy accuracy, ties broken by the mean log pi_base."""
+    """Checkpoints are judged by validation greedy accuracy, ties broken by the mean log pi_base."""
     lp = metrics.get("logprob_base")
     return float(metrics["accuracy"]), -math.inf if lp is None else float(lp)
 
 
 # ---------------------------------------------------------------------------------------------- summary
 
-def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
                   data: Sequence[dict], result: Any) -> dict[str, Any]:
     """summary.json of an sft run from its evaluation rows, training set and training result."""
     sampling = runs.read_json(out / "sampling.json")
@@ -98,7 +95,6 @@ def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Se
     bon_greedy = None
     if (bon_dir / "summary.json").exists():
         bon_greedy = (runs.read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
-    base, sharp = summarize_responses(base_rows), summarize_responses(sharp_rows)
     return {
         "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
         "protocol": cfg.protocol,
@@ -115,9 +111,7 @@ def build_summary(out: Path, cfg: Any, base_rows: Sequence[dict], sharp_rows: Se
             "truncated_fraction": sum(r["finish_reason"] == "length" for r in data) / len(data),
             "greedy_accuracy": bon_greedy,
         },
-        "base": base,
-        "sharpened": sharp,
-        "table1": table1(base, sharp),
+        **before_after(base_rows, sharp_rows, {it.id: it.answer for it in task.items}, task.labels),
         "training": {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
                      "adapter": "adapter"},
     }
@@ -141,23 +135,24 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         pool = base_pool(cfg, cfg.n, tcfg.seed, out, items, temperature=cfg.temperature, progress=progress)
         if pool.sampled:
             write_report(pool.dir)
-        # 3) The training set: each prompt's best response.
+        # 3) The training set: each prompt's best response; the validation prompts that judge checkpoints.
         runs.write_jsonl(out / "sft_data.jsonl", best_responses(pool.prompts, pool.pools, cfg.selector, tcfg.seed))
+        val_task, val_items, validation = validation_split(cfg, pool.prompts, items)
     acc.wait_for_everyone()
     data = runs.load_jsonl(out / "sft_data.jsonl")
 
     model = load_model(cfg.model, device=process_device(cfg.device), dtype=cfg.dtype)
-    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in items}
+    if not main:  # checkpoints are judged on the main process only
+        val_task, val_items, validation = task, [], {}
+    prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in [*items, *val_items]}
     # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
-    base_greedy = None
     if main:
         base_rows = eval_rows(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
-        base_greedy = summarize_responses(base_rows)["greedy"]
     acc.wait_for_everyone()
-    # 5) LoRA fine-tuning; the adapter best on the held-out prompts is kept in DIR/adapter.
+    # 5) LoRA fine-tuning; the adapter best on the validation prompts is kept in DIR/adapter.
     model = attach_lora(model, tcfg)
     result = train(model, data, sft_batch_loss, tcfg, out,
-                   eval_fn=held_out_eval(task, items, prompt_ids, cfg, base_greedy), best_key=best_key,
+                   eval_fn=held_out_eval(val_task, val_items, prompt_ids, cfg), best_key=best_key,
                    progress=progress)
     if not main:
         return {}
@@ -165,7 +160,8 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     restore_adapter(model, result.adapter_dir)
     sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
     # 7) Summary and report read the files.
-    summary = build_summary(out, cfg, base_rows, sharp_rows, data, result)
+    summary = build_summary(out, cfg, task, base_rows, sharp_rows, data, result)
+    summary["validation"] = validation
     runs.atomic_write_json(out / "summary.json", summary)
     write_sft_report(out)
     if cfg.merge:

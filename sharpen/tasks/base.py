@@ -60,12 +60,20 @@ class Task:
     """Base class: a task is mostly data (items, prompt, stop strings) plus `extract` and `grade`.
 
     Subclasses set `name`, `stop`, `items` and implement `extract`; `grade` defaults to comparing the
-    extracted answer with the gold one through `same_answer`.
+    extracted answer with the gold one through `same_answer`. A task whose answers come from a closed set
+    (True/False, A-D) names it in `labels`, so summaries can show the always-the-same-label baselines.
     """
 
     name: str = ""
     stop: list[str] = []
+    labels: tuple[str, ...] | None = None
     items: list[Item]
+
+    def stops(self, chat: bool) -> list[str]:
+        """Stop strings of a response: the completion format's (`stop`) for raw prompts; none in chat mode, where
+        the chat template's end of turn (an EOS token of the model) ends the answer, and a blank line or the word
+        "Question:" inside a chat answer is part of it."""
+        return [] if chat else list(self.stop)
 
     def extract(self, text: str) -> str | None:
         """The response's final answer in canonical form, or None when it gives none."""

@@ -70,6 +70,7 @@ def format_question(question: str, choices: list[str]) -> str:
 class MMLU(Task):
     name = "mmlu"
     stop = list(STOP_AT_NEXT_EXAMPLE)
+    labels = tuple(LETTERS)
 
     def __init__(self, items: list[Item], subjects: tuple[str, ...]) -> None:
         self.items = items

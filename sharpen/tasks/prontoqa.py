@@ -41,6 +41,7 @@ def _parse(record: dict, where: str) -> tuple[str, str, str]:
 class ProntoQA(Task):
     name = "prontoqa"
     stop = list(STOP_AT_NEXT_EXAMPLE)
+    labels = ("True", "False")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items

@@ -131,9 +131,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--limit", type=int, default=16, help="ProntoQA items (default: 16)")
+    p.add_argument("--limit", type=int, default=64, help="ProntoQA items (default: 64)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (default: 8)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="maximum response tokens (default: 256)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="maximum response tokens (default: 48)")
     p.add_argument("--data-dir", default=None, help="data directory (default: $SHARPEN_DATA_DIR, else generated)")
     p.set_defaults(func=_cmd_demo)
 

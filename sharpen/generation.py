@@ -19,7 +19,7 @@ from typing import Any
 
 from . import runs
 from .config import BonConfig, SharpenConfig
-from .engine.generate import greedy, sample
+from .engine.generate import EarlyStop, greedy, sample
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
 from .errors import SharpenError
@@ -112,12 +112,14 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
         return f"{progress}: {what}" if progress else None
 
     stop = task.stops(chat)
-    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"))
+    # No per-token statistics: evaluations use none of the confidence selectors, and they cost ~20% in bf16.
+    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"),
+                   stats=False)
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     if samples > 0:
         drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"))
+                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"), stats=False)
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
@@ -171,13 +173,20 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
 
     def greedy_draw(chunk: list[Any]) -> list[dict]:
         out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner)
+                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner, stats=cfg.confidence)
         return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(task, it, [s])]
+
+    early = EarlyStop(warmup=cfg.early_warmup, keep=cfg.early_keep) if cfg.early_stop else None
 
     def samples_draw(chunk: list[Any]) -> list[dict]:
         out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
-                      keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner)
+                      keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner, early_stop=early,
+                      stats=cfg.confidence)
+        if cfg.token_stats:  # before the rows: a crash may repeat a chunk here, readers keep the last copy
+            runs.append_jsonl(out / "token_stats.jsonl", ({"prompt_id": it.id, "index": i, **(s.token_stats or {})}
+                                                          for it, ss in zip(chunk, out_, strict=True)
+                                                          for i, s in enumerate(ss)))
         return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
 
     # 4) Greedy: the baseline every selector is compared to.
@@ -188,11 +197,14 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
                        label=f"sample x{cfg.n}", progress=progress)
     # 6) Every selector, offline, over subsamples.
     summary = summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds, gold={it.id: it.answer for it in items},
-                        labels=task.labels)
+                        labels=task.labels, prompt_tokens={k: len(v) for k, v in prompt_ids.items()})
     summary["task"], summary["model"] = cfg.task, cfg.model
     # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine.generate), fp32 none.
     summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
     summary["greedy_invalid_logprobs"] = sum(not _valid(r["logprob"]) for r in greedy_rows)
+    summary["early_stop"] = ({"warmup": cfg.early_warmup, "keep": cfg.early_keep,
+                              "stopped": sum(r["finish_reason"] == "early_stop" for r in pool)}
+                             if cfg.early_stop else None)
     runs.atomic_write_json(out / "summary.json", summary)
     bad, bad_greedy = summary["invalid_logprobs"], summary["greedy_invalid_logprobs"]
     if bad or bad_greedy:

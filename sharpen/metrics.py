@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .errors import SharpenError
 from .rows import complete_pools, finite_mean
-from .selection import SELECTORS, Pool, as_float, select
+from .selection import CONFIDENCE_FIELDS, SELECTORS, Pool, as_float, select
 from .stats import (
     auroc,
     auroc_within_prompt,
@@ -49,26 +49,45 @@ def _mean(x: Sequence[float] | np.ndarray) -> float | None:
     return float(a.mean()) if a.size else None
 
 
-def _complete_pools(samples: Sequence[Mapping[str, Any]], n: int) -> tuple[dict[str, Pool], int]:
-    """Pools of the prompts that have all n samples (index 0..n-1; first row wins on duplicates)."""
+def _complete_pools(samples: Sequence[Mapping[str, Any]], n: int) -> tuple[dict[str, Pool], int, list[Any]]:
+    """Pools of the prompts that have all n samples (index 0..n-1; first row wins on duplicates), how many prompts
+    are incomplete, and the rows the pools hold (the counted rows)."""
     rows, incomplete = complete_pools(samples, n)
-    return {pid: Pool.from_rows(rs) for pid, rs in rows.items()}, incomplete
+    return ({pid: Pool.from_rows(rs) for pid, rs in rows.items()}, incomplete,
+            [r for rs in rows.values() for r in rs])
 
 
-def _greedy_stats(greedy: Sequence[Mapping[str, Any]] | None, prompt_ids: set[str]) -> dict[str, Any] | None:
+def _greedy_stats(greedy: Sequence[Mapping[str, Any]] | None, prompt_ids: set[str],
+                  prompt_tokens: Mapping[str, int] | None = None) -> dict[str, Any] | None:
     rows = {str(r["prompt_id"]): r for r in greedy or [] if str(r["prompt_id"]) in prompt_ids}
     if not rows:
         return None
     vals = list(rows.values())
     correct = [float(bool(r["correct"])) for r in vals]
+    num_tokens = float(np.mean([int(r["num_tokens"]) for r in vals]))
     return {
         "accuracy": float(np.mean(correct)),
         "mean_logprob": _mean([as_float(r["logprob"]) for r in vals]),
-        "mean_num_tokens": float(np.mean([int(r["num_tokens"]) for r in vals])),
+        "mean_num_tokens": num_tokens,
         "num_prompts": len(vals),
         "accuracy_ci": _ci(correct),
         "answer_rate": float(np.mean([r.get("answer") is not None for r in vals])),
+        "response_tokens_per_prompt": num_tokens,  # one response per prompt: its mean length
+        **({"prompt_tokens_per_prompt": _prompt_tokens(prompt_tokens, rows)} if prompt_tokens is not None else {}),
     }
+
+
+def _prompt_tokens(prompt_tokens: Mapping[str, int], ids: Iterable[str]) -> float | None:
+    """Mean prompt length over the prompts `ids` that `prompt_tokens` knows (each prompt is prefilled once,
+    whatever N); None when it knows none of them."""
+    lens = [int(prompt_tokens[i]) for i in ids if i in prompt_tokens]
+    return float(np.mean(lens)) if lens else None
+
+
+def computable_selectors(samples: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The selectors (in registry order) whose `needs` every row of `samples` has: a run sampled before a field
+    was recorded keeps the summary it had."""
+    return [s for s, sel in SELECTORS.items() if all(f in r for r in samples for f in sel.needs)]
 
 
 def _ci(values: Sequence[float] | np.ndarray) -> list[float] | None:
@@ -78,38 +97,46 @@ def _ci(values: Sequence[float] | np.ndarray) -> list[float] | None:
 
 
 def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float | None,
-                    greedy_correct: np.ndarray | None) -> tuple[dict[str, dict], dict[str, list]]:
-    """Accuracy and self-reward of each selector at N = n_sub, over `seeds` independent subsamplings; and the
-    answers picked under the first seed (for the label statistics).
+                    greedy_correct: np.ndarray | None, names: Sequence[str],
+                    prompt_tokens: float | None = None) -> tuple[dict[str, dict], dict[str, list]]:
+    """Accuracy and self-reward of each selector of `names` at N = n_sub, over `seeds` independent subsamplings;
+    and the answers picked under the first seed (for the label statistics).
 
     Intervals are over prompts: each prompt's accuracy is the share of seeds whose pick was correct, and the
-    bootstrap resamples prompts; `vs_greedy` pairs it with greedy's correctness on the same prompt.
+    bootstrap resamples prompts; `vs_greedy` pairs it with greedy's correctness on the same prompt. The token
+    budget of sampling N is the same for every selector: `response_tokens_per_prompt`, the summed length of the N
+    subsampled responses averaged over prompts and seeds, and (when given) `prompt_tokens_per_prompt`, the mean
+    prompt length (a prompt is prefilled once, whatever N).
     """
     m = len(pools)
-    correct = {s: np.zeros((seeds, m), dtype=bool) for s in SELECTORS}
-    answered = {s: np.zeros((seeds, m), dtype=bool) for s in SELECTORS}
-    first: dict[str, list] = {s: [] for s in SELECTORS}
-    lp: dict[str, list] = {s: [] for s in SELECTORS}
-    ntok: dict[str, list] = {s: [] for s in SELECTORS}
+    correct = {s: np.zeros((seeds, m), dtype=bool) for s in names}
+    answered = {s: np.zeros((seeds, m), dtype=bool) for s in names}
+    first: dict[str, list] = {s: [] for s in names}
+    lp: dict[str, list] = {s: [] for s in names}
+    ntok: dict[str, list] = {s: [] for s in names}
+    budget = np.zeros((seeds, m))  # summed num_tokens of the N subsampled responses
     for seed in range(seeds):
         # One generator per (seed, N): results do not depend on which other N were evaluated.
         rng = np.random.default_rng([seed, n_sub])
-        picked: dict[str, list[tuple[float, int]]] = {s: [] for s in SELECTORS}
+        picked: dict[str, list[tuple[float, int]]] = {s: [] for s in names}
         for j, pool in enumerate(pools):
             sub = pool.take(np.sort(rng.choice(len(pool), size=n_sub, replace=False)))
-            for s in SELECTORS:
+            budget[seed, j] = float(sub.num_tokens.sum())
+            for s in names:
                 pos = select(s, sub, rng)
                 correct[s][seed, j] = bool(sub.correct[pos])
                 answered[s][seed, j] = sub.answer[pos] is not None
                 picked[s].append((float(sub.logprob[pos]), int(sub.num_tokens[pos])))
                 if seed == 0:
                     first[s].append(sub.answer[pos])
-        for s in SELECTORS:
+        for s in names:
             lps, nts = zip(*picked[s], strict=True)
             lp[s].append(_mean(lps))
             ntok[s].append(float(np.mean(nts)))
+    tokens = {"response_tokens_per_prompt": float(budget.mean()),
+              **({"prompt_tokens_per_prompt": prompt_tokens} if prompt_tokens is not None else {})}
     out = {}
-    for s in SELECTORS:
+    for s in names:
         a = correct[s].mean(axis=1)  # (seeds,) accuracy per seed
         per_prompt = correct[s].mean(axis=0)  # (m,) share of seeds correct, per prompt
         out[s] = {
@@ -122,6 +149,7 @@ def _selector_stats(pools: list[Pool], n_sub: int, seeds: int, greedy_acc: float
             "accuracy_ci": _ci(per_prompt),
             "answer_rate": float(answered[s].mean()),
             "vs_greedy": None if greedy_correct is None else _paired(per_prompt, greedy_correct),
+            **tokens,
         }
     return out, first
 
@@ -155,7 +183,7 @@ def _likelihood_vs_correctness(pools: list[Pool]) -> dict[str, Any]:
 
 def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int,
               ns: list[int] | None = None, gold: Mapping[str, Any] | None = None,
-              labels: Sequence[str] | None = None) -> dict:
+              labels: Sequence[str] | None = None, prompt_tokens: Mapping[str, int] | None = None) -> dict:
     """Every selector's statistics at each N, computed from the stored samples (the run's summary.json).
 
     Only prompts with all n samples (index 0..n-1) count; others are reported in `num_prompts_incomplete`.
@@ -169,25 +197,34 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
     `pass_at_k_ci`. pass@k is given for every k up to n. With `gold` (prompt id -> gold answer) and `labels`
     (a closed answer set), `labels` holds the label controls of greedy and of each selector at the largest
     N, first subsampling seed (stats.label_controls).
+
+    A selector is computed only when every counted sample row has the fields it needs (`Selector.needs`), so a
+    run sampled before the confidence fields were recorded keeps its summary. Token budgets: every selector at
+    N carries `response_tokens_per_prompt` (the tokens sampling N responses cost, averaged over prompts and
+    seeds) and, with `prompt_tokens` (prompt id -> prompt length in tokens), `prompt_tokens_per_prompt` (the
+    mean prompt length: a prompt is prefilled once whatever N); greedy carries both for its one response.
     """
     if n < 1 or seeds < 1:
         raise SharpenError(f"summarize needs n >= 1 and seeds >= 1, got n={n} seeds={seeds}")
     ns = default_ns(n) if ns is None else sorted(set(int(k) for k in ns))
     if not ns or ns[0] < 1 or ns[-1] > n:
         raise SharpenError(f"every N in ns must lie in 1..{n}, got {ns}: pick sizes up to the samples per prompt")
-    by_id, incomplete = _complete_pools(samples, n)
+    by_id, incomplete, counted = _complete_pools(samples, n)
     if not by_id:
         raise SharpenError(f"no prompt has all {n} samples: finish (resume) the sampling stage first")
     ids = sorted(by_id)
     pools = [by_id[i] for i in ids]
-    g = _greedy_stats(greedy, set(ids))
+    names = computable_selectors(counted)
+    present = {f for f in CONFIDENCE_FIELDS if all(f in r for r in counted)}
+    g = _greedy_stats(greedy, set(ids), prompt_tokens)
     g_acc = g["accuracy"] if g else None
     g_rows = {str(r["prompt_id"]): r for r in greedy or []}
     g_correct = (np.array([float(bool(g_rows[i]["correct"])) if i in g_rows else np.nan for i in ids])
                  if g else None)
     by_n, picks = {}, {}
     for k in ns:
-        by_n[str(k)], picks[k] = _selector_stats(pools, k, seeds, g_acc, g_correct)
+        by_n[str(k)], picks[k] = _selector_stats(pools, k, seeds, g_acc, g_correct, names,
+                                                 None if prompt_tokens is None else _prompt_tokens(prompt_tokens, ids))
     per_prompt_pass = {k: [pass_at_k(n, int(p.correct.sum()), k) for p in pools] for k in range(1, n + 1)}
     all_lp = np.concatenate([p.logprob for p in pools])
     finish = [str(r.get("finish_reason")) for r in samples
@@ -199,36 +236,48 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
         "seeds": seeds,
         "ns": ns,
         "greedy": g,
-        "selectors": _transpose(by_n),
+        "selectors": _transpose(by_n, names),
         "pass_at_k": {str(k): float(np.mean(v)) for k, v in per_prompt_pass.items()},
         "sample_accuracy": float(np.mean(np.concatenate([p.correct for p in pools]))),
         "truncated_fraction": float(np.mean([f == "length" for f in finish])) if finish else 0.0,
         "invalid_logprobs": int((np.isnan(all_lp) | np.isposinf(all_lp)).sum()),
         "likelihood_vs_correctness": _likelihood_vs_correctness(pools),
         "pass_at_k_ci": {str(k): _ci(v) for k, v in per_prompt_pass.items()},
-        "self_reward_auroc": _self_reward_auroc(pools),
+        "self_reward_auroc": _self_reward_auroc(pools, present),
         **({"labels": label_controls([gold[i] for i in ids],
                                      {"greedy": [g_rows[i].get("answer") if i in g_rows else None for i in ids],
                                       **picks[ns[-1]]}, labels)} if gold is not None and labels else {}),
     }
 
 
-def _self_reward_auroc(pools: list[Pool]) -> dict[str, dict[str, Any]]:
+def _self_reward_auroc(pools: list[Pool], fields: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """How well each label-free score separates correct from incorrect samples: pooled over all samples, and
-    within prompt (pairs from the same prompt, weighted by their number), the one selection relies on."""
+    within prompt (pairs from the same prompt, weighted by their number), the one selection relies on.
+
+    The log-prob scores always; the confidence scores of `fields` (selection.CONFIDENCE_FIELDS the rows have), each
+    over the samples where it is usable (NaN skipped). Samples cut by early stopping are left out (no selector
+    picks them), unless a prompt's samples were all cut.
+    """
+    scores: list[tuple[str, Callable[[Pool], np.ndarray]]] = [
+        ("logprob", lambda p: p.logprob), ("logprob_mean", lambda p: p.logprob / np.maximum(p.num_tokens, 1))]
+    scores += [(f, lambda p, f=f: getattr(p, f)) for f in CONFIDENCE_FIELDS if f in set(fields)]
     out = {}
-    for name, score in (("logprob", lambda p: p.logprob),
-                        ("logprob_mean", lambda p: p.logprob / np.maximum(p.num_tokens, 1))):
-        groups = [(score(p)[p.valid], p.correct[p.valid]) for p in pools]
+    for name, score in scores:
+        groups = []
+        for p in pools:
+            s = score(p)
+            live = ~p.stopped if (~p.stopped).any() else np.ones(len(p), dtype=bool)
+            keep = live & ~(np.isnan(s) | np.isposinf(s))
+            groups.append((s[keep], p.correct[keep]))
         within = auroc_within_prompt(groups)
         out[name] = {"pooled": auroc(np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups])),
                      "within_prompt": within["auroc"], "num_prompts": within["num_prompts"]}
     return out
 
 
-def _transpose(by_n: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """{N: {selector: stats}} -> {selector: {N: stats}}."""
-    return {s: {k: by_n[k][s] for k in by_n} for s in SELECTORS}
+def _transpose(by_n: dict[str, dict[str, dict]], names: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """{N: {selector: stats}} -> {selector: {N: stats}} for the selectors `names`, in that order."""
+    return {s: {k: by_n[k][s] for k in by_n} for s in names}
 
 
 def per_prompt_accuracy(rows: Sequence[dict]) -> dict[str, float]:

@@ -11,15 +11,23 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .engine.confidence import summarize_token_stats
 
-def sample_rows(task: Any, item: Any, samples: Sequence[Any]) -> list[dict]:
-    """Rows for `samples` (engine Samples, in sample-index order) of one task item: extracted answer and grade."""
+
+def sample_rows(task: Any, item: Any, samples: Sequence[Any], start: int = 0) -> list[dict]:
+    """Rows for `samples` (engine Samples, sample indices start, start + 1, ...) of one task item: extracted
+    answer and grade, and the per-sample confidence summaries of the engine's per-token statistics
+    (confidence.summarize_token_stats) when it recorded them."""
     rows = []
-    for i, s in enumerate(samples):
+    for i, s in enumerate(samples, start):
         answer = task.extract(s.text)
-        rows.append({"prompt_id": item.id, "index": i, "text": s.text, "token_ids": list(s.token_ids),
-                     "logprob": s.logprob, "num_tokens": len(s.token_ids), "finish_reason": s.finish_reason,
-                     "answer": answer, "correct": bool(task.grade(item, s.text))})
+        row = {"prompt_id": item.id, "index": i, "text": s.text, "token_ids": list(s.token_ids),
+               "logprob": s.logprob, "num_tokens": len(s.token_ids), "finish_reason": s.finish_reason,
+               "answer": answer, "correct": bool(task.grade(item, s.text))}
+        st = getattr(s, "token_stats", None)
+        if st:
+            row.update(summarize_token_stats(st["entropy"], st["kl_uniform"], st["confidence"]))
+        rows.append(row)
     return rows
 
 

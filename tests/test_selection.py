@@ -214,7 +214,9 @@ def test_format_table_content():
     table = format_table(s)
     lines = table.splitlines()
     assert lines[0].startswith("N = 4")
-    assert [ln.split()[0] for ln in lines[3:]] == ["greedy", *SELECTORS]
+    # Rows without confidence fields: exactly the selectors that need none, in registry order.
+    assert list(s["selectors"]) == [name for name, sel in SELECTORS.items() if not sel.needs]
+    assert [ln.split()[0] for ln in lines[3:]] == ["greedy", *s["selectors"]]
     oracle = next(ln for ln in lines if ln.startswith("oracle"))
     # greedy 50%, oracle 100% on every prompt: an interval of one point, a paired difference that excludes zero
     assert "100.0 [100.0, 100.0]" in oracle and "+100.0%" in oracle and "*" in oracle
@@ -240,3 +242,40 @@ def test_selectors_ignore_row_order_and_skip_invalid(spec, shuffler):
         if name in ("logprob", "logprob_mean") and has_valid:
             assert not (math.isnan(picked["logprob"]) or picked["logprob"] == math.inf)
     assert pool[select("oracle", pool)]["correct"] == any(r["correct"] for r in pool)
+
+
+conf_values = st.sampled_from([None, math.nan, math.inf, -1.0, 0.5, 0.5, 2.0, 3.0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(lp_values, st.sampled_from([None, "a", "b"]), st.booleans(), conf_values, conf_values,
+                          st.booleans()), min_size=1, max_size=7), st.randoms(use_true_random=False))
+def test_every_selector_ignores_row_order_and_never_picks_a_stopped_sample(spec, shuffler):
+    pool = [{**row(i, lp, ans, ok, finish_reason="early_stop" if stop else "eos"), "self_certainty": sc,
+             "conf_lowest_group": lg, "conf_bottom10": lg, "conf_tail": sc}
+            for i, (lp, ans, ok, sc, lg, stop) in enumerate(spec)]
+    shuffled = pool[:]
+    shuffler.shuffle(shuffled)
+    any_live = any(r["finish_reason"] != "early_stop" for r in pool)
+    for name in SELECTORS:
+        if name == "random":
+            continue
+        picked = pool[select(name, pool)]
+        assert shuffled[select(name, shuffled)]["index"] == picked["index"], name
+        assert picked["finish_reason"] != "early_stop" or not any_live, name
+    rng = np.random.default_rng(0)
+    assert all(pool[select("random", pool, rng)]["finish_reason"] != "early_stop" or not any_live
+               for _ in range(5))
+
+
+def test_existing_selectors_ignore_the_confidence_fields():
+    """Rows with confidence fields and without: the paper's selectors pick the same samples."""
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        pool = [row(i, float(rng.normal()), answer=str(rng.integers(3)), correct=bool(rng.random() < 0.5),
+                    num_tokens=int(rng.integers(1, 9))) for i in range(6)]
+        with_conf = [{**r, "self_certainty": float(rng.normal()), "conf_lowest_group": float(rng.normal()),
+                      "conf_bottom10": None, "conf_tail": 1.0} for r in pool]
+        for name in ("logprob", "logprob_mean", "majority", "oracle"):
+            assert select(name, pool) == select(name, with_conf)
+        assert select("random", pool, np.random.default_rng(3)) == select("random", with_conf, np.random.default_rng(3))

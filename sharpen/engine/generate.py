@@ -39,9 +39,10 @@ import torch
 
 from ..errors import SharpenError
 from .arch import causal_lm
+from .confidence import DEFAULT_WINDOW, lowest_group
 from .decoder import make_decoder
 from .models import sampling_dtype
-from .sampler import draw, key_hash, uniforms
+from .sampler import TOKEN_STATS, draw, key_hash, token_stats, uniforms
 
 # Bound on |bf16 engine log-prob - fp32 score| per token: 0.33 was the largest of 768 tokens on the embedded model.
 MEASURED_BF16_TOLERANCE = 0.5
@@ -55,10 +56,37 @@ class Sample:
     token_logprobs: list[float]  # raw temperature-1 log-probs of token_ids
     logprob: float  # their sum: the self-reward r_self (Eq. 2)
     finish_reason: str  # "eos" | "stop" | "length" | "invalid" (NaN/inf log-prob: logprob is NaN)
+    # Per token of token_ids, from the raw distribution it was drawn from (sampler.token_stats): "entropy",
+    # "kl_uniform" (self-certainty term), "confidence" (DeepConf top-k); None when not recorded.
+    token_stats: dict[str, list[float]] | None = None
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Online early stopping of low-confidence samples (DeepConf-online, Fu et al. 2025, arXiv 2508.15260).
+
+    The first `warmup` samples of a prompt run in full; the threshold is the (1 - keep) quantile of their lowest
+    group confidence (the least confident window of `window` tokens, DeepConf's token confidence averaged over
+    the window). A later sample stops at the first full window whose confidence falls below it, with
+    finish_reason "early_stop"; votes then ignore it. A prompt's later samples start only once its warm-up has
+    finished, so whether a sample stops depends on its own tokens and the warm-up alone, never on the batch.
+    """
+
+    warmup: int = 8
+    keep: float = 0.9  # DeepConf's eta: the share of warm-up traces above the threshold
+    window: int = DEFAULT_WINDOW
+
+    def threshold(self, lowest_groups: Sequence[float]) -> float:
+        vals = sorted(v for v in lowest_groups if math.isfinite(v))
+        if not vals:
+            return -math.inf
+        q = (1.0 - self.keep) * (len(vals) - 1)  # linear interpolation between order statistics
+        lo = math.floor(q)
+        return vals[lo] + (vals[min(lo + 1, len(vals) - 1)] - vals[lo]) * (q - lo)
 
 
 def encode_prompts(model: Any, prompts: Sequence[str]) -> list[list[int]]:
@@ -70,17 +98,23 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            temperature: float = 1.0, seed: int = 0, stop: list[str] | None = None,
            keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str | None = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
-           backend: str = "auto") -> list[list[Sample]]:
+           backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None
+           ) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
     naming its random stream (default: a hash of its token ids). dtype: compute dtype (default the model's;
     "auto" picks bfloat16 for an fp32 model where the CPU has AVX-512 BF16 or AMX, or on a GPU). max_rows:
     rows decoded together (default from a memory budget). backend: "auto" (fast path when the architecture
-    is supported), "fast" or "hf".
+    is supported), "fast" or "hf". stats: record each token's entropy, self-certainty term and DeepConf
+    confidence (`Sample.token_stats`; sampler.token_stats), computed from the logits the token was drawn from.
+    early_stop: stop low-confidence samples once each prompt's warm-up has set a threshold (EarlyStop; needs
+    stats).
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
+    if early_stop is not None and not stats:
+        raise SharpenError("early stopping needs the per-token statistics: leave stats on")
     if temperature < 0 or not math.isfinite(temperature):
         raise SharpenError(f"temperature {temperature} must be >= 0 (0 means greedy)")
     ids = _prompt_ids(model, prompts)
@@ -99,7 +133,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device)
             decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
-                         eos, stops, progress)
+                         eos, stops, progress, stats, early_stop)
             return loop.run()
     finally:
         module.train(was_training)
@@ -134,10 +168,13 @@ class _Loop:
     """
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
-                 progress: bool | str | None) -> None:
+                 progress: bool | str | None, stats: bool = True, early: EarlyStop | None = None) -> None:
         self.dec, self.tok, self.ids, self.key_ids = decoder, tokenizer, ids, key_ids
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
-        self.eos, self.stops = eos, stops
+        self.eos, self.stops, self.stats = eos, stops, stats
+        self.early = early if early is not None and early.warmup < n else None
+        self.warm: list[list[float]] = [[] for _ in ids]  # lowest group confidence of finished warm-up samples
+        self.threshold: list[float | None] = [None] * len(ids)
         self.stop_window = max((len(s) for s in stops), default=0) + 8  # tokens decoded for the stop check
         self.B, self.S = decoder.rows, decoder.slots
         self.queue = deque(range(len(ids)))
@@ -148,6 +185,7 @@ class _Loop:
         self.row_slot = [-1] * self.B
         self.row_tokens: list[list[int]] = [[] for _ in range(self.B)]
         self.row_lps: list[list[float]] = [[] for _ in range(self.B)]
+        self.row_stats: list[list[tuple[float, ...]]] = [[] for _ in range(self.B)]
         self.results: list[list[Sample | None]] = [[None] * n for _ in ids]
         dev = decoder.device
         self.keys_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) prompt-key hash per row
@@ -166,12 +204,27 @@ class _Loop:
         self._assign(list(range(self.B)))
         logits = self.dec.start_logits()  # (B, V)
         work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # reused by every draw
+        # fp32 rows for the statistics of non-fp32 logits, reused by every step (sampler.token_stats)
+        stats_buf = (torch.empty(min(16, logits.shape[0]), logits.shape[1], dtype=torch.float32,
+                                 device=logits.device) if self.stats and logits.dtype != torch.float32 else None)
         while True:
             u = uniforms(self.seed, self.keys_t, self.index_t, self.step_t) if self.temperature > 0 else None
             tok, lp = draw(logits, self.temperature, u, work)  # (B,), (B,)
+            # (B, 3) from the same raw logits; at temperature 0 and 1 `work` holds their softmax already
+            parts = [tok[:, None].double(), lp[:, None].double()]
+            if self.stats:
+                p = work if self.temperature in (0.0, 1.0) else None
+                parts.append(token_stats(logits, p, buf=stats_buf).double())
             self.step_t += 1
-            tok_l, lp_l = tok.tolist(), lp.tolist()  # the one host sync per step
+            # The one host sync per step (float64 holds token ids and fp32 log-probs exactly).
+            step = torch.cat(parts, dim=1).tolist()
+            tok_l, lp_l = [int(r[0]) for r in step], [r[1] for r in step]
+            for r in range(self.B) if self.stats else ():
+                if self.row[r] is not None:
+                    self.row_stats[r].append(tuple(step[r][2:]))
             finished = [r for r in range(self.B) if self.row[r] is not None and self._append(r, tok_l, lp_l)]
+            if self.early is not None:  # rows left idle while a warm-up ran can start now
+                finished = [r for r in range(self.B) if self.row[r] is None]
             fresh = self._assign(finished) if finished else []
             busy = [r for r in range(self.B) if self.row[r] is not None]
             if not busy:
@@ -202,7 +255,17 @@ class _Loop:
             return self._finish(r, "stop")
         if len(self.row_tokens[r]) >= self.max_new:
             return self._finish(r, "length")
+        if self.early is not None and self._below_threshold(r):
+            return self._finish(r, "early_stop")
         return False
+
+    def _below_threshold(self, r: int) -> bool:
+        """DeepConf-online: the last full window of this (post-warm-up) sample is below its prompt's threshold."""
+        p, i = self.row[r]  # type: ignore[misc]
+        t, w = self.threshold[p], self.early.window  # type: ignore[union-attr]
+        if i < self.early.warmup or t is None or len(self.row_stats[r]) < w:  # type: ignore[union-attr]
+            return False
+        return sum(st[2] for st in self.row_stats[r][-w:]) / w < t
 
     def _stop_hit(self, tokens: list[int]) -> bool:
         tail = self.tok.decode(tokens[-self.stop_window:], skip_special_tokens=True)
@@ -217,8 +280,14 @@ class _Loop:
         else:
             text = self.tok.decode(tokens[:-1] if reason == "eos" else tokens, skip_special_tokens=True)
         logprob = math.nan if reason == "invalid" else math.fsum(lps)
+        stats = ({name: [float(t[j]) for t in self.row_stats[r]] for j, name in enumerate(TOKEN_STATS)}
+                 if self.stats else None)
         self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=logprob,
-                                    finish_reason=reason)
+                                    finish_reason=reason, token_stats=stats)
+        if self.early is not None and i < self.early.warmup:
+            self.warm[p].append(lowest_group(stats["confidence"], self.early.window))  # type: ignore[index]
+            if len(self.warm[p]) == self.early.warmup:
+                self.threshold[p] = self.early.threshold(self.warm[p])
         self.row[r] = None
         self.slot_rows[self.row_slot[r]] -= 1
         self.row_slot[r] = -1
@@ -243,7 +312,7 @@ class _Loop:
             self.next_index[p] += 1
             self.row[r], self.row_slot[r] = (p, i), s
             self.slot_rows[s] += 1
-            self.row_tokens[r], self.row_lps[r] = [], []
+            self.row_tokens[r], self.row_lps[r], self.row_stats[r] = [], [], []
             fresh.append(r)
         idle = [r for r in free if self.row[r] is None]
         dev = self.dec.device
@@ -263,9 +332,14 @@ class _Loop:
         """The loaded prompt with samples left and the fewest rows (keeps the slot groups balanced)."""
         best = None
         for s, p in enumerate(self.slot_prompt):
-            if p >= 0 and self.next_index[p] < self.n and (best is None or self.slot_rows[s] < self.slot_rows[best]):
+            if p >= 0 and self.next_index[p] < self.n and self._may_start(p) and (
+                    best is None or self.slot_rows[s] < self.slot_rows[best]):
                 best = s
         return best
+
+    def _may_start(self, p: int) -> bool:
+        """With early stopping, a prompt's samples after the warm-up wait for its threshold."""
+        return self.early is None or self.next_index[p] < self.early.warmup or self.threshold[p] is not None
 
     def _load_prompts(self) -> bool:
         """Prefill queued prompts into every free slot (no rows, no samples left); False if none loaded."""

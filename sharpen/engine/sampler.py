@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from .confidence import DEFAULT_TOP_K
+
 _M32 = 0xFFFFFFFF
 
 
@@ -99,6 +101,53 @@ def draw(logits: Tensor, temperature: float, u: Tensor | None, work: Tensor | No
             return tok, shift + p_max.log()
         p = _softmax_into(logits, work)
     return tok, p.gather(-1, tok[:, None]).squeeze(-1).log()
+
+
+TOP_K = DEFAULT_TOP_K  # DeepConf's token confidence averages the log-probs of the k most likely tokens
+TOKEN_STATS = ("entropy", "kl_uniform", "confidence")
+
+
+def token_stats(logits: Tensor, p: Tensor | None = None, k: int = TOP_K, buf: Tensor | None = None) -> Tensor:
+    """Per-row statistics of the raw temperature-1 distribution p = softmax(logits): (B, V) -> (B, 3) fp32.
+
+    Columns (TOKEN_STATS): the entropy H(p); KL(U || p) = -log V - mean_v log p(v), the self-certainty term of
+    Kang et al. 2025 (arXiv 2502.18581); and DeepConf's token confidence -(1/k) sum_{top k} log p(v) (Fu et al.
+    2025, arXiv 2508.15260). `p`: the fp32 softmax of these logits if the caller has it (`draw` leaves it in
+    its work buffer at temperature 0 and 1), which saves a pass. With log p = x - lse:
+    H = lse - sum p x, KL = lse - mean x - log V, confidence = lse - mean of the top-k x.
+    Non-fp32 logits are converted a block of rows at a time into `buf` (rows, V) fp32, reused across calls:
+    a fresh (B, V) fp32 copy per step would cost page faults on every step.
+    """
+    B, V = logits.shape
+    if buf is None and logits.dtype != torch.float32:
+        buf = torch.empty(min(B, 16), V, dtype=torch.float32, device=logits.device)
+    rows = B if buf is None else buf.shape[0]
+    out = torch.empty(B, 3, dtype=torch.float32, device=logits.device)
+    for s in range(0, B, rows):
+        x = logits[s:s + rows]
+        xf = x if buf is None else buf[:x.shape[0]].copy_(x)  # (b, V) fp32
+        ps = torch.softmax(xf, dim=-1) if p is None else p[s:s + rows]
+        lse = xf.amax(-1) - ps.amax(-1).log()  # p_max = exp(max x - lse)
+        out[s:s + rows, 0] = lse - torch.einsum("bv,bv->b", ps, xf)
+        out[s:s + rows, 1] = lse - xf.mean(-1) - math.log(V)
+        out[s:s + rows, 2] = lse - _top_k(xf, k).mean(-1)
+    return out
+
+
+def _top_k(x: Tensor, k: int) -> Tensor:
+    """The k largest values per row of x (b, V), exactly: the top k lie in the k blocks with the largest
+    maxima, so a full-vocabulary topk is replaced by a max per block and a topk over k blocks."""
+    b, V = x.shape
+    bs = max(1, math.isqrt(V))
+    nb = V // bs
+    if nb < 2 * k:
+        return x.topk(min(k, V), dim=-1).values
+    blocks = x[:, :nb * bs].reshape(b, nb, bs)
+    best = blocks.amax(-1).topk(k, dim=-1).indices  # (b, k)
+    cand = blocks.gather(1, best[:, :, None].expand(-1, -1, bs)).reshape(b, k * bs)
+    if nb * bs < V:
+        cand = torch.cat([cand, x[:, nb * bs:]], dim=1)  # the short last block is always a candidate
+    return cand.topk(k, dim=-1).values
 
 
 def _need(u: Tensor | None) -> Tensor:

@@ -46,6 +46,7 @@ def write_report(run_dir: Path) -> Path:
         "accuracy_vs_n.png": plot_accuracy_vs_n(summary),
         "logprob_hist.png": plot_logprob_hist(samples, summary),
         "selected_logprob_vs_n.png": plot_selected_logprob(summary),
+        **({"accuracy_vs_tokens.png": plot_accuracy_vs_tokens(summary)} if _has_budgets(summary) else {}),
     }
     for name, fig in plots.items():
         save_png(fig, run_dir / name)
@@ -81,15 +82,16 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
         if all(pci.get(str(k)) for k in ks):
             ax.fill_between(ks, [100 * pci[str(k)][0] for k in ks], [100 * pci[str(k)][1] for k in ks],
                             color="tab:purple", alpha=0.12)
-    for name, by_n in summary["selectors"].items():
-        if name == "oracle" and ks:
-            continue  # oracle at N is pass@N, drawn above for every k
+    shown = [name for name in summary["selectors"] if not (name == "oracle" and ks)]  # oracle at N is pass@N
+    for i, name in enumerate(shown):
+        by_n = summary["selectors"][name]
+        xs = [k * 1.04 ** (i - (len(shown) - 1) / 2) for k in ns]  # side by side, so the intervals stay readable
         mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
         cis = [by_n[str(k)].get("accuracy_ci") for k in ns]
         err = ([[m - 100 * c[0] for m, c in zip(mean, cis, strict=True)],
                 [100 * c[1] - m for m, c in zip(mean, cis, strict=True)]] if all(cis)
                else [100 * by_n[str(k)]["accuracy_std"] for k in ns])  # older runs: spread over seeds
-        ax.errorbar(ns, mean, yerr=err, marker="o", ms=4, capsize=3, label=name, color=_color(name),
+        ax.errorbar(xs, mean, yerr=err, marker="o", ms=4, capsize=3, label=name, color=_color(name),
                     linestyle="--" if name == "oracle" else "-")
     g = summary.get("greedy")
     if g:
@@ -104,6 +106,37 @@ def plot_accuracy_vs_n(summary: Mapping[str, Any]) -> Any:
     ax.set_title(f"{_title(summary)}: accuracy vs N ({summary['num_prompts']} prompts, 95% intervals)",
                  fontsize=10)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _has_budgets(summary: Mapping[str, Any]) -> bool:
+    return all("response_tokens_per_prompt" in st for by_n in summary["selectors"].values() for st in by_n.values())
+
+
+def plot_accuracy_vs_tokens(summary: Mapping[str, Any]) -> Any:
+    """(d) Accuracy against the response tokens spent per prompt (sampling N, early-stopped samples counted as
+    far as they ran), each selector at every N with its 95% interval; greedy as a point."""
+    ns = _ns(summary)
+    fig = figure()
+    ax = fig.add_subplot()
+    for name, by_n in summary["selectors"].items():
+        xs = [by_n[str(k)]["response_tokens_per_prompt"] for k in ns]
+        mean = [100 * by_n[str(k)]["accuracy_mean"] for k in ns]
+        cis = [by_n[str(k)].get("accuracy_ci") for k in ns]
+        err = ([[m - 100 * c[0] for m, c in zip(mean, cis, strict=True)],
+                [100 * c[1] - m for m, c in zip(mean, cis, strict=True)]] if all(cis) else None)
+        ax.errorbar(xs, mean, yerr=err, marker="o", ms=3, capsize=2, label=name, color=_color(name),
+                    linestyle="--" if name == "oracle" else "-", alpha=0.85)
+    g = summary.get("greedy") or {}
+    if g.get("response_tokens_per_prompt") is not None:
+        ax.plot([g["response_tokens_per_prompt"]], [100 * g["accuracy"]], "k*", ms=10, label="greedy")
+    ax.set_xscale("log")
+    ax.set_xlabel("response tokens per prompt")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{_title(summary)}: accuracy vs tokens"
+                 + (" (early stopping on)" if summary.get("early_stop") else ""), fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
     return fig
 
 
@@ -329,6 +362,8 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         "",
         *_auroc_lines(summary),
         "",
+        *(["## Accuracy vs tokens", "", "![accuracy vs tokens](accuracy_vs_tokens.png)", ""]
+          if _has_budgets(summary) else []),
         "## Self-reward of the selected response",
         "",
         "![selected log-prob vs N](selected_logprob_vs_n.png)",
@@ -361,7 +396,8 @@ def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
     n = ns[-1] if n is None else int(n)
     if n not in ns:
         raise SharpenError(f"N={n} was not evaluated: choose one of {ns}")
-    head = (f"{'selector':<14}{'accuracy % [95% CI]':>22}{'vs greedy, points':>26}{'lift':>9}{'mean logprob':>14}"
+    w = max(14, *(len(k) + 2 for k in summary["selectors"]))
+    head = (f"{'selector':<{w}}{'accuracy % [95% CI]':>22}{'vs greedy, points':>26}{'lift':>9}{'mean logprob':>14}"
             f"{'tokens':>9}")
     lines = [f"N = {n}   prompts = {summary['num_prompts']}   seeds = {summary['seeds']}", head,
              "-" * len(head)]
@@ -371,12 +407,12 @@ def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
 
     g = summary.get("greedy")
     if g:
-        lines.append(f"{'greedy':<14}{fmt_acc(g['accuracy'], g.get('accuracy_ci')):>22}{'':>26}{'':>9}"
+        lines.append(f"{'greedy':<{w}}{fmt_acc(g['accuracy'], g.get('accuracy_ci')):>22}{'':>26}{'':>9}"
                      f"{num(g['mean_logprob'], '.2f'):>14}{g['mean_num_tokens']:>9.1f}")
     for name, by_n in summary["selectors"].items():
         st = by_n[str(n)]
         lift = "n/a" if st["lift_pct_mean"] is None else f"{st['lift_pct_mean']:+.1f}%"
-        lines.append(f"{name:<14}{fmt_acc(st['accuracy_mean'], st.get('accuracy_ci')):>22}"
+        lines.append(f"{name:<{w}}{fmt_acc(st['accuracy_mean'], st.get('accuracy_ci')):>22}"
                      f"{fmt_diff(st.get('vs_greedy')):>26}{lift:>9}{num(st['mean_logprob'], '.2f'):>14}"
                      f"{st['mean_num_tokens']:>9.1f}")
     return "\n".join(lines + label_console(summary.get("labels")))

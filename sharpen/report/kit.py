@@ -135,7 +135,7 @@ def label_console(labels: Mapping[str, Any] | None) -> list[str]:
     base = labels["majority_baseline"]
     out = [f"always '{base['label']}' (majority label): {fmt_pct(base['accuracy'])}%   balanced accuracy / answer "
            "rate, % (! = does not beat the majority label):"]
-    out += [f"  {name:<22}{fmt_pct(st['balanced_accuracy']):>7}{fmt_pct(st['answer_rate']):>8}"
+    out += [f"  {name:<24}{fmt_pct(st['balanced_accuracy']):>7}{fmt_pct(st['answer_rate']):>8}"
             f"{'' if st['beats_majority_baseline'] else '  !'}" for name, st in labels.get("policies", {}).items()]
     return out
 

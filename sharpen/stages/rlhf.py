@@ -264,7 +264,7 @@ def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoC
     def draw(chunk: list[dict]) -> list[dict]:
         drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
                        seed=round_seed(seed, t), stop=task.stops(cfg.chat), keys=[p["id"] for p in chunk],
-                       dtype=cfg.sample_dtype)
+                       dtype=cfg.sample_dtype, stats=False)
         pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
                  for p, ss in zip(chunk, drawn, strict=True)
                  for j, y in enumerate(sample_rows(task, by_id[p["id"]], ss))]

@@ -1,0 +1,95 @@
+"""Per-token statistics recorded while sampling, and online early stopping (DeepConf-online)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpen.engine.confidence import lowest_group
+from sharpen.engine.generate import EarlyStop, sample
+from sharpen.engine.models import tiny_model
+from sharpen.engine.sampler import token_stats
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_token_stats_closed_forms():
+    V = 1000
+    uniform = torch.zeros(1, V)
+    h, kl, conf = token_stats(uniform)[0].tolist()
+    assert h == pytest.approx(math.log(V), abs=1e-4) and kl == pytest.approx(0.0, abs=1e-4)
+    assert conf == pytest.approx(math.log(V), abs=1e-4)  # every top-k log-prob is -log V
+    peaked = torch.full((1, V), -30.0)
+    peaked[0, 7] = 0.0  # nearly one-hot
+    h, kl, conf = token_stats(peaked)[0].tolist()
+    lp = torch.log_softmax(peaked.double(), -1)[0]
+    assert h == pytest.approx(float(-(lp.exp() * lp).sum()), abs=1e-4)
+    assert kl == pytest.approx(float(-math.log(V) - lp.mean()), rel=1e-5)  # about 30 - log V
+    assert conf == pytest.approx(float(-lp.topk(20).values.mean()), rel=1e-5)
+
+
+def test_token_stats_reuses_the_softmax_and_matches_a_full_topk():
+    x = torch.randn(5, 70_000) * 4
+    ref = token_stats(x, p=None)
+    assert torch.allclose(token_stats(x, p=torch.softmax(x, -1)), ref, atol=1e-4)
+    lp = torch.log_softmax(x.double(), -1)
+    assert torch.allclose(ref[:, 2].double(), -lp.topk(20, -1).values.mean(-1), atol=1e-4)
+
+
+def test_recorded_stats_equal_the_teacher_forced_ones():
+    model = tiny_model()
+    prompt = [1, 40, 41, 42]
+    s = sample(model, [prompt], n=1, max_new_tokens=12, seed=3, dtype="float32")[0][0]
+    assert set(s.token_stats) == {"entropy", "kl_uniform", "confidence"}
+    assert all(len(v) == len(s.token_ids) for v in s.token_stats.values())
+    ids = torch.tensor([prompt + s.token_ids])
+    with torch.no_grad():
+        logits = model.module(ids).logits[0, len(prompt) - 1:-1]  # (T, V): the distributions drawn from
+    ref = token_stats(logits)
+    got = torch.tensor([s.token_stats["entropy"], s.token_stats["kl_uniform"], s.token_stats["confidence"]]).T
+    assert torch.allclose(got, ref, atol=1e-4)
+    assert sample(model, [prompt], n=1, max_new_tokens=4, seed=3, stats=False)[0][0].token_stats is None
+
+
+def test_lowest_group_and_threshold_by_hand():
+    assert lowest_group([3.0, 1.0, 2.0, 5.0], 2) == 1.5  # windows 2.0, 1.5, 3.5
+    assert lowest_group([2.0, 4.0], 8) == 3.0  # shorter than the window: one group
+    assert math.isnan(lowest_group([], 4))
+    es = EarlyStop(warmup=5, keep=0.75)
+    assert es.threshold([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0  # the 25% quantile: 3 of 4 gaps above
+    assert EarlyStop(keep=1.0).threshold([4.0, 2.0]) == 2.0
+
+
+def test_early_stop_cuts_only_low_confidence_samples_and_leaves_the_rest_unchanged():
+    model = tiny_model(seed=1)
+    prompts = [[1, 50, 51], [1, 60, 61, 62]]
+    kw = dict(n=8, max_new_tokens=24, seed=5, dtype="float32", max_rows=1, ignore_eos=True)
+    full = sample(model, prompts, **kw)
+    es = EarlyStop(warmup=3, keep=0.5, window=4)
+    cut = sample(model, prompts, early_stop=es, **kw)
+    stopped = 0
+    for p in range(len(prompts)):
+        warm = [lowest_group(full[p][i].token_stats["confidence"], es.window) for i in range(es.warmup)]
+        t = es.threshold(warm)
+        for i, (a, b) in enumerate(zip(full[p], cut[p], strict=True)):
+            if b.finish_reason != "early_stop":  # untouched: byte-identical to the run without early stopping
+                assert (b.token_ids, b.token_logprobs, b.finish_reason, b.text) == (
+                    a.token_ids, a.token_logprobs, a.finish_reason, a.text)
+                continue
+            stopped += 1
+            assert i >= es.warmup  # warm-up samples always run in full
+            L = len(b.token_ids)  # the same stream, cut where its last window fell below the threshold
+            assert b.token_ids == a.token_ids[:L] and L >= es.window
+            conf, w = b.token_stats["confidence"], es.window
+            assert sum(conf[-w:]) / w < t  # stopped at the first full window below the threshold, not later
+            assert all(sum(conf[k - w:k]) / w >= t for k in range(w, L))
+            assert b.logprob == pytest.approx(math.fsum(a.token_logprobs[:L]))
+    assert stopped > 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import SharpenError
 from .rows import complete_pools, finite_mean
-from .selection import CONFIDENCE_FIELDS, SELECTORS, Pool, as_float, select
+from .selection import CONFIDENCE_FIELDS, SELECTORS, Pool, adaptive_majority, as_float, select
 from .stats import (
     auroc,
     auroc_within_prompt,
@@ -244,10 +244,30 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
         "likelihood_vs_correctness": _likelihood_vs_correctness(pools),
         "pass_at_k_ci": {str(k): _ci(v) for k, v in per_prompt_pass.items()},
         "self_reward_auroc": _self_reward_auroc(pools, present),
+        "adaptive_majority": _adaptive(pools, by_n[str(n)]["majority"] if str(n) in by_n else None),
         **({"labels": label_controls([gold[i] for i in ids],
                                      {"greedy": [g_rows[i].get("answer") if i in g_rows else None for i in ids],
                                       **picks[ns[-1]]}, labels)} if gold is not None and labels else {}),
     }
+
+
+def _adaptive(pools: list[Pool], majority_at_n: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Majority vote with adaptive N (selection.adaptive_majority) over each full pool: accuracy with its interval,
+    samples and response tokens spent per prompt, and the share of the tokens of sampling all n."""
+    correct, used, tokens, full = [], [], [], []
+    for pool in pools:
+        pos, k = adaptive_majority(pool)
+        first = np.argsort(pool.index, kind="stable")[:k]
+        correct.append(float(pool.correct[pos]))
+        used.append(k)
+        tokens.append(float(pool.num_tokens[first].sum()))
+        full.append(float(pool.num_tokens.sum()))
+    out = {"accuracy": float(np.mean(correct)), "accuracy_ci": _ci(correct),
+           "samples_per_prompt": float(np.mean(used)), "response_tokens_per_prompt": float(np.mean(tokens)),
+           "token_share": float(np.sum(tokens) / max(np.sum(full), 1.0))}
+    if majority_at_n is not None:
+        out["majority_accuracy"] = majority_at_n["accuracy_mean"]
+    return out
 
 
 def _self_reward_auroc(pools: list[Pool], fields: Iterable[str] = ()) -> dict[str, dict[str, Any]]:

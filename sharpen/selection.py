@@ -401,3 +401,26 @@ def select(name: str, pool: PoolLike, rng: np.random.Generator | None = None) ->
     if name not in SELECTORS:
         raise SharpenError(f"unknown selector {name!r}: choose one of {', '.join(SELECTORS)}")
     return SELECTORS[name].pick(_as_pool(pool), rng)
+
+
+def adaptive_majority(pool: PoolLike) -> tuple[int, int]:
+    """Adaptive N for majority vote: read the samples in index order and stop at the first k where the leading
+    answer cannot be overtaken by the samples left (its count exceeds the runner-up's plus the m - k unread ones);
+    returns (the majority pick among the first k, k). The leader then wins the full pool too, strictly, so the
+    answer never differs from `majority` over all m; since sample i is the same whenever it is drawn
+    (counter-based streams), k is what sampling one at a time and stopping would spend.
+    """
+    p = _as_pool(pool)
+    order = np.argsort(p.index, kind="stable")
+    counts: Counter[str] = Counter()
+    m = len(order)
+    for k, pos in enumerate(order, 1):
+        a = p.answer[pos]
+        if a is not None and not p.stopped[pos] and p.valid[pos]:
+            counts[a] += 1
+        top = counts.most_common(2)
+        lead, second = (top[0][1] if top else 0), (top[1][1] if len(top) > 1 else 0)
+        if lead > second + (m - k) or k == m:
+            first = np.sort(order[:k])
+            return int(first[select_majority(p.take(first))]), k
+    raise AssertionError("unreachable")

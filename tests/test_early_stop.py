@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,36 @@ def test_early_stop_cuts_only_low_confidence_samples_and_leaves_the_rest_unchang
             assert all(sum(conf[k - w:k]) / w >= t for k in range(w, L))
             assert b.logprob == pytest.approx(math.fsum(a.token_logprobs[:L]))
     assert stopped > 0
+
+
+# ---- adaptive N ------------------------------------------------------------------------------------------
+
+def _pool(answers, logprobs=None):
+    from sharpen.selection import Pool
+
+    rows = [{"index": i, "logprob": (logprobs or [-1.0] * len(answers))[i], "num_tokens": 3, "answer": a,
+             "correct": a == "x", "finish_reason": "eos"} for i, a in enumerate(answers)]
+    return Pool.from_rows(rows)
+
+
+def test_adaptive_majority_stops_when_the_leader_cannot_be_overtaken():
+    from sharpen.selection import adaptive_majority
+
+    pos, k = adaptive_majority(_pool(["x", "x", "x", "x", "y", "z"]))  # after 3: 3 > 0 + 3 left? no; after 4: 4 > 2
+    assert k == 4 and pos in (0, 1, 2, 3)
+    assert adaptive_majority(_pool(["x", "x", "x", "y", "y", "z"]))[1] == 6  # 3 > 1 + 2 never holds
+    assert adaptive_majority(_pool(["x", "y", "x", "y"]))[1] == 4  # a tie is never decided early
+    assert adaptive_majority(_pool([None, None, "x"]))[1] == 3
+
+
+def test_adaptive_majority_never_changes_the_winner():
+    from sharpen.selection import adaptive_majority, select_majority
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        m = int(rng.integers(1, 12))
+        answers = [None if u < 0.15 else "abc"[int(u * 10) % 3] for u in rng.random(m)]
+        pool = _pool(answers, [float(v) for v in -rng.random(m) * 10])
+        pos, k = adaptive_majority(pool)
+        full = select_majority(pool)
+        assert 1 <= k <= m and pool.answer[pos] == pool.answer[full]

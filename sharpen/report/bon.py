@@ -343,6 +343,8 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
         "subsampling seeds whose pick is correct); 'vs greedy' is the paired difference on the same prompts, "
         "starred when its interval excludes zero.",
         "",
+        *[line + "." for line in _adaptive_lines(summary)],
+        "",
         *label_lines(summary.get("labels")),
         "",
         "## Accuracy vs N",
@@ -415,4 +417,13 @@ def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
         lines.append(f"{name:<{w}}{fmt_acc(st['accuracy_mean'], st.get('accuracy_ci')):>22}"
                      f"{fmt_diff(st.get('vs_greedy')):>26}{lift:>9}{num(st['mean_logprob'], '.2f'):>14}"
                      f"{st['mean_num_tokens']:>9.1f}")
-    return "\n".join(lines + label_console(summary.get("labels")))
+    return "\n".join(lines + _adaptive_lines(summary) + label_console(summary.get("labels")))
+
+
+def _adaptive_lines(summary: Mapping[str, Any]) -> list[str]:
+    a = summary.get("adaptive_majority")
+    if not a:
+        return []
+    return [f"majority with adaptive N (stop once the leading answer cannot be overtaken): "
+            f"{fmt_acc(a['accuracy'], a.get('accuracy_ci'))}% with {a['samples_per_prompt']:.1f} of {summary['n']} "
+            f"samples per prompt, {100 * a['token_share']:.0f}% of the response tokens"]

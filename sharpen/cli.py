@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import BonConfig, DpoConfig, EvalConfig, SftConfig, TrainConfig, XpoConfig
+from .config import PREFERENCE_LR, SFT_LR, BonConfig, DpoConfig, EvalConfig, SftConfig, TrainConfig, XpoConfig
 from .errors import SharpenError
 from .report import rlhf as rlhf_report
 from .report import sft as sft_report
@@ -35,8 +35,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One --option per dataclass field, with the field's default and help: defaults are stated once."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any] | None = None) -> None:
+    """One --option per dataclass field, with the field's default and help: defaults are stated once (`defaults`:
+    a stage's own value for a shared field, such as the learning rate)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -49,7 +50,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if isinstance(kind, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         parser.add_argument(flag, type=kind, default=default,
                             help=f"{help_} (default: {default})" if default is not None else help_)
 
@@ -148,7 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_sft(p: argparse.ArgumentParser) -> None:
     add_config_args(p, SftConfig)
-    add_config_args(p, TrainConfig)
+    add_config_args(p, TrainConfig, {"lr": SFT_LR})
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
@@ -197,12 +198,12 @@ def _cmd_rlhf(args: argparse.Namespace) -> int:
 
 def _add_dpo(p: argparse.ArgumentParser) -> None:
     add_config_args(p, DpoConfig)
-    add_config_args(p, TrainConfig)
+    add_config_args(p, TrainConfig, {"lr": PREFERENCE_LR})
 
 
 def _add_xpo(p: argparse.ArgumentParser) -> None:
     add_config_args(p, XpoConfig)
-    add_config_args(p, TrainConfig)
+    add_config_args(p, TrainConfig, {"lr": PREFERENCE_LR})
 
 
 COMMANDS["dpo"] = ("RLHF-sharpening, offline: reward-based DPO (Eq. 4/8) on pairs of base samples", _add_dpo,

@@ -73,7 +73,7 @@ def test_stored_base_logprobs_are_the_policy_at_init_and_the_reference_after_tra
     by, by2 = (torch.tensor([p[k] for p in pairs]) for k in ("base_y", "base_y2"))
     assert abs(m["logratio_y"]) < 1e-4 and abs(m["logratio_y2"]) < 1e-4
     assert float(loss.detach()) == pytest.approx(float((by - by2).square().mean()), rel=1e-4)
-    cfg = TrainConfig(lr=3e-2, epochs=5, batch_size=3, lora_rank=4, clip=1.0, eval_every=100)
+    cfg = TrainConfig(lr=3e-2, warmup=0, epochs=5, batch_size=3, lora_rank=4, clip=1.0, eval_every=100)
     train(model, pairs, lambda mo, b: pair_loss(mo, b, kind="square", beta=0.1), cfg, tmp_path, progress=False)
     # The adapter moved the policy, but pi_base (adapter off) is untouched.
     _, m = pair_loss(model, pairs, kind="square", beta=0.1)
@@ -88,7 +88,7 @@ def test_dpo_loss_decreases_with_training(tmp_path, kind):
     pairs = _pairs(model)
     with torch.no_grad():
         before = float(pair_loss(model, pairs, kind=kind, beta=0.5)[0])
-    cfg = TrainConfig(lr=2e-2, epochs=15, batch_size=6, lora_rank=8, clip=1.0, eval_every=100)
+    cfg = TrainConfig(lr=2e-2, warmup=0, epochs=15, batch_size=6, lora_rank=8, clip=1.0, eval_every=100)
     train(model, pairs, lambda mo, b: pair_loss(mo, b, kind=kind, beta=0.5), cfg, tmp_path, progress=False)
     with torch.no_grad():
         after = float(pair_loss(model, pairs, kind=kind, beta=0.5)[0])

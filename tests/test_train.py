@@ -13,7 +13,7 @@ from sharpen.engine.models import tiny_model
 from sharpen.engine.scoring import collate, sequence_logprobs, token_logprobs
 from sharpen.errors import SharpenError
 from sharpen.stages.sft import sft_batch_loss
-from sharpen.train.loop import linear_decay, step_batches, train
+from sharpen.train.loop import linear_decay, schedule, step_batches, train, warmup_steps
 from sharpen.train.lora import attach_lora, load_adapter
 
 
@@ -191,6 +191,20 @@ def test_step_plan_covers_each_example_once_per_epoch_across_processes():
 
 def test_linear_decay_reaches_zero():
     assert [linear_decay(s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_warmup_then_decay():
+    assert [schedule(s, 6, 2) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [schedule(s, 4, 0) for s in range(4)] == [linear_decay(s, 4) for s in range(4)]  # the paper's
+    assert warmup_steps(_cfg(warmup=0.1), 50) == 5 and warmup_steps(_cfg(warmup=3), 50) == 3
+    assert warmup_steps(_cfg(warmup=0.0), 50) == 0
+
+
+def test_stage_default_learning_rates():
+    from sharpen.config import PREFERENCE_LR, SFT_LR
+
+    assert TrainConfig().lr is None and TrainConfig().with_lr(SFT_LR).lr == 3e-4
+    assert TrainConfig(lr=1e-3).with_lr(PREFERENCE_LR).lr == 1e-3  # an explicit --lr wins
 
 
 def test_bad_options_are_refused():

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import runs
-from ..config import DpoConfig, RlhfConfig, TrainConfig, XpoConfig
+from ..config import PREFERENCE_LR, DpoConfig, RlhfConfig, TrainConfig, XpoConfig
 from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
@@ -215,6 +215,7 @@ def _finish(out: Path, model: Model, cfg: Any, summary: dict, validation: dict) 
 
 def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
+    tcfg = tcfg.with_lr(PREFERENCE_LR)
     out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "dpo", progress)
     prompts, pools = pool.prompts, pool.pools
     # 3) Disjoint pairs of base samples, scored once under pi_base.
@@ -285,6 +286,7 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
 
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) online reward-based XPO (Algorithm 1); returns the summary also in DIR/summary.json."""
+    tcfg = tcfg.with_lr(PREFERENCE_LR)
     out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "xpo", progress)
     train_task = _train_task(cfg, pool.options)
     # 4) The base model on the held-out prompts; iterate 0 (pi_base) on the validation prompts.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import runs
-from ..config import SftConfig, TrainConfig
+from ..config import SFT_LR, SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..generation import base_pool, eval_rows, respond, validation_split
@@ -122,6 +122,7 @@ def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sha
 def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) SFT-sharpening; returns the summary also written to DIR/summary.json."""
     cfg.validate()
+    tcfg = tcfg.with_lr(SFT_LR)
     tcfg.validate()
     acc = accelerator()
     main = acc.is_main_process

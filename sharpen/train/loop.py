@@ -81,6 +81,19 @@ def total_steps(num_examples: int, cfg: TrainConfig, world: int = 1) -> int:
     return n if cfg.max_steps is None else min(n, cfg.max_steps)
 
 
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """Steps of linear warmup: --warmup as a share of `total` (below 1) or as a count."""
+    return min(total, round(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup))
+
+
+def schedule(step: int, total: int, warmup: int) -> float:
+    """LR multiplier of update `step` (0-based): (step + 1) / warmup during the warmup, then linear decay from 1
+    to 0 at `total` (App. A.3 without warmup). A warmup keeps SFT's 3e-4 from overshooting in the first steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return linear_decay(step - warmup, total - warmup)
+
+
 def linear_decay(step: int, total: int) -> float:
     """LR multiplier of update `step` (0-based): 1 at the first update, decaying linearly to 0 (App. A.3)."""
     return max(0.0, 1.0 - step / total)
@@ -173,9 +186,12 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     params = list(_trainable(module).values())
+    if cfg.lr is None:
+        raise SharpenError("no learning rate: pass --lr, or run through a stage, which sets its default")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = total_steps(len(dataset), cfg, world)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: linear_decay(s, total))
+    warm = warmup_steps(cfg, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total, warm))
     if cfg.gradient_checkpointing:
         module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     identity = {**cfg.identity(), "num_examples": len(dataset), "world": world}

@@ -12,7 +12,7 @@ from typing import Any
 
 from .engine.spec import DEFAULT_MODEL, DTYPES, SAMPLE_DTYPE_HELP
 from .errors import SharpenError
-from .selection import SELECTORS
+from .selection import REWARDS, SELECTORS
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -202,12 +202,14 @@ class SharpenConfig(RunConfig):
     train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's protocol)")
     from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
     eval_samples: int = opt(1, "temperature-1 samples per held-out prompt in the before/after evaluation")
+    valid_only: bool = opt(True, "train only on responses that ended (EOS or a stop string) and parse to an "
+                                 "answer: sft targets and dpo pairs; xpo gives the others --invalid-penalty")
     val_limit: int = opt(32, "validation prompts, on which the kept checkpoint is chosen: items of the task's train "
                              "split after the training prompts, never a training or an evaluated prompt")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
     IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "from_run", "eval_samples",
-                                     "val_limit")
+                                     "val_limit", "valid_only")
     POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit", "val_limit")
 
     @property
@@ -246,8 +248,13 @@ class RlhfConfig(SharpenConfig):
                             "pi_base^(1+1/beta), sharper as beta -> 0")
     eval_samples: int = opt(4, "temperature-1 samples per held-out prompt: sample accuracy and the J_beta "
                                "estimate that picks the kept adapter")
+    reward: str = opt("logprob", "the reward r(y) of the pair loss: logprob (the paper's r_self = log pi_base), "
+                                 "logprob_mean (per token), vote (log share of y's answer among the prompt's base "
+                                 "samples: amortizes majority vote) or self_certainty (Kang et al. 2025)")
+    invalid_penalty: float = opt(10.0, "xpo: nats taken off the reward of a response that did not end or has no "
+                                       "answer (as TRL's missing_eos_penalty)")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("beta",)
+    IDENTITY = SharpenConfig.IDENTITY + ("beta", "reward", "invalid_penalty")
 
     def validate(self) -> None:
         super().validate()
@@ -256,6 +263,10 @@ class RlhfConfig(SharpenConfig):
         if self.eval_samples < 1:
             raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
                                f"policy (got {self.eval_samples})")
+        if self.reward not in REWARDS:
+            raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(REWARDS)}")
+        if not (math.isfinite(self.invalid_penalty) and self.invalid_penalty >= 0):
+            raise SharpenError(f"--invalid-penalty must be >= 0 (got {self.invalid_penalty})")
 
 
 @dataclass

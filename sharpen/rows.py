@@ -31,6 +31,12 @@ def sample_rows(task: Any, item: Any, samples: Sequence[Any], start: int = 0) ->
     return rows
 
 
+def valid_target(row: Mapping[str, Any]) -> bool:
+    """A response that ended (EOS or a stop string) and parses to an answer: a sound training target. A truncated
+    or answer-less response would teach the model to ramble or to say nothing."""
+    return row["finish_reason"] in ("eos", "stop") and row.get("answer") is not None
+
+
 def counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Rows per prompt id."""
     out: dict[str, int] = {}

@@ -163,20 +163,56 @@ def _skip_stopped(fn: Callable[..., int]) -> Callable[..., int]:
     return wrapped
 
 
+def reward_logprob(p: Pool) -> np.ndarray:
+    """The self-reward of Eq. 2, log pi(y|x), of each sample."""
+    return p.logprob
+
+
+def reward_logprob_mean(p: Pool) -> np.ndarray:
+    """Length-normalized self-reward, log pi(y|x) / |y| (App. A.1)."""
+    with np.errstate(invalid="ignore"):  # NaN / inf stay invalid after the division
+        return p.logprob / np.maximum(p.num_tokens, 1)
+
+
+def vote_share(answers: Sequence[str | None], answer: str | None) -> float:
+    """log of `answer`'s share of the votes among `answers` (the prompt's samples): the answer-level reward that
+    amortizes majority vote (TTRL's majority reward, made graded). No answer, or an answer nobody else gave, gets
+    half a vote, so the reward stays finite."""
+    m = max(1, len(answers))
+    c = sum(a == answer for a in answers) if answer is not None else 0
+    return math.log(max(c, 0.5) / m)
+
+
+def reward_vote(p: Pool) -> np.ndarray:
+    """vote_share of each sample's answer within the pool."""
+    return np.array([vote_share(p.answer, a) for a in p.answer], dtype=np.float64)
+
+
+def reward_self_certainty(p: Pool) -> np.ndarray:
+    """Self-certainty, the mean KL(U || p_t) over the response's tokens (Kang et al. 2025, arXiv 2502.18581)."""
+    return p.self_certainty
+
+
+# Label-free rewards of one sample within its prompt's pool: the scores behind the selectors of the same name,
+# and the rewards `sharpen dpo` / `sharpen xpo` train on (--reward). One source for both.
+REWARDS: dict[str, Callable[[Pool], np.ndarray]] = {
+    "logprob": reward_logprob, "logprob_mean": reward_logprob_mean, "vote": reward_vote,
+    "self_certainty": reward_self_certainty,
+}
+
+
 @_skip_stopped
 def select_logprob(pool: PoolLike) -> int:
     """Position of the sample with the largest self-reward log pi(y|x) (Eq. 2): BoN with self-reward."""
     p = _as_pool(pool)
-    return _best(p, p.logprob)  # type: ignore[return-value]
+    return _best(p, reward_logprob(p))  # type: ignore[return-value]
 
 
 @_skip_stopped
 def select_logprob_mean(pool: PoolLike) -> int:
     """Position of the largest length-normalized log-prob, log pi(y|x) / |y| (App. A.1)."""
     p = _as_pool(pool)
-    with np.errstate(invalid="ignore"):  # NaN / inf stay invalid after the division
-        score = p.logprob / np.maximum(p.num_tokens, 1)
-    return _best(p, score)  # type: ignore[return-value]
+    return _best(p, reward_logprob_mean(p))  # type: ignore[return-value]
 
 
 @_skip_stopped
@@ -258,7 +294,7 @@ def select_self_certainty(pool: PoolLike) -> int:
     """Position of the most self-certain sample: the largest mean KL(U || p_t) over its tokens (Kang et al. 2025,
     "Scalable Best-of-N Selection for Large Language Models via Self-Certainty", arXiv 2502.18581)."""
     p = _as_pool(pool)
-    return _argmax(p, p.self_certainty)
+    return _argmax(p, reward_self_certainty(p))
 
 
 @_skip_stopped

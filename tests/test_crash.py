@@ -25,7 +25,8 @@ N, CHUNK, PROMPTS = 4, 2, 8
 # 4 training prompts, 2 held-out ones; 2 epochs of 2 steps, evaluated and checkpointed every 2 steps.
 SFT = ["sft", "--model", "tiny-random", "--task", "game24", "--train-limit", "4", "--eval-limit", "2", "--n", "2",
        "--max-new-tokens", "8", "--epochs", "2", "--batch-size", "2", "--eval-every", "2", "--lora-rank", "2",
-       "--chunk", "2", "--lr", "0.01", "--eval-samples", "1", "--sample-dtype", "float32"]
+       "--chunk", "2", "--lr", "0.01", "--eval-samples", "1", "--sample-dtype", "float32", "--no-valid-only",
+       "--val-limit", "2"]
 KILLED = -signal.SIGKILL
 
 

@@ -218,7 +218,8 @@ def test_xpo_end_to_end_resumes_and_samples_from_the_current_policy(tmp_path, mo
     out = tmp_path / "xpo"
     argv = ["xpo", "--task", "game24", "--model", "tiny-random", "--rounds", "2", "--train-limit", "4",
             "--eval-limit", "2", "--max-new-tokens", "8", "--eval-samples", "2", "--epochs", "2",
-            "--batch-size", "2", "--lr", "1e-2", "--clip", "1", "--data-dir", DATA, "--out", str(out)]
+            "--batch-size", "2", "--lr", "1e-2", "--clip", "1", "--data-dir", DATA, "--val-limit", "4",
+            "--out", str(out)]
     # Interrupt round 2's training; the re-run redoes neither round 1 nor round 2's sampling.
     calls = {"n": 0}
     real = sharpen.stages.rlhf.pair_loss
@@ -277,7 +278,7 @@ def test_dpo_end_to_end(tmp_path):
     argv = ["dpo", "--task", "game24", "--model", "tiny-random", "--n", "4", "--train-limit", "4",
             "--eval-limit", "2", "--max-new-tokens", "8", "--eval-samples", "2", "--epochs", "2",
             "--batch-size", "4", "--eval-every", "2", "--lr", "1e-2", "--clip", "1", "--data-dir", DATA,
-            "--out", str(out)]
+            "--no-valid-only", "--val-limit", "4", "--out", str(out)]
     assert main(argv) == 0
     for name in ("adapter/adapter_config.json", "pairs.jsonl", "summary.json", "report.md", "training_curves.png",
                  "eval_base.jsonl", "eval_sharpened.jsonl", "metrics.jsonl"):

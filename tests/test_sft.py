@@ -208,7 +208,7 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     out = tmp_path / "sft"
     argv = ["sft", "--model", "tiny-random", "--task", "prontoqa", "--n", "4", "--train-limit", "8",
             "--eval-limit", "4", "--epochs", "2", "--max-new-tokens", "24", "--eval-every", "2",
-            "--out", str(out), "--data-dir", DATA, "--merge"]
+            "--out", str(out), "--data-dir", DATA, "--merge", "--no-valid-only", "--val-limit", "4"]
     # An interruption in step 3 (after the step-2 checkpoint); the re-run resumes without resampling.
     calls = {"n": 0}
     real_loss = sharpen.stages.sft.sft_batch_loss

@@ -42,7 +42,8 @@ from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond,
 from ..metrics import before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
-from ..rows import finite_mean, sample_rows
+from ..rows import finite_mean, sample_rows, valid_target
+from ..selection import vote_share
 from ..tasks import load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
@@ -56,6 +57,9 @@ def make_pair(prompt: dict, y: dict, y2: dict, round_: int) -> dict:
             "y": list(y["token_ids"]), "y2": list(y2["token_ids"]), "text_y": y["text"], "text_y2": y2["text"],
             "correct_y": bool(y["correct"]), "correct_y2": bool(y2["correct"]),
             "finish_y": y["finish_reason"], "finish_y2": y2["finish_reason"],
+            "answer_y": y.get("answer"), "answer_y2": y2.get("answer"),
+            "valid_y": valid_target(y), "valid_y2": valid_target(y2),
+            "self_certainty_y": y.get("self_certainty"), "self_certainty_y2": y2.get("self_certainty"),
             "logprob_y": y["logprob"]}  # log-prob under the policy that drew y (pi_t; pi_base for dpo)
 
 
@@ -72,7 +76,34 @@ def score_pairs(model: Model, pairs: list[dict], progress: bool = False) -> list
 
 
 def usable(pair: dict) -> bool:
-    return all(pair.get(k) is not None and math.isfinite(pair[k]) for k in ("base_y", "base_y2"))
+    """A pair the loss can use: finite base log-probs and, where the pair has them, finite rewards."""
+    keys = ["base_y", "base_y2"] + [k for k in ("reward_y", "reward_y2") if k in pair]
+    return all(pair.get(k) is not None and math.isfinite(pair[k]) for k in keys)
+
+
+def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig) -> list[dict]:
+    """reward_y, reward_y2 of each scored pair under cfg.reward (selection.REWARDS: the selectors' scores), minus
+    cfg.invalid_penalty for a response that did not end or has no answer (with --valid-only dpo pairs only valid
+    base samples, so this reaches xpo's pairs: y ~ pi_t, and the round's base sample y'). vote: the share of the
+    answer among the prompt's base samples."""
+    out = []
+    for p in pairs:
+        r = dict(p)
+        answers = [s.get("answer") for s in pools[p["prompt_id"]]]
+        for side, base in (("y", "base_y"), ("y2", "base_y2")):
+            if cfg.reward == "logprob":
+                v = p[base]
+            elif cfg.reward == "logprob_mean":
+                v = None if p[base] is None else p[base] / max(1, len(p[side]))
+            elif cfg.reward == "vote":
+                v = vote_share(answers, p[f"answer_{side}"])
+            else:
+                v = p[f"self_certainty_{side}"]
+            if v is not None and cfg.valid_only and not p[f"valid_{side}"]:
+                v -= cfg.invalid_penalty
+            r[f"reward_{side}"] = v
+        out.append(r)
+    return out
 
 
 def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: float = 0.0
@@ -87,14 +118,17 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     ids, attn, resp = collate(model, prompts + prompts, [r["y"] for r in batch] + [r["y2"] for r in batch])
     lp = sequence_logprobs(model.module, ids, attn, resp)  # (2B,)
     pol_y, pol_y2 = lp[:B], lp[B:]  # (B,), (B,)
-    base_y = torch.tensor([r["base_y"] for r in batch], dtype=torch.float32, device=lp.device)  # (B,)
-    base_y2 = torch.tensor([r["base_y2"] for r in batch], dtype=torch.float32, device=lp.device)
+    def col(key: str, fallback: str) -> torch.Tensor:  # (B,)
+        return torch.tensor([r.get(key, r[fallback]) for r in batch], dtype=torch.float32, device=lp.device)
+
+    base_y, base_y2 = col("base_y", "base_y"), col("base_y2", "base_y2")
+    rew_y, rew_y2 = col("reward_y", "base_y"), col("reward_y2", "base_y2")  # r(y); r_self = log pi_base if unset
     if kind == "square":
-        loss = reward_dpo_loss(pol_y, pol_y2, base_y, base_y2, beta)
+        loss = reward_dpo_loss(pol_y, pol_y2, base_y, base_y2, beta, rew_y, rew_y2)
     elif kind == "xpo":
-        loss = xpo_loss(pol_y, pol_y2, base_y, base_y2, beta, alpha)
+        loss = xpo_loss(pol_y, pol_y2, base_y, base_y2, beta, alpha, rew_y, rew_y2)
     elif kind == "logistic":
-        swap = base_y < base_y2  # chosen = the response with the larger self-reward
+        swap = rew_y < rew_y2  # chosen = the response with the larger reward
         loss = logistic_dpo_loss(torch.where(swap, pol_y2, pol_y), torch.where(swap, pol_y, pol_y2),
                                  torch.where(swap, base_y2, base_y), torch.where(swap, base_y, base_y2), beta)
     else:
@@ -153,6 +187,8 @@ def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
                      "y_logprob_base": finite_mean([p.get("base_y") for p in ps]),
                      "y2_logprob_base": finite_mean([p.get("base_y2") for p in ps]),
                      "y_truncated": sum(p["finish_y"] == "length" for p in ps) / len(ps),
+                     "y_valid": sum(bool(p.get("valid_y", True)) for p in ps) / len(ps),
+                     "y2_valid": sum(bool(p.get("valid_y2", True)) for p in ps) / len(ps),
                      "identical": sum(p["y"] == p["y2"] for p in ps) / len(ps)})
     return out
 
@@ -221,11 +257,17 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     # 3) Disjoint pairs of base samples, scored once under pi_base.
     pairs_path = out / "pairs.jsonl"
     if not pairs_path.exists():
-        pairs = [make_pair(p, pools[p["id"]][2 * j], pools[p["id"]][2 * j + 1], 0)
-                 for p in prompts for j in range(cfg.n // 2)]
-        runs.write_jsonl(pairs_path, score_pairs(model, pairs, progress))
+        pairs = []
+        for p in prompts:  # disjoint pairs of (valid) base samples, in index order
+            rows = [r for r in pools[p["id"]] if valid_target(r) or not cfg.valid_only]
+            pairs += [make_pair(p, rows[2 * j], rows[2 * j + 1], 0) for j in range(len(rows) // 2)]
+        runs.write_jsonl(pairs_path, add_rewards(score_pairs(model, pairs, progress), pools, cfg))
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
+    if not data:
+        n_valid = sum(valid_target(r) for p in prompts for r in pools[p["id"]])
+        raise SharpenError(f"no usable pair: {n_valid} of {len(prompts) * cfg.n} base samples ended with an answer "
+                           "the task can extract; raise --max-new-tokens, or pass --no-valid-only to pair them all")
     # 4) The base model on the held-out prompts, and on the validation prompts (step 0 of the selection).
     base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
@@ -236,8 +278,8 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
                    best_key=j_beta_key, progress=progress)
     # 6) The kept adapter on the same prompts, with the same sampling seed (pi_base kept: its rows).
     restore_adapter(model, result.adapter_dir)
-    if adapter_is_identity(model.module):
-        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
+    if adapter_is_identity(model.module) and not (out / "eval_sharpened.jsonl").exists():
+        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)  # written whole: it exists only complete
     sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     # 7) Summary and report.
     history = [r for r in runs.load_jsonl(out / "metrics.jsonl") if r.get("kind") == "eval"]
@@ -265,11 +307,11 @@ def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoC
     def draw(chunk: list[dict]) -> list[dict]:
         drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
                        seed=round_seed(seed, t), stop=task.stops(cfg.chat), keys=[p["id"] for p in chunk],
-                       dtype=cfg.sample_dtype, stats=False)
+                       dtype=cfg.sample_dtype, stats=cfg.reward == "self_certainty")
         pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
                  for p, ss in zip(chunk, drawn, strict=True)
                  for j, y in enumerate(sample_rows(task, by_id[p["id"]], ss))]
-        return score_pairs(model, pairs)  # the whole chunk in one call
+        return add_rewards(score_pairs(model, pairs), pool.pools, cfg)  # the whole chunk in one call
 
     # Round t's rows are this call's; earlier rounds' stay; anything of a later round (a crash) is dropped.
     return run_chunked(path, pool.prompts, k, draw, chunk=cfg.chunk, label=f"round {t}: y ~ pi_{t}",
@@ -323,8 +365,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     best = max(sorted(history, key=lambda r: r["round"]), key=j_beta_key)["round"]
     restore_adapter(model, out / f"round_{best}" / "adapter")
     save_adapter(model.module, out / "adapter")
-    if best == 0:
-        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)
+    if best == 0 and not (out / "eval_sharpened.jsonl").exists():
+        runs.write_jsonl(out / "eval_sharpened.jsonl", base_rows)  # written whole: it exists only complete
     sharp_rows = eval_rows(out / "eval_sharpened.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
     training = {"best_round": best, "best_eval": next(r for r in history if r["round"] == best),
                 "steps": sum(r["steps"] for r in history), "adapter": "adapter"}

@@ -25,11 +25,12 @@ from .. import runs
 from ..config import SFT_LR, SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
+from ..errors import SharpenError
 from ..generation import base_pool, eval_rows, respond, validation_split
 from ..metrics import before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
-from ..rows import finite_mean
+from ..rows import finite_mean, valid_target
 from ..selection import select
 from ..tasks import load_task
 from ..train.loop import accelerator, process_device, train
@@ -48,13 +49,14 @@ def sft_batch_loss(model: Model, batch: list[dict[str, Any]]) -> tuple[torch.Ten
 # ---------------------------------------------------------------------------------------------- data
 
 def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]], selector: str,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, valid_only: bool = False) -> list[dict]:
     """One SFT example per prompt that has a pool (its samples 0..n-1, `rows.complete_pools`): the sample the
-    selector picks. `prompts` rows are prompts.jsonl rows (id, prompt_token_ids)."""
+    selector picks, among the valid targets only (`rows.valid_target`) with `valid_only` (a prompt without one
+    gets no example). `prompts` rows are prompts.jsonl rows (id, prompt_token_ids)."""
     rng = np.random.default_rng(seed)  # only the random selector draws
     out = []
     for p in prompts:
-        rows = pools.get(str(p["id"]))
+        rows = [r for r in pools.get(str(p["id"]), ()) if valid_target(r) or not valid_only]
         if not rows:
             continue
         best = rows[select(selector, rows, rng)]
@@ -99,6 +101,9 @@ def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sha
         "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
         "protocol": cfg.protocol,
         "num_train_prompts": len(data),
+        # Prompts of the base pool without a valid target (ended, with an answer) get no example (--valid-only).
+        "targets": {"valid_only": cfg.valid_only, "prompts_sampled": sampling.get("num_train_prompts"),
+                    "prompts_with_target": len(data)},
         "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
         "train_eval_overlap": sampling.get("overlap"),
         # The training targets are the base model's best-of-N picks: their accuracy is base best-of-N at N = n
@@ -137,7 +142,11 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         if pool.sampled:
             write_report(pool.dir)
         # 3) The training set: each prompt's best response; the validation prompts that judge checkpoints.
-        runs.write_jsonl(out / "sft_data.jsonl", best_responses(pool.prompts, pool.pools, cfg.selector, tcfg.seed))
+        data = best_responses(pool.prompts, pool.pools, cfg.selector, tcfg.seed, cfg.valid_only)
+        if not data:
+            raise SharpenError(f"no training prompt has a valid target: none of its {cfg.n} samples ended with an "
+                               "answer the task can extract; raise --max-new-tokens, or pass --no-valid-only")
+        runs.write_jsonl(out / "sft_data.jsonl", data)
         val_task, val_items, validation = validation_split(cfg, pool.prompts, items)
     acc.wait_for_everyone()
     data = runs.load_jsonl(out / "sft_data.jsonl")

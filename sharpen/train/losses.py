@@ -54,31 +54,37 @@ def sft_loss(policy_logp: torch.Tensor, num_tokens: torch.Tensor | None = None) 
 
 
 def _reward_residual(policy_logp_y: torch.Tensor, policy_logp_y2: torch.Tensor, base_logp_y: torch.Tensor,
-                     base_logp_y2: torch.Tensor, beta: float) -> torch.Tensor:
-    # Eq. 4/8: beta*log(pi(y)/pi_base(y)) - beta*log(pi(y')/pi_base(y')) - (r_self(y) - r_self(y')).
-    # It is zero for every pair exactly when pi = pi_base^(1+1/beta)/Z (up to the per-prompt normalizer).
+                     base_logp_y2: torch.Tensor, beta: float, reward_y: torch.Tensor | None = None,
+                     reward_y2: torch.Tensor | None = None) -> torch.Tensor:
+    # Eq. 4/8: beta*log(pi(y)/pi_base(y)) - beta*log(pi(y')/pi_base(y')) - (r(y) - r(y')), r = r_self = log pi_base
+    # by default. With r_self it is zero for every pair exactly when pi = pi_base^(1+1/beta)/Z; with another
+    # reward r, when pi = pi_base exp(r / beta) / Z (the KL-regularized optimum).
     _check_beta(beta)
-    _check_shapes(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2)
+    r_y = base_logp_y if reward_y is None else reward_y
+    r_y2 = base_logp_y2 if reward_y2 is None else reward_y2
+    _check_shapes(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2, r_y, r_y2)
     implicit = beta * (policy_logp_y - base_logp_y) - beta * (policy_logp_y2 - base_logp_y2)  # (B,)
-    return implicit - (base_logp_y - base_logp_y2)
+    return implicit - (r_y - r_y2)
 
 
 def reward_dpo_loss(policy_logp_y: torch.Tensor, policy_logp_y2: torch.Tensor, base_logp_y: torch.Tensor,
-                    base_logp_y2: torch.Tensor, beta: float) -> torch.Tensor:
-    """Reward-based DPO square loss (Eq. 4/8) with r_self = log pi_base; y, y2 ~ pi_base (offline)."""
-    res = _reward_residual(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2, beta)
+                    base_logp_y2: torch.Tensor, beta: float, reward_y: torch.Tensor | None = None,
+                    reward_y2: torch.Tensor | None = None) -> torch.Tensor:
+    """Reward-based DPO square loss (Eq. 4/8) with r_self = log pi_base (or the given rewards); y, y2 ~ pi_base."""
+    res = _reward_residual(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2, beta, reward_y, reward_y2)
     return res.square().mean()
 
 
 def xpo_loss(policy_logp_y: torch.Tensor, policy_logp_y2: torch.Tensor, base_logp_y: torch.Tensor,
-             base_logp_y2: torch.Tensor, beta: float, alpha: float) -> torch.Tensor:
+             base_logp_y2: torch.Tensor, beta: float, alpha: float, reward_y: torch.Tensor | None = None,
+             reward_y2: torch.Tensor | None = None) -> torch.Tensor:
     """Reward-based XPO loss (Algorithm 1): the square loss of Eq. 8 + alpha * mean log pi(y2|x).
 
     y ~ pi_t (the current policy), y2 ~ pi_base. Minimizing alpha * log pi(y2) pushes mass off the responses the
     base already produces, which is the optimism that drives exploration. Algorithm 1 as printed puts a minus
     before the square term; that is a typo: the analysis (and any sensible minimization) uses a plus.
     """
-    res = _reward_residual(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2, beta)
+    res = _reward_residual(policy_logp_y, policy_logp_y2, base_logp_y, base_logp_y2, beta, reward_y, reward_y2)
     return res.square().mean() + alpha * policy_logp_y2.mean()
 
 

@@ -1,0 +1,86 @@
+"""Label-free rewards: one set of pure functions for the selectors and for reward-based DPO / XPO."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sharpen.config import DpoConfig, XpoConfig
+from sharpen.errors import SharpenError
+from sharpen.rows import valid_target as valid
+from sharpen.selection import REWARDS, Pool, vote_share
+from sharpen.stages.rlhf import add_rewards, usable
+from sharpen.train.losses import reward_dpo_loss, xpo_loss
+
+
+def _rows():
+    # answers x, x, y, None; log-probs and lengths chosen so every reward ranks them differently
+    return [{"index": i, "logprob": lp, "num_tokens": nt, "answer": a, "correct": a == "x", "finish_reason": f,
+             "self_certainty": sc}
+            for i, (lp, nt, a, f, sc) in enumerate([(-4.0, 2, "x", "eos", 3.0), (-6.0, 6, "x", "eos", 1.0),
+                                                     (-2.0, 1, "y", "eos", 2.0), (-1.0, 1, None, "length", 5.0)])]
+
+
+def test_rewards_by_hand():
+    p = Pool.from_rows(_rows())
+    assert REWARDS["logprob"](p).tolist() == [-4.0, -6.0, -2.0, -1.0]
+    assert REWARDS["logprob_mean"](p).tolist() == [-2.0, -1.0, -2.0, -1.0]
+    assert REWARDS["vote"](p).tolist() == pytest.approx([math.log(2 / 4)] * 2 + [math.log(1 / 4), math.log(0.5 / 4)])
+    assert REWARDS["self_certainty"](p).tolist() == [3.0, 1.0, 2.0, 5.0]
+    assert vote_share(["a", "b"], "c") == math.log(0.25) and vote_share([], None) == math.log(0.5)
+
+
+def test_the_selectors_argmax_the_rewards_of_the_same_name():
+    from sharpen.selection import select
+
+    rows = _rows()
+    for name in ("logprob", "logprob_mean", "self_certainty"):
+        scores = REWARDS[name](Pool.from_rows(rows))
+        best = max(range(len(rows)), key=lambda i: (scores[i], -i))  # ties: the lowest index
+        assert select(name, rows) == best, name
+
+
+def test_losses_take_any_reward_and_default_to_the_self_reward():
+    pol_y, pol_y2 = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -1.0])
+    base_y, base_y2 = torch.tensor([-2.0, -6.0]), torch.tensor([-3.0, -2.0])
+    assert torch.equal(reward_dpo_loss(pol_y, pol_y2, base_y, base_y2, 0.5),
+                       reward_dpo_loss(pol_y, pol_y2, base_y, base_y2, 0.5, base_y, base_y2))
+    r_y, r_y2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    implicit = 0.5 * (pol_y - base_y) - 0.5 * (pol_y2 - base_y2)
+    assert reward_dpo_loss(pol_y, pol_y2, base_y, base_y2, 0.5, r_y, r_y2) == pytest.approx(
+        float(((implicit - (r_y - r_y2)) ** 2).mean()))
+    assert xpo_loss(pol_y, pol_y2, base_y, base_y2, 0.5, 0.1, r_y, r_y2) == pytest.approx(
+        float(((implicit - (r_y - r_y2)) ** 2).mean() + 0.1 * pol_y2.mean()))
+
+
+def _pair(y: dict, y2: dict) -> dict:
+    from sharpen.stages.rlhf import make_pair
+
+    p = make_pair({"id": "p", "prompt_token_ids": [1]}, {**y, "token_ids": [5] * y["num_tokens"], "text": "",
+                                                         "correct": False},
+                  {**y2, "token_ids": [6] * y2["num_tokens"], "text": "", "correct": False}, 1)
+    return {**p, "base_y": y["logprob"], "base_y2": y2["logprob"]}
+
+
+@pytest.mark.parametrize("reward", ["logprob", "logprob_mean", "vote", "self_certainty"])
+def test_pair_rewards_and_the_penalty_for_unfinished_responses(reward):
+    rows = _rows()
+    pools = {"p": rows}
+    cfg = XpoConfig(reward=reward, invalid_penalty=10.0)
+    pair = add_rewards([_pair(rows[0], rows[3])], pools, cfg)[0]  # y valid; y2 cut at the token limit, no answer
+    want = {"logprob": (-4.0, -1.0), "logprob_mean": (-2.0, -1.0), "vote": (math.log(0.5), math.log(0.125)),
+            "self_certainty": (3.0, 5.0)}[reward]
+    assert pair["reward_y"] == pytest.approx(want[0]) and pair["reward_y2"] == pytest.approx(want[1] - 10.0)
+    assert valid(rows[0]) and not valid(rows[3]) and usable(pair)
+    off = add_rewards([_pair(rows[0], rows[3])], pools, XpoConfig(reward=reward, valid_only=False))[0]
+    assert off["reward_y2"] == pytest.approx(want[1])  # --no-valid-only: no penalty
+
+
+def test_a_missing_reward_makes_the_pair_unusable_and_bad_options_are_refused():
+    rows = [dict(r, self_certainty=None) for r in _rows()]
+    pair = add_rewards([_pair(rows[0], rows[1])], {"p": rows}, XpoConfig(reward="self_certainty"))[0]
+    assert pair["reward_y"] is None and not usable(pair)
+    with pytest.raises(SharpenError, match="reward"):
+        DpoConfig(reward="gold").validate()

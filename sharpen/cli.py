@@ -48,7 +48,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, defaults: dict[s
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
-        if isinstance(kind, types.UnionType):  # X | None
+        if "parse" in f.metadata:  # a field that takes a number or a word, e.g. --beta auto
+            kind = f.metadata["parse"]
+        elif isinstance(kind, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         parser.add_argument(flag, type=kind, default=default,

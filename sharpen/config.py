@@ -20,6 +20,11 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def number_or_auto(text: str) -> float | str:
+    """An option value that is a number or the word 'auto'."""
+    return "auto" if text == "auto" else float(text)
+
+
 def check_dtype_name(spec: str | None, flag: str, auto: bool = True) -> None:
     """Fail early (before torch or a model loads) on a dtype name the engine would refuse."""
     if spec is None or (auto and spec == "auto") or spec in DTYPES:
@@ -244,8 +249,12 @@ LOSSES = ("square", "logistic")
 class RlhfConfig(SharpenConfig):
     """Options shared by `sharpen dpo` and `sharpen xpo`."""
     out: str | None = opt("runs/rlhf", "run directory (re-running the same command resumes it)")
-    beta: float = opt(0.05, "KL weight of J_beta = E_pi[log pi_base] - beta KL(pi||pi_base); its optimum is "
-                            "pi_base^(1+1/beta), sharper as beta -> 0")
+    beta: float | str = opt(0.05, "KL weight of J_beta = E_pi[log pi_base] - beta KL(pi||pi_base); its optimum "
+                                  "is pi_base^(1+1/beta), sharper as beta -> 0. 'auto': the median |r(y) - r(y')| "
+                                  "over pairs of valid base samples, so the median pair asks the policy for a "
+                                  "1-nat change of its log-ratio gap", parse=number_or_auto)
+    sft_weight: float = opt(0.0, "weight of an SFT term -log pi(y+)/|y+| on the higher-reward response of each pair "
+                                 "(as RPO); > 0 leaves the paper's closed-form optimum")
     eval_samples: int = opt(4, "temperature-1 samples per held-out prompt: sample accuracy and the J_beta "
                                "estimate that picks the kept adapter")
     reward: str = opt("logprob", "the reward r(y) of the pair loss: logprob (the paper's r_self = log pi_base), "
@@ -254,12 +263,15 @@ class RlhfConfig(SharpenConfig):
     invalid_penalty: float = opt(10.0, "xpo: nats taken off the reward of a response that did not end or has no "
                                        "answer (as TRL's missing_eos_penalty)")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("beta", "reward", "invalid_penalty")
+    IDENTITY = SharpenConfig.IDENTITY + ("beta", "reward", "invalid_penalty", "sft_weight")
 
     def validate(self) -> None:
         super().validate()
-        if not (math.isfinite(self.beta) and self.beta > 0):
-            raise SharpenError(f"--beta must be a positive number (got {self.beta})")
+        if self.beta != "auto" and not (isinstance(self.beta, float | int) and math.isfinite(self.beta)
+                                        and self.beta > 0):
+            raise SharpenError(f"--beta must be a positive number or 'auto' (got {self.beta})")
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise SharpenError(f"--sft-weight must be >= 0 (got {self.sft_weight})")
         if self.eval_samples < 1:
             raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
                                f"policy (got {self.eval_samples})")

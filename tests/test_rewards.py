@@ -84,3 +84,32 @@ def test_a_missing_reward_makes_the_pair_unusable_and_bad_options_are_refused():
     assert pair["reward_y"] is None and not usable(pair)
     with pytest.raises(SharpenError, match="reward"):
         DpoConfig(reward="gold").validate()
+
+
+def test_auto_beta_is_the_median_reward_gap_of_base_pairs():
+    from sharpen.generation import BasePool
+    from sharpen.stages.rlhf import auto_beta
+
+    rows = [{"index": i, "logprob": lp, "num_tokens": 2, "answer": "x", "correct": True, "finish_reason": "eos"}
+            for i, lp in enumerate([-1.0, -4.0, -2.0, -2.5, -10.0, -3.0])]  # gaps 3, 0.5, 7
+    pool = BasePool(dir=None, options={}, prompts=[{"id": "p"}], pools={"p": rows}, sampled=False)
+    assert auto_beta(pool, DpoConfig(beta="auto")) == 3.0
+    assert auto_beta(pool, DpoConfig(beta="auto", reward="logprob_mean")) == 1.5
+    assert DpoConfig(beta="auto").validate() is None
+    with pytest.raises(SharpenError, match="beta"):
+        DpoConfig(beta="big").validate()
+
+
+def test_sft_weight_adds_the_preferred_responses_nll():
+    from sharpen.config import TrainConfig
+    from sharpen.engine.models import tiny_model
+    from sharpen.stages.rlhf import pair_loss
+    from sharpen.train.lora import attach_lora
+
+    model = attach_lora(tiny_model(), TrainConfig(lora_rank=2))
+    pair = {"prompt_token_ids": [1, 40], "y": [41, 42, 43], "y2": [44], "base_y": -3.0, "base_y2": -9.0}
+    plain, m = pair_loss(model, [pair], kind="square", beta=1.0)
+    with_sft, _ = pair_loss(model, [pair], kind="square", beta=1.0, sft_weight=2.0)
+    # y has the higher reward (log pi_base): its per-token NLL under the policy enters with weight 2
+    pol_y = m["logratio_y"] + pair["base_y"]
+    assert float((with_sft - plain).detach()) == pytest.approx(2.0 * (-pol_y / 3), rel=1e-4)

@@ -24,8 +24,10 @@ chunks of prompts; finished XPO rounds are not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from ..metrics import before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target
-from ..selection import vote_share
+from ..selection import REWARDS, Pool, vote_share
 from ..tasks import load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
@@ -106,9 +108,11 @@ def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig
     return out
 
 
-def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: float = 0.0
+def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: float = 0.0, sft_weight: float = 0.0
               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of a batch of pairs: kind 'square' (Eq. 4/8), 'logistic' (standard DPO) or 'xpo' (Algorithm 1).
+    """Loss of a batch of pairs: kind 'square' (Eq. 4/8), 'logistic' (standard DPO) or 'xpo' (Algorithm 1), plus
+    sft_weight times the per-token NLL of each pair's higher-reward response (an RPO-style anchor; it leaves the
+    closed-form optimum of the paper's loss).
 
     One forward pass scores y and y' under the policy (adapter on, differentiable); the base log-probs are the
     stored ones.
@@ -118,6 +122,7 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     ids, attn, resp = collate(model, prompts + prompts, [r["y"] for r in batch] + [r["y2"] for r in batch])
     lp = sequence_logprobs(model.module, ids, attn, resp)  # (2B,)
     pol_y, pol_y2 = lp[:B], lp[B:]  # (B,), (B,)
+
     def col(key: str, fallback: str) -> torch.Tensor:  # (B,)
         return torch.tensor([r.get(key, r[fallback]) for r in batch], dtype=torch.float32, device=lp.device)
 
@@ -133,6 +138,11 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
                                  torch.where(swap, base_y2, base_y), torch.where(swap, base_y, base_y2), beta)
     else:
         raise SharpenError(f"unknown pair loss {kind!r}: choose square, logistic or xpo")
+    if sft_weight > 0:
+        lens = resp.sum(-1).float().clamp_min(1)  # (2B,) response tokens
+        first = rew_y >= rew_y2  # (B,) the preferred response of each pair
+        nll = -torch.where(first, pol_y / lens[:B], pol_y2 / lens[B:])
+        loss = loss + sft_weight * nll.mean()
     with torch.no_grad():
         metrics = {"logratio_y": float((pol_y - base_y).mean()), "logratio_y2": float((pol_y2 - base_y2).mean()),
                    "logprob_y2": float(pol_y2.mean())}
@@ -202,7 +212,8 @@ def build_summary(out: Path, cfg: Any, task: Any, algorithm: str, base_rows: Seq
     jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
     return {
         "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
-        "beta": cfg.beta, "alpha": getattr(cfg, "alpha", None), "rounds": getattr(cfg, "rounds", None),
+        "beta": cfg.beta, "sft_weight": cfg.sft_weight, "reward": cfg.reward,
+        "alpha": getattr(cfg, "alpha", None), "rounds": getattr(cfg, "rounds", None),
         "protocol": cfg.protocol,
         "num_train_prompts": sampling["num_train_prompts"],
         "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
@@ -232,10 +243,28 @@ def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
                      progress=progress)
     if pool.sampled:
         write_report(pool.dir)
+    if cfg.beta == "auto":
+        cfg = dataclasses.replace(cfg, beta=auto_beta(pool, cfg))
     val = validation_split(cfg, pool.prompts, task.items)
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in [*task.items, *val[1]]}
-    return out, task, pool, model, prompt_ids, val
+    return cfg, out, task, pool, model, prompt_ids, val
+
+
+def auto_beta(pool: BasePool, cfg: RlhfConfig) -> float:
+    """--beta auto: the median |r(y) - r(y')| over disjoint pairs of (valid) base samples, under cfg.reward with the
+    samples' own log-probs for log pi_base. The square loss asks for a policy log-ratio gap of (r(y) - r(y'))/beta,
+    so this makes that gap 1 nat at the median pair instead of tens of nats (a small beta on raw sequence
+    log-probs, whose gaps are mostly length, drove the policy to the empty response)."""
+    gaps = []
+    for p in pool.prompts:
+        rows = [r for r in pool.pools[p["id"]] if valid_target(r) or not cfg.valid_only]
+        scores = REWARDS[cfg.reward](Pool.from_rows(rows)) if rows else []
+        gaps += [abs(float(scores[2 * j]) - float(scores[2 * j + 1])) for j in range(len(rows) // 2)]
+    gaps = [g for g in gaps if math.isfinite(g)]
+    if not gaps:
+        raise SharpenError("--beta auto found no pair of valid base samples with a finite reward: give --beta")
+    return max(float(statistics.median(gaps)), 1e-3)
 
 
 def _finish(out: Path, model: Model, cfg: Any, summary: dict, validation: dict) -> dict:
@@ -252,7 +281,7 @@ def _finish(out: Path, model: Model, cfg: Any, summary: dict, validation: dict) 
 def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
     tcfg = tcfg.with_lr(PREFERENCE_LR)
-    out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "dpo", progress)
+    cfg, out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "dpo", progress)
     prompts, pools = pool.prompts, pool.pools
     # 3) Disjoint pairs of base samples, scored once under pi_base.
     pairs_path = out / "pairs.jsonl"
@@ -273,7 +302,8 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
     # 5) LoRA training; the adapter with the best validation J_beta is kept (step 0 = pi_base itself).
     model = attach_lora(model, tcfg)
-    result = train(model, data, functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta), tcfg, out,
+    loss = functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta, sft_weight=cfg.sft_weight)
+    result = train(model, data, loss, tcfg, out,
                    eval_fn=j_beta_eval(val_task, val_items, prompt_ids, cfg, tcfg.seed, val_base),
                    best_key=j_beta_key, progress=progress)
     # 6) The kept adapter on the same prompts, with the same sampling seed (pi_base kept: its rows).
@@ -329,7 +359,7 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) online reward-based XPO (Algorithm 1); returns the summary also in DIR/summary.json."""
     tcfg = tcfg.with_lr(PREFERENCE_LR)
-    out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "xpo", progress)
+    cfg, out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "xpo", progress)
     train_task = _train_task(cfg, pool.options)
     # 4) The base model on the held-out prompts; iterate 0 (pi_base) on the validation prompts.
     base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
@@ -354,7 +384,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         pairs = collect_round(data_path, model, train_task, pool, cfg, tcfg.seed, t, progress)
         data = [p for p in pairs if usable(p)]
         # b) pi_{t+1} = argmin of the XPO loss over D_t, starting from pi_t (the final adapter is kept).
-        result = train(model, data, functools.partial(pair_loss, kind="xpo", beta=cfg.beta, alpha=cfg.alpha),
+        result = train(model, data, functools.partial(pair_loss, kind="xpo", beta=cfg.beta, alpha=cfg.alpha,
+                                                    sft_weight=cfg.sft_weight),
                        tcfg, rdir, progress=progress)
         # c) The validation J_beta of the new iterate.
         rows = eval_rows(rdir / "val.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)

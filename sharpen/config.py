@@ -159,10 +159,17 @@ class TrainConfig:
     seed: int = opt(0, "seed of sampling, data order, LoRA initialization and dropout")
     mixed_precision: str = opt("no", "'no' (fp32 math) or 'bf16' (autocast, on CPU too)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory, slower)")
+    guard_empty: float = opt(0.5, "collapse guard: stop when this share of the validation responses is empty")
+    guard_truncated: float = opt(0.5, "collapse guard: stop when this share hits the token limit")
+    guard_length: float = opt(4.0, "collapse guard: stop when the mean response length leaves [base / L, base x L]")
+    guard_repetition: float = opt(0.6, "collapse guard: stop when this share of the responses' token 3-grams repeat")
+    guard_answer_drop: float = opt(0.3, "collapse guard: stop when the answer rate falls this far below the base's")
+    guard_kl: float = opt(0.0, "collapse guard: stop when the estimated KL(pi || pi_base) exceeds this (0: off)")
 
     # Options that change the trained weights: a checkpoint refuses to resume under other values.
     IDENTITY = ("lr", "warmup", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
-                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision")
+                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision",
+                "guard_empty", "guard_truncated", "guard_length", "guard_repetition", "guard_answer_drop", "guard_kl")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "lora_rank", "eval_every"):

@@ -238,3 +238,14 @@ def pass_at_k_lines(base: Mapping[str, Any], sharp: Mapping[str, Any]) -> list[s
     return ["| k | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|",
             "| base pass@k % | " + " | ".join(fmt_pct(b[k]) for k in ks) + " |",
             "| sharpened pass@k % | " + " | ".join(fmt_pct(s[k]) for k in ks) + " |"]
+
+
+def guard_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One line on the collapse guards of a training stage's summary (nothing for runs made before them)."""
+    g = summary.get("guards")
+    if not g:
+        return []
+    if g["stopped"]:
+        return [f"**Stopped by a collapse guard** at {g['reason']}; that checkpoint was not kept."]
+    return ["Collapse guards (validation responses against the base's: empty, truncated, repetitive, answer "
+            "rate, length): none was crossed."]

@@ -16,6 +16,7 @@ from .kit import (
     fmt_num,
     fmt_pct,
     format_eval,
+    guard_lines,
     label_console,
     label_lines,
     pass_at_k_lines,
@@ -44,7 +45,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
              f"{fmt_num(j['sharpened'], '.3f')} (KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')})"]
     lines += table1_console(s["table1"])
     lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
-    return "\n".join(lines + label_console(s.get("labels")))
+    return "\n".join(lines + [w.replace("**", "") for w in guard_lines(s)] + label_console(s.get("labels")))
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -156,6 +157,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         f"# RLHF-sharpening, {TITLES[s['algorithm']]}: {s['task']} / {s['model']}", "",
         protocol_line(s), "", _objective(s), "",
         "## Before and after", "", *table, "", *[w + "\n" for w in collapse_warnings(sh)],
+        *[w + "\n" for w in guard_lines(s)],
         *label_lines(s.get("labels")), "",
         f"Held-out J_beta estimate (temperature-1 samples of each model): base {fmt_num(j['base'], '.3f')}, "
         f"sharpened {fmt_num(j['sharpened'], '.3f')} (estimated KL to pi_base {fmt_num(j['kl_sharpened'], '.3f')}). "

@@ -18,6 +18,7 @@ from .kit import (
     fmt_num,
     fmt_pct,
     format_eval,
+    guard_lines,
     label_console,
     label_lines,
     pass_at_k_lines,
@@ -40,7 +41,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
              format_eval(s["sharpened"], title=f"sharpened (adapter of step {s['training']['best_step']})")]
     lines += ["", *table1_console(s["table1"])]
     lines += [w.replace("**", "") for w in collapse_warnings(s["sharpened"])]
-    return "\n".join(lines + label_console(s.get("labels")))
+    return "\n".join(lines + [w.replace("**", "") for w in guard_lines(s)] + label_console(s.get("labels")))
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -109,6 +110,7 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         *table,
         "",
         *[w + "\n" for w in collapse_warnings(sh)],
+        *[w + "\n" for w in guard_lines(s)],
         *label_lines(s.get("labels")),
         "",
         "log pi_base is always scored under the base model (adapter disabled). The best-of-N row is the accuracy "

@@ -41,7 +41,7 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
-from ..metrics import before_after, summarize_responses
+from ..metrics import before_after, guard_reason, guard_stats, guards, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target
@@ -175,11 +175,11 @@ def j_beta_key(metrics: dict) -> float:
 def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: RlhfConfig, seed: int,
                 base_rows: Sequence[dict]) -> Any:
     """eval_fn for `train`: held_out_metrics of fresh responses, with the same sampling seed as the base's."""
-    def fn(model: Model) -> dict[str, float | None]:
+    def fn(model: Model) -> dict[str, Any]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
             model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
             dtype=cfg.sample_dtype, chat=cfg.chat)
-        return held_out_metrics(rows, cfg.beta)
+        return {**held_out_metrics(rows, cfg.beta), "guard": guard_stats(rows, base_rows)}
 
     return fn
 
@@ -316,6 +316,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     training = {"steps": result.steps, "best_step": result.best_step, "best_eval": result.best_eval,
                 "adapter": "adapter"}
     summary = build_summary(out, cfg, task, "dpo", base_rows, sharp_rows, pairs, training, history)
+    summary["guards"] = guards(result.stopped, tcfg)
     return _finish(out, model, cfg, summary, validation)
 
 
@@ -376,6 +377,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     done = {r["round"] for r in history}
     data_path = out / "xpo_data.jsonl"
     for t in range(1, cfg.rounds + 1):
+        if any(r.get("guard_stop") for r in history):
+            break  # a collapse guard ended the rounds (also on a re-run)
         if t in done:
             continue
         rdir = out / f"round_{t}"
@@ -389,11 +392,17 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
                        tcfg, rdir, progress=progress)
         # c) The validation J_beta of the new iterate.
         rows = eval_rows(rdir / "val.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
-        row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta)}
+        reason = guard_reason(guard_stats(rows, val_base), tcfg)  # a collapsed iterate is never returned
+        row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta),
+               **({"guard_stop": reason} if reason else {})}
         runs.append_jsonl(hist_path, [row])
         history.append(row)
+        if reason:
+            break
     # The returned iterate: the largest validation J_beta (ties: the earlier round), then evaluated held out.
-    best = max(sorted(history, key=lambda r: r["round"]), key=j_beta_key)["round"]
+    best = max(sorted((r for r in history if not r.get("guard_stop")), key=lambda r: r["round"]),
+               key=j_beta_key)["round"]
+    stopped = next((f"round {r['round']}: {r['guard_stop']}" for r in history if r.get("guard_stop")), None)
     restore_adapter(model, out / f"round_{best}" / "adapter")
     save_adapter(model.module, out / "adapter")
     if best == 0 and not (out / "eval_sharpened.jsonl").exists():
@@ -403,4 +412,5 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
                 "steps": sum(r["steps"] for r in history), "adapter": "adapter"}
     summary = build_summary(out, cfg, task, "xpo", base_rows, sharp_rows, runs.load_jsonl(data_path), training,
                             sorted(history, key=lambda r: r["round"]))
+    summary["guards"] = guards(stopped, tcfg)
     return _finish(out, model, cfg, summary, validation)

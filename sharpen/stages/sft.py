@@ -27,7 +27,7 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import base_pool, eval_rows, respond, validation_split
-from ..metrics import before_after, summarize_responses
+from ..metrics import before_after, guard_stats, guards, summarize_responses
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean, valid_target
@@ -69,14 +69,17 @@ def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]],
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig) -> Any:
+def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig,
+                  base_greedy: Sequence[dict]) -> Any:
     """eval_fn for training: greedy accuracy and mean log pi_base of the greedy responses on the validation
-    prompts (never the evaluated ones: the kept checkpoint is chosen there)."""
-    def fn(model: Model) -> dict[str, float]:
-        st = summarize_responses(respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens,
-                                         dtype=cfg.sample_dtype, chat=cfg.chat))["greedy"]
+    prompts (never the evaluated ones: the kept checkpoint is chosen there), and the collapse-guard statistics
+    against the base model's greedy responses to them."""
+    def fn(model: Model) -> dict[str, Any]:
+        rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat)
+        st = summarize_responses(rows)["greedy"]
         return {"accuracy": st["accuracy"], "logprob_base": st["mean_logprob_base"],
-                "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"]}
+                "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"],
+                "guard": guard_stats(rows, base_greedy)}
 
     return fn
 
@@ -156,13 +159,17 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         val_task, val_items, validation = task, [], {}
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in [*items, *val_items]}
     # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
+    val_base: list[dict] = []
     if main:
         base_rows = eval_rows(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
+        val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed,
+                             progress)
     acc.wait_for_everyone()
     # 5) LoRA fine-tuning; the adapter best on the validation prompts is kept in DIR/adapter.
     model = attach_lora(model, tcfg)
     result = train(model, data, sft_batch_loss, tcfg, out,
-                   eval_fn=held_out_eval(val_task, val_items, prompt_ids, cfg), best_key=best_key,
+                   eval_fn=held_out_eval(val_task, val_items, prompt_ids, cfg,
+                                         [r for r in val_base if r["kind"] == "greedy"]), best_key=best_key,
                    progress=progress)
     if not main:
         return {}
@@ -172,6 +179,7 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     # 7) Summary and report read the files.
     summary = build_summary(out, cfg, task, base_rows, sharp_rows, data, result)
     summary["validation"] = validation
+    summary["guards"] = guards(result.stopped, tcfg)
     runs.atomic_write_json(out / "summary.json", summary)
     write_sft_report(out)
     if cfg.merge:

@@ -33,6 +33,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..engine.models import Model
 from ..errors import SharpenError
+from ..metrics import guard_reason
 from ..progress import bar
 from .lora import save_adapter
 
@@ -46,6 +47,7 @@ class TrainResult:
     best_step: int | None  # step of the kept adapter (None: no eval_fn, the final adapter is kept)
     best_eval: dict[str, float] | None
     adapter_dir: Path
+    stopped: str | None = None  # why a collapse guard stopped training (metrics.guard_reason), if one did
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -199,31 +201,42 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     key = best_key or (lambda m: m.get("accuracy", 0.0))
 
     # 1) Resume from the last checkpoint (the log keeps only rows the checkpoint has seen).
-    step, best_step, best_eval, best_val = 0, None, None, None
+    step, best_step, best_eval, best_val, stopped = 0, None, None, None, None
+    stop_flag = out / "guard_stop.json"  # how the main process tells the others that a guard stopped training
     resume = ckpt_path.exists()
     acc.wait_for_everyone()  # every process has looked before the main one writes a checkpoint
     if resume:
         ckpt = _load_checkpoint(ckpt_path, module, optimizer, scheduler, identity)
         step, best_step, best_eval, best_val = ckpt["step"], ckpt["best_step"], ckpt["best_eval"], ckpt["best_val"]
+        stopped = ckpt.get("stopped")
         if acc.is_main_process:
             runs.repair_jsonl(metrics_path, keep=lambda r: r["step"] <= step)
     elif acc.is_main_process:
         runs.write_jsonl(metrics_path, [])
 
     def evaluate_and_save() -> None:
-        nonlocal best_step, best_eval, best_val
+        nonlocal best_step, best_eval, best_val, stopped
         if acc.is_main_process:
             if eval_fn is not None:
                 metrics = _run_eval(model, eval_fn, cfg)
-                runs.append_jsonl(metrics_path, [{"kind": "eval", "step": step, **metrics}])
+                # Collapse guards (step 0 is pi_base itself): a crossed limit stops training, and that adapter
+                # is never kept.
+                reason = guard_reason(metrics.get("guard") or {}, cfg) if step > 0 else None
+                runs.append_jsonl(metrics_path, [{"kind": "eval", "step": step, **metrics,
+                                                  **({"guard_stop": reason} if reason else {})}])
                 val = _as_list(key(metrics))
-                if best_val is None or val > best_val:  # ties keep the earlier (less trained) adapter
+                if reason:
+                    stopped = f"step {step}: {reason}"
+                    runs.atomic_write_json(stop_flag, {"stopped": stopped})
+                elif best_val is None or val > best_val:  # ties keep the earlier (less trained) adapter
                     best_step, best_eval, best_val = step, metrics, val
                     save_adapter(module, adapter_dir)
             _save_checkpoint(ckpt_path, module, optimizer, scheduler, {
                 "step": step, "identity": identity, "best_step": best_step, "best_eval": best_eval,
-                "best_val": best_val})
+                "best_val": best_val, "stopped": stopped})
         acc.wait_for_everyone()
+        if not acc.is_main_process and stop_flag.exists():
+            stopped = runs.read_json(stop_flag)["stopped"]
 
     if not resume:
         evaluate_and_save()  # step 0: the base model is a candidate too
@@ -232,7 +245,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
                 if cfg.mixed_precision == "bf16" else nullcontext())
     # 2) Optimizer steps: micro-batches -> summed gradients -> (all-reduce) -> clip -> AdamW -> next LR.
-    while step < total:
+    while step < total and stopped is None:
         _seed_step(cfg.seed, step, rank)
         micro, count = step_batches(len(dataset), step, cfg, world, rank)
         sums: dict[str, float] = {}
@@ -267,7 +280,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     if eval_fn is None and acc.is_main_process:
         save_adapter(module, adapter_dir)  # no judge of checkpoints: keep the final adapter
     acc.wait_for_everyone()
-    return TrainResult(steps=step, best_step=best_step, best_eval=best_eval, adapter_dir=adapter_dir)
+    return TrainResult(steps=step, best_step=best_step, best_eval=best_eval, adapter_dir=adapter_dir, stopped=stopped)
 
 
 def _as_list(v: Any) -> list:

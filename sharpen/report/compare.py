@@ -73,7 +73,7 @@ def _row(summary: Mapping[str, Any], command: str, run_dir: Path, method: str, s
     vs = vs or {}
     lo, hi = _ci(stats.get("accuracy_ci"))
     dlo, dhi = _ci(vs.get("diff_ci"))
-    return {"model": summary.get("model"), "task": summary.get("task"), "method": method,
+    return {"model": _model_name(summary.get("model")), "task": summary.get("task"), "method": method,
             "accuracy": stats.get(acc_key), "accuracy_ci_lo": lo, "accuracy_ci_hi": hi,
             "balanced_accuracy": pol.get("balanced_accuracy"), "majority_baseline": base.get("accuracy"),
             "majority_label": base.get("label"), "lift_pct": lift, "diff": vs.get("diff"), "diff_ci_lo": dlo,
@@ -116,6 +116,13 @@ def _eval_rows(s: Mapping[str, Any], run_dir: Path) -> list[dict]:
     tag = f" ({'/'.join(Path(str(s['adapter'])).parts[-2:])})" if s.get("adapter") else ""
     return [_row(s, "eval", run_dir, f"eval {kind}{tag}", s[kind], "accuracy", kind)
             for kind in ("greedy", "sample") if s.get(kind)]
+
+
+def _model_name(model: str | None) -> str | None:
+    """A model given as a file or directory path shows as its last component (a hub id stays whole)."""
+    if model and (model.startswith(("/", ".", "~")) or model.endswith(".gguf")):
+        return Path(model).name
+    return model
 
 
 def compare_rows(dirs: Sequence[str | Path]) -> list[dict]:

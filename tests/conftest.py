@@ -13,3 +13,14 @@ def _fp32_sampling_everywhere():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sharpen.engine.models, "native_bf16", lambda device: False)
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """Model work on one thread: a toy model only loses to thread contention, and subprocesses run so too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -95,17 +95,6 @@ def references(tmp_path_factory):
             p.wait()
 
 
-@pytest.fixture
-def one_thread():
-    """In-process model work on one thread, like the subprocesses (a toy model only loses to contention)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_bon_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, references):
     out = tmp_path / "run"
     greedy, samples = out / "greedy.jsonl", out / "samples.jsonl"

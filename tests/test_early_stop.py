@@ -13,13 +13,7 @@ from sharpen.engine.generate import EarlyStop, sample
 from sharpen.engine.models import tiny_model
 from sharpen.engine.sampler import token_stats
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_token_stats_closed_forms():

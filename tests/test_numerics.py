@@ -21,12 +21,7 @@ PROMPTS = ["abc", "Zebra crossing", "hi", "world", "xZ", "xyz"]  # unequal lengt
 REUSE = 2  # sharpen/decoder.py zeroes stale KV on slot refill and row restart
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a toy model only loses to thread contention
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nan_char_model(char: str):

@@ -90,6 +90,11 @@ def computable_selectors(samples: Sequence[Mapping[str, Any]]) -> list[str]:
     return [s for s, sel in SELECTORS.items() if all(f in r for r in samples for f in sel.needs)]
 
 
+def accuracy_ci(rows: Sequence[dict]) -> list[float] | None:
+    """95% bootstrap interval over prompts of the accuracy of `rows` (a prompt's rows count as its mean)."""
+    return _ci(list(per_prompt_accuracy(rows).values()))
+
+
 def _ci(values: Sequence[float] | np.ndarray) -> list[float] | None:
     """95% bootstrap interval over prompts of the mean of per-prompt values (stats.bootstrap_ci), as a list."""
     ci = bootstrap_ci(np.asarray(values, dtype=np.float64))
@@ -243,6 +248,7 @@ def summarize(samples: list[dict], greedy: list[dict] | None, n: int, seeds: int
         "invalid_logprobs": int((np.isnan(all_lp) | np.isposinf(all_lp)).sum()),
         "likelihood_vs_correctness": _likelihood_vs_correctness(pools),
         "pass_at_k_ci": {str(k): _ci(v) for k, v in per_prompt_pass.items()},
+        "sample_accuracy_ci": _ci([float(p.correct.mean()) for p in pools]),
         "self_reward_auroc": _self_reward_auroc(pools, present),
         "adaptive_majority": _adaptive(pools, by_n[str(n)]["majority"] if str(n) in by_n else None),
         **({"labels": label_controls([gold[i] for i in ids],

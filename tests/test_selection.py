@@ -216,7 +216,9 @@ def test_format_table_content():
     assert lines[0].startswith("N = 4")
     # Rows without confidence fields: exactly the selectors that need none, in registry order.
     assert list(s["selectors"]) == [name for name, sel in SELECTORS.items() if not sel.needs]
-    assert [ln.split()[0] for ln in lines[3:]] == ["greedy", *s["selectors"]]
+    rows = lines[3:4 + len(s["selectors"])]  # then the adaptive-N line
+    assert [ln.split()[0] for ln in rows] == ["greedy", *s["selectors"]]
+    assert lines[4 + len(s["selectors"])].startswith("majority with adaptive N")
     oracle = next(ln for ln in lines if ln.startswith("oracle"))
     # greedy 50%, oracle 100% on every prompt: an interval of one point, a paired difference that excludes zero
     assert "100.0 [100.0, 100.0]" in oracle and "+100.0%" in oracle and "*" in oracle

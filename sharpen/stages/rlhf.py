@@ -41,7 +41,7 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
-from ..metrics import before_after, guard_reason, guard_stats, guards, summarize_responses
+from ..metrics import accuracy_ci, before_after, guard_reason, guard_stats, guards, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target
@@ -163,7 +163,8 @@ def held_out_metrics(rows: Sequence[dict], beta: float) -> dict[str, float | Non
         pol, base = torch.tensor(lps, dtype=torch.float64).T  # (K,), (K,)
         j, kl = float(j_beta_estimate(pol, base, beta)), float((pol - base).mean())
     return {"j_beta": j, "kl": kl, "accuracy": g.get("accuracy"), "sample_accuracy": s.get("accuracy"),
-            "logprob_base": s.get("mean_logprob_base"), "greedy_logprob_base": g.get("mean_logprob_base")}
+            "logprob_base": s.get("mean_logprob_base"), "greedy_logprob_base": g.get("mean_logprob_base"),
+            "accuracy_ci": g.get("accuracy_ci"), "sample_accuracy_ci": s.get("accuracy_ci")}
 
 
 def j_beta_key(metrics: dict) -> float:
@@ -193,7 +194,11 @@ def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
         ps = [p for p in pairs if p["round"] == t]
         out.append({"round": t, "pairs": len(ps),
                      "y_accuracy": sum(p["correct_y"] for p in ps) / len(ps),
+                     "y_accuracy_ci": accuracy_ci([{"prompt_id": p["prompt_id"], "correct": p["correct_y"]}
+                                                   for p in ps]),
                      "y2_accuracy": sum(p["correct_y2"] for p in ps) / len(ps),
+                     "y2_accuracy_ci": accuracy_ci([{"prompt_id": p["prompt_id"], "correct": p["correct_y2"]}
+                                                    for p in ps]),
                      "y_logprob_base": finite_mean([p.get("base_y") for p in ps]),
                      "y2_logprob_base": finite_mean([p.get("base_y2") for p in ps]),
                      "y_truncated": sum(p["finish_y"] == "length" for p in ps) / len(ps),

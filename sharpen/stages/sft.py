@@ -27,7 +27,7 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import base_pool, eval_rows, respond, validation_split
-from ..metrics import before_after, guard_stats, guards, summarize_responses
+from ..metrics import accuracy_ci, before_after, guard_stats, guards, summarize_responses
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean, valid_target
@@ -77,7 +77,7 @@ def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[in
     def fn(model: Model) -> dict[str, Any]:
         rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat)
         st = summarize_responses(rows)["greedy"]
-        return {"accuracy": st["accuracy"], "logprob_base": st["mean_logprob_base"],
+        return {"accuracy": st["accuracy"], "accuracy_ci": st["accuracy_ci"], "logprob_base": st["mean_logprob_base"],
                 "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"],
                 "guard": guard_stats(rows, base_greedy)}
 
@@ -114,6 +114,7 @@ def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sha
         "base_bon": {
             "prompts": "evaluated" if cfg.train_on_eval else "training",
             "accuracy": sum(bool(r["correct"]) for r in data) / len(data),
+            "accuracy_ci": accuracy_ci(data),
             "mean_logprob_base": finite_mean([r["logprob"] for r in data]),
             "mean_num_tokens": sum(r["num_tokens"] for r in data) / len(data),
             "truncated_fraction": sum(r["finish_reason"] == "length" for r in data) / len(data),

@@ -74,18 +74,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 20
     return {"diff": float(xa.mean() - xb.mean()), "diff_ci": [lo, hi], "excludes_zero": bool(lo > 0 or hi < 0)}
 
 
-def accuracy_with_ci(correct: Iterable[float], **kw: Any) -> dict[str, Any]:
-    """{"accuracy": mean, "accuracy_ci": [lo, hi]} of per-prompt correctness; None values when empty.
-
-    Keyword arguments go to bootstrap_ci (resamples, level, seed).
-    """
-    x = _finite_array(correct, "correct")
-    if not x.size:
-        return {"accuracy": None, "accuracy_ci": None}
-    lo, hi = bootstrap_ci(x, **kw)  # an unknown keyword raises TypeError here instead of being ignored
-    return {"accuracy": float(x.mean()), "accuracy_ci": [lo, hi]}
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
     # operator.index rejects floats, which would otherwise be truncated silently.
@@ -96,17 +84,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         return 1.0
     # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i): no huge binomials, no overflow.
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
-
-
-def pass_at_k_curve(counts: Iterable[tuple[int, int]], ks: Iterable[int]) -> dict[int, float]:
-    """{k: mean over prompts of pass_at_k(n_i, c_i, k)}; prompts with n_i < k are skipped, k with none omitted."""
-    counts = list(counts)
-    out: dict[int, float] = {}
-    for k in ks:
-        vals = [pass_at_k(n, c, k) for n, c in counts if n >= k]
-        if vals:
-            out[int(k)] = float(np.mean(vals))
-    return out
 
 
 def _label_setup(gold: Sequence[Any], labels: Sequence[Any] | None) -> tuple[list[str], list[str]]:

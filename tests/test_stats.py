@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 
 from sharpen.stats import (
-    accuracy_with_ci,
     auroc,
     auroc_within_prompt,
     bootstrap_ci,
     label_controls,
     paired_bootstrap,
     pass_at_k,
-    pass_at_k_curve,
     policy_label_stats,
 )
 
@@ -115,17 +113,6 @@ def test_paired_bootstrap_deterministic_and_signed():
     assert ab["diff_ci"][0] <= ab["diff"] <= ab["diff_ci"][1]
 
 
-def test_accuracy_with_ci():
-    assert accuracy_with_ci([1, 1, 1]) == {"accuracy": 1.0, "accuracy_ci": [1.0, 1.0]}
-    assert accuracy_with_ci([]) == {"accuracy": None, "accuracy_ci": None}
-    values = [1, 0, 1, 1]
-    out = accuracy_with_ci(values, seed=2, resamples=500)
-    assert out["accuracy"] == 0.75
-    assert out["accuracy_ci"] == list(bootstrap_ci(values, seed=2, resamples=500))
-    with pytest.raises(TypeError):
-        accuracy_with_ci(values, sede=2)  # a misspelt keyword is not silently ignored
-
-
 # ---------------------------------------------------------------- pass@k
 
 
@@ -162,16 +149,6 @@ def test_pass_at_k_rejects_invalid(n, c, k):
 def test_pass_at_k_rejects_float_counts():
     with pytest.raises(TypeError):
         pass_at_k(10.0, 3, 1)
-
-
-def test_pass_at_k_curve():
-    counts = [(4, 1), (4, 0), (2, 2)]
-    curve = pass_at_k_curve(counts, [1, 2, 4, 8])
-    assert set(curve) == {1, 2, 4}  # no prompt has 8 samples
-    assert curve[1] == pytest.approx((0.25 + 0.0 + 1.0) / 3)
-    assert curve[2] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
-    assert curve[4] == pytest.approx((1.0 + 0.0) / 2)  # the (2, 2) prompt is skipped at k = 4
-    assert pass_at_k_curve([], [1]) == {}
 
 
 # ---------------------------------------------------------------- label controls

@@ -79,6 +79,9 @@ def _check_temperature(t: float, positive: bool) -> None:
                            + ("" if positive else "; 0 means greedy"))
 
 
+ADAPTIVE = ("off", "majority", "appd")
+
+
 @dataclass
 class BonConfig(RunConfig):
     out: str | None = opt("runs/bon", "run directory (re-running the same command resumes it)")
@@ -96,12 +99,18 @@ class BonConfig(RunConfig):
                                   "tokens falls below the warm-up's threshold ends as 'early_stop'; votes ignore it")
     early_warmup: int = opt(8, "early stopping: samples per prompt that run in full and set the threshold")
     early_keep: float = opt(0.9, "early stopping: share of the warm-up samples above the threshold (DeepConf's eta)")
+    adaptive: str = opt("off", "adaptive N: sample each prompt in rounds of --adaptive-step and stop once the rule "
+                               "holds: 'majority' (the leading answer cannot be overtaken by the samples left; the "
+                               "summary then reports majority vote only), 'appd' (App. D: k * max pi(y|x) >= "
+                               "ln(2/delta)), or 'off'")
+    adaptive_step: int = opt(4, "adaptive N: samples per prompt and round")
+    adaptive_delta: float = opt(0.1, "adaptive N, rule appd: the failure probability delta of App. D")
     token_stats: bool = opt(False, "also write each sample's per-token entropy, self-certainty term and DeepConf "
                                    "confidence to token_stats.jsonl (the summaries are always in samples.jsonl)")
 
     IDENTITY = RunConfig.IDENTITY + ("limit", "split", "n", "seed", "temperature", "confidence", "early_stop",
-                                     "early_warmup", "early_keep")
-    POSITIVE = RunConfig.POSITIVE + ("n", "seeds", "limit", "early_warmup")
+                                     "early_warmup", "early_keep", "adaptive", "adaptive_step", "adaptive_delta")
+    POSITIVE = RunConfig.POSITIVE + ("n", "seeds", "limit", "early_warmup", "adaptive_step")
 
     def validate(self) -> None:
         super().validate()
@@ -110,6 +119,12 @@ class BonConfig(RunConfig):
             raise SharpenError(f"--early-keep must lie in (0, 1] (got {self.early_keep})")
         if self.early_stop and not self.confidence:
             raise SharpenError("--early-stop needs the per-token confidences: drop --no-confidence")
+        if self.adaptive not in ADAPTIVE:
+            raise SharpenError(f"unknown --adaptive {self.adaptive!r}: choose one of {', '.join(ADAPTIVE)}")
+        if self.adaptive != "off" and self.early_stop:
+            raise SharpenError("--adaptive and --early-stop do not combine (the warm-up needs one call): pick one")
+        if not 0 < self.adaptive_delta < 1:
+            raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
 
 
 @dataclass
@@ -236,8 +251,11 @@ class SftConfig(SharpenConfig):
     selector: str = opt("logprob", "which sample to train on: " + ", ".join(SELECTORS)
                         + " (logprob is the paper's; oracle uses the ground truth)")
     temperature: float = opt(1.0, "sampling temperature of the N training samples (the paper: 1)")
+    adaptive: bool = opt(False, "App. D's adaptive SFT-sharpening: sample each training prompt in rounds of 4 and "
+                                "stop once k * max_j pi(y_j|x) >= ln(2/delta) (at most --n samples)")
+    adaptive_delta: float = opt(0.1, "--adaptive: the failure probability delta of App. D")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "temperature")
+    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "temperature", "adaptive", "adaptive_delta")
     POSITIVE = SharpenConfig.POSITIVE + ("n",)
 
     def validate(self) -> None:

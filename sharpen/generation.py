@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,10 @@ from .engine.generate import EarlyStop, greedy, sample
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
 from .errors import SharpenError
-from .metrics import summarize
+from .metrics import summarize, summarize_adaptive
 from .progress import bar
-from .rows import complete_pools, counts, sample_rows
+from .rows import complete_pools, sample_rows
+from .selection import appd_decided, majority_decided
 from .tasks import load_task
 
 # Responses per engine call when --chunk is not given. Rows that finish are refilled only from the samples of the
@@ -44,6 +45,15 @@ def _item_id(item: Any) -> str:
     return item.id
 
 
+def _complete(rows: Iterable[dict], per_prompt: int) -> set[str]:
+    """Prompt ids whose rows are all there: `per_prompt` of them, or, for a prompt sampled adaptively, as many as
+    its rows' `drawn` says it was given."""
+    got: dict[str, list[dict]] = {}
+    for r in rows:
+        got.setdefault(r["prompt_id"], []).append(r)
+    return {pid for pid, rs in got.items() if len(rs) == rs[0].get("drawn", per_prompt)}
+
+
 def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: Draw, *, chunk: int | None,
                 label: str, progress: bool, key: Callable[[Any], str] = _item_id,
                 mine: Callable[[dict], bool] | None = None, earlier: Callable[[dict], bool] | None = None
@@ -60,21 +70,21 @@ def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: 
     is_mine = mine or (lambda r: True)
     kept_other = earlier or (lambda r: False)
     rows = runs.load_jsonl(path) if path is not None else []
-    done = counts(r for r in rows if is_mine(r))
+    done = _complete((r for r in rows if is_mine(r)), per_prompt)
     if path is not None:
         rows = runs.repair_jsonl(path, keep=lambda r: kept_other(r) if not is_mine(r) else
-                                 done.get(r["prompt_id"], 0) == per_prompt and r["prompt_id"] in wanted)
-    done = counts(r for r in rows if is_mine(r))
+                                 r["prompt_id"] in done and r["prompt_id"] in wanted)
+    done = _complete((r for r in rows if is_mine(r)), per_prompt)
     size = chunk_size(chunk, per_prompt)
     chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
-    todo = [c for c in chunks if any(done.get(key(it), 0) < per_prompt for it in c)]
+    todo = [c for c in chunks if any(key(it) not in done for it in c)]
     finished = len(items) - sum(len(c) for c in todo)
     if finished and progress and path is not None:
         print(f"{label}: resuming, {finished} of {len(items)} prompts already in {path.name}", file=sys.stderr)
     # The bar closes (ends its line) before an error reaches the CLI, so the error gets a line of its own.
     with bar(total=len(items), initial=finished, desc=label, enabled=progress) as b:
         for c in todo:
-            new = [r for r in draw(c) if done.get(r["prompt_id"], 0) != per_prompt]
+            new = [r for r in draw(c) if r["prompt_id"] not in done]
             if path is not None:
                 runs.append_jsonl(path, new)
             rows.extend(new)
@@ -178,6 +188,23 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
 
     early = EarlyStop(warmup=cfg.early_warmup, keep=cfg.early_keep) if cfg.early_stop else None
 
+    def adaptive_draw(chunk: list[Any]) -> list[dict]:
+        """Rounds of cfg.adaptive_step samples (stream indices k, k + 1, ...: the samples one call would draw) for
+        the prompts whose rule does not hold yet; each row records how many its prompt got (`drawn`)."""
+        got: dict[str, list[dict]] = {it.id: [] for it in chunk}
+        active, k = list(chunk), 0
+        while active and k < cfg.n:
+            m = min(cfg.adaptive_step, cfg.n - k)
+            out_ = sample(model, [prompt_ids[it.id] for it in active], n=m, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
+                          keys=[it.id for it in active], dtype=cfg.sample_dtype, progress=inner,
+                          stats=cfg.confidence, first_index=k)
+            for it, ss in zip(active, out_, strict=True):
+                got[it.id] += sample_rows(task, it, ss, start=k)
+            k += m
+            active = [it for it in active if not _decided(got[it.id], cfg)]
+        return [{**r, "drawn": len(got[it.id])} for it in chunk for r in got[it.id]]
+
     def samples_draw(chunk: list[Any]) -> list[dict]:
         out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
@@ -193,11 +220,13 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
     greedy_rows = run_chunked(out / "greedy.jsonl", items, 1, greedy_draw, chunk=cfg.chunk, label="greedy",
                               progress=progress)
     # 5) n samples per prompt, each with its raw temperature-1 log-prob.
-    pool = run_chunked(out / "samples.jsonl", items, cfg.n, samples_draw, chunk=cfg.chunk,
-                       label=f"sample x{cfg.n}", progress=progress)
-    # 6) Every selector, offline, over subsamples.
-    summary = summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds, gold={it.id: it.answer for it in items},
-                        labels=task.labels, prompt_tokens={k: len(v) for k, v in prompt_ids.items()})
+    pool = run_chunked(out / "samples.jsonl", items, cfg.n, samples_draw if cfg.adaptive == "off" else adaptive_draw,
+                       chunk=cfg.chunk, label=f"sample x{cfg.n}", progress=progress)
+    # 6) Every selector, offline, over subsamples (adaptive N: the pick of the rule that stopped sampling).
+    gold = {it.id: it.answer for it in items}
+    summary = (summarize(pool, greedy_rows, n=cfg.n, seeds=cfg.seeds, gold=gold, labels=task.labels,
+                         prompt_tokens={k: len(v) for k, v in prompt_ids.items()}) if cfg.adaptive == "off" else
+               summarize_adaptive(pool, greedy_rows, cfg.n, cfg.adaptive, gold, task.labels))
     summary["task"], summary["model"] = cfg.task, cfg.model
     # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine.generate), fp32 none.
     summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
@@ -212,6 +241,12 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
               f"{len(greedy_rows)} greedy responses have a NaN/inf log-prob (the model's forward pass is "
               "numerically broken: try --dtype float32); they are never selected as best", file=sys.stderr)
     return summary
+
+
+def _decided(rows: list[dict], cfg: BonConfig) -> bool:
+    if cfg.adaptive == "majority":
+        return majority_decided([r.get("answer") for r in rows], cfg.n)
+    return appd_decided([r["logprob"] for r in rows], cfg.adaptive_delta)
 
 
 def _valid(logprob: float | None) -> bool:
@@ -243,7 +278,9 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
                         subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                         n=n, seed=seed, max_new_tokens=cfg.max_new_tokens, temperature=temperature, chat=cfg.chat,
                         device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype, chunk=cfg.chunk,
-                        split="test" if cfg.train_on_eval else "train")
+                        split="test" if cfg.train_on_eval else "train",
+                        **({"adaptive": "appd", "adaptive_delta": cfg.adaptive_delta}
+                           if getattr(cfg, "adaptive", False) else {}))
         bon.validate()
         task = load_task(bon.task, data_dir=bon.data_dir, split=bon.split, limit=bon.limit, **bon.task_options)
         run_pool(bon, task, progress=progress)
@@ -251,7 +288,15 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
     prompts = runs.load_jsonl(bon_dir / "prompts.jsonl")
     if cfg.from_run and cfg.train_limit is not None and not cfg.train_on_eval:
         prompts = prompts[:cfg.train_limit]
-    pools, _ = complete_pools(runs.load_jsonl(bon_dir / "samples.jsonl"), n)
+    samples = runs.load_jsonl(bon_dir / "samples.jsonl")
+    if options.get("adaptive", "off") == "off":
+        pools, _ = complete_pools(samples, n)
+    else:  # adaptive N: each prompt has the samples its rule asked for (App. D trains on the best of those)
+        done = _complete(samples, n)
+        pools = {}
+        for r in sorted(samples, key=lambda r: int(r["index"])):
+            if r["prompt_id"] in done:
+                pools.setdefault(str(r["prompt_id"]), []).append(r)
     prompts = [p for p in prompts if str(p["id"]) in pools]
     if not prompts:
         raise SharpenError(f"no training prompt of {bon_dir} has {n} samples: finish that bon run first")

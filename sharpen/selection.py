@@ -439,6 +439,21 @@ def select(name: str, pool: PoolLike, rng: np.random.Generator | None = None) ->
     return SELECTORS[name].pick(_as_pool(pool), rng)
 
 
+def majority_decided(answers: Sequence[str | None], n: int) -> bool:
+    """Adaptive N for majority vote: the leading answer among `answers` (the first samples of a prompt) cannot be
+    overtaken by the n - len(answers) samples not drawn yet (its count exceeds the runner-up's plus them)."""
+    top = Counter(a for a in answers if a is not None).most_common(2)
+    lead, second = (top[0][1] if top else 0), (top[1][1] if len(top) > 1 else 0)
+    return lead > second + (n - len(answers)) or len(answers) >= n
+
+
+def appd_decided(logprobs: Sequence[float], delta: float) -> bool:
+    """The adaptive stopping rule of App. D for SFT-sharpening: stop once 1 / max_j pi(y_j|x) <= k / mu, with k the
+    samples drawn and mu = ln(2 / delta), i.e. once k * max_j pi(y_j|x) >= mu."""
+    best = max((lp for lp in logprobs if lp is not None and math.isfinite(lp)), default=-math.inf)
+    return len(logprobs) * math.exp(best) >= math.log(2 / delta)
+
+
 def adaptive_majority(pool: PoolLike) -> tuple[int, int]:
     """Adaptive N for majority vote: read the samples in index order and stop at the first k where the leading
     answer cannot be overtaken by the samples left (its count exceeds the runner-up's plus the m - k unread ones);
@@ -448,15 +463,8 @@ def adaptive_majority(pool: PoolLike) -> tuple[int, int]:
     """
     p = _as_pool(pool)
     order = np.argsort(p.index, kind="stable")
-    counts: Counter[str] = Counter()
     m = len(order)
-    for k, pos in enumerate(order, 1):
-        a = p.answer[pos]
-        if a is not None and not p.stopped[pos] and p.valid[pos]:
-            counts[a] += 1
-        top = counts.most_common(2)
-        lead, second = (top[0][1] if top else 0), (top[1][1] if len(top) > 1 else 0)
-        if lead > second + (m - k) or k == m:
-            first = np.sort(order[:k])
-            return int(first[select_majority(p.take(first))]), k
-    raise AssertionError("unreachable")
+    votes = [p.answer[pos] if not p.stopped[pos] and p.valid[pos] else None for pos in order]
+    k = next(k for k in range(1, m + 1) if majority_decided(votes[:k], m))
+    first = np.sort(order[:k])
+    return int(first[select_majority(p.take(first))]), k

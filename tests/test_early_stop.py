@@ -121,3 +121,67 @@ def test_adaptive_majority_never_changes_the_winner():
         pos, k = adaptive_majority(pool)
         full = select_majority(pool)
         assert 1 <= k <= m and pool.answer[pos] == pool.answer[full]
+
+
+def test_first_index_draws_the_same_samples_as_one_call():
+    model = tiny_model()
+    kw = dict(max_new_tokens=10, seed=7, dtype="float32", max_rows=1, keys=["a", "b"])
+    prompts = [[1, 40, 41], [1, 50]]
+    whole = sample(model, prompts, n=5, **kw)
+    tail = sample(model, prompts, n=3, first_index=2, **kw)
+    for p in range(2):
+        assert [(s.token_ids, s.token_logprobs) for s in whole[p][2:]] == [(s.token_ids, s.token_logprobs)
+                                                                            for s in tail[p]]
+
+
+def test_majority_and_appd_rules_by_hand():
+    from sharpen.selection import appd_decided, majority_decided
+
+    assert majority_decided(["x", "x", "x"], 5) and not majority_decided(["x", "x", "y"], 5)
+    assert majority_decided(["x", None], 2)  # every sample drawn
+    assert not majority_decided([None, None, None], 8)
+    mu = math.log(2 / 0.5)
+    assert appd_decided([math.log(mu / 2) + 1e-9, -50.0], 0.5)  # k = 2: 2 * max p >= mu
+    assert not appd_decided([math.log(mu / 2) - 1e-3, -50.0], 0.5)
+
+
+def test_adaptive_bon_draws_fewer_samples_and_resumes(tmp_path, monkeypatch):
+    from sharpen import generation
+    from sharpen.cli import main
+    from sharpen.runs import load_jsonl
+    from sharpen.tasks import load_task
+
+    # A stand-in rule: the first prompt is decided after its first round, the others never.
+    first = load_task("game24", limit=1).items[0].id
+    monkeypatch.setattr(generation, "_decided", lambda rows, cfg: rows[0]["prompt_id"] == first)
+    common = ["--model", "tiny-random", "--task", "game24", "--limit", "3", "--n", "6", "--seeds", "1",
+              "--max-new-tokens", "6", "--sample-dtype", "float32"]
+    assert main(["bon", *common, "--out", str(tmp_path / "full")]) == 0
+    argv = ["bon", *common, "--adaptive", "majority", "--adaptive-step", "2", "--out", str(tmp_path / "ad")]
+    assert main(argv) == 0
+    rows = load_jsonl(tmp_path / "ad" / "samples.jsonl")
+    drawn = {r["prompt_id"]: r["drawn"] for r in rows}
+    assert sorted(drawn.values()) == [2, 6, 6] and len(rows) == 14
+    full = {(r["prompt_id"], r["index"]): r["token_ids"] for r in load_jsonl(tmp_path / "full" / "samples.jsonl")}
+    assert all(full[(r["prompt_id"], r["index"])] == r["token_ids"] for r in rows)  # the same streams
+    summary = (tmp_path / "ad" / "summary.json").read_text()
+    assert '"samples_per_prompt": 4.666' in summary and (tmp_path / "ad" / "report.md").exists()
+    before = (tmp_path / "ad" / "samples.jsonl").read_bytes()
+    assert main(argv) == 0 and (tmp_path / "ad" / "samples.jsonl").read_bytes() == before  # resumes: nothing new
+
+
+def test_sft_adaptive_samples_its_base_pool_with_the_appendix_d_rule(tmp_path, monkeypatch):
+    from sharpen import generation
+    from sharpen.config import SftConfig
+
+    seen = {}
+
+    def fake_run_pool(bon, task, progress=True):
+        seen["bon"] = bon
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(generation, "run_pool", fake_run_pool)
+    cfg = SftConfig(task="game24", train_limit=2, n=8, adaptive=True, adaptive_delta=0.2, out=str(tmp_path))
+    with pytest.raises(RuntimeError):
+        generation.base_pool(cfg, cfg.n, 0, tmp_path, [], temperature=1.0)
+    assert (seen["bon"].adaptive, seen["bon"].adaptive_delta, seen["bon"].n) == ("appd", 0.2, 8)

@@ -6,7 +6,7 @@ import pytest
 
 from sharpen.config import TrainConfig
 from sharpen.engine.models import tiny_model
-from sharpen.metrics import guard_reason, guard_stats, guards
+from sharpen.guards import guard_reason, guard_stats, guards
 from sharpen.train.loop import train
 from sharpen.train.lora import attach_lora
 

@@ -98,8 +98,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            temperature: float = 1.0, seed: int = 0, stop: list[str] | None = None,
            keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str | None = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
-           backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None
-           ) -> list[list[Sample]]:
+           backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None,
+           first_index: int = 0) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
@@ -109,12 +109,15 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     is supported), "fast" or "hf". stats: record each token's entropy, self-certainty term and DeepConf
     confidence (`Sample.token_stats`; sampler.token_stats), computed from the logits the token was drawn from.
     early_stop: stop low-confidence samples once each prompt's warm-up has set a threshold (EarlyStop; needs
-    stats).
+    stats). first_index: draw samples first_index .. first_index + n - 1 of each prompt's stream (out[p][i] is
+    sample first_index + i), so a prompt can be sampled in rounds and get the same samples as in one call.
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
     if early_stop is not None and not stats:
         raise SharpenError("early stopping needs the per-token statistics: leave stats on")
+    if early_stop is not None and first_index:
+        raise SharpenError("early stopping needs each prompt's warm-up in the same call: use first_index=0")
     if temperature < 0 or not math.isfinite(temperature):
         raise SharpenError(f"temperature {temperature} must be >= 0 (0 means greedy)")
     ids = _prompt_ids(model, prompts)
@@ -133,7 +136,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device)
             decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
-                         eos, stops, progress, stats, early_stop)
+                         eos, stops, progress, stats, early_stop, first_index)
             return loop.run()
     finally:
         module.train(was_training)
@@ -168,10 +171,11 @@ class _Loop:
     """
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
-                 progress: bool | str | None, stats: bool = True, early: EarlyStop | None = None) -> None:
+                 progress: bool | str | None, stats: bool = True, early: EarlyStop | None = None,
+                 first_index: int = 0) -> None:
         self.dec, self.tok, self.ids, self.key_ids = decoder, tokenizer, ids, key_ids
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
-        self.eos, self.stops, self.stats = eos, stops, stats
+        self.eos, self.stops, self.stats, self.first_index = eos, stops, stats, first_index
         self.early = early if early is not None and early.warmup < n else None
         self.warm: list[list[float]] = [[] for _ in ids]  # lowest group confidence of finished warm-up samples
         self.threshold: list[float | None] = [None] * len(ids)
@@ -320,7 +324,7 @@ class _Loop:
             self.dec.start_rows(fresh)
             rows = torch.tensor(fresh, device=dev)
             self.keys_t[rows] = torch.tensor([self.key_ids[self.row[r][0]] for r in fresh], device=dev)
-            self.index_t[rows] = torch.tensor([self.row[r][1] for r in fresh], device=dev)
+            self.index_t[rows] = torch.tensor([self.row[r][1] + self.first_index for r in fresh], device=dev)
             self.step_t[rows] = 0
             self.active_t[rows] = 1
         if idle:

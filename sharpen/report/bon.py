@@ -34,13 +34,26 @@ COLORS = {"logprob": "tab:blue", "logprob_mean": "tab:orange", "majority": "tab:
           "random": "tab:gray", "oracle": "tab:purple"}
 
 
-def _color(name: str) -> str | None:
-    """The paper's selectors keep their colours; others take matplotlib's cycle."""
-    return COLORS.get(name)
+def _color(name: str) -> Any:
+    """The paper's selectors keep their colours; the others take distinct ones from tab20 in registry order."""
+    if name in COLORS:
+        return COLORS[name]
+    from matplotlib import colormaps
+
+    others = [k for k in SELECTORS if k not in COLORS]
+    return colormaps["tab20"](2 * others.index(name) % 20 + 1) if name in others else None
+
+
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and its plots from config.json, summary.json and samples.jsonl; return its path."""
     run_dir = Path(run_dir)
     summary, config = read_run(run_dir, "best-of-N run")
+    if summary.get("adaptive"):  # adaptive N: pools of different sizes, one rule, no subsampled selectors
+        out = run_dir / "report.md"
+        atomic_write_text(out, "\n".join([f"# Best-of-N with adaptive N: {_title(summary)}", "",
+                                           "```", format_table(summary), "```", "",
+                                           *label_lines(summary.get("labels")), "", *config_table(config), ""]))
+        return out
     samples = load_jsonl(run_dir / "samples.jsonl")
     plots = {
         "accuracy_vs_n.png": plot_accuracy_vs_n(summary),
@@ -130,7 +143,17 @@ def plot_accuracy_vs_tokens(summary: Mapping[str, Any]) -> Any:
     g = summary.get("greedy") or {}
     if g.get("response_tokens_per_prompt") is not None:
         ax.plot([g["response_tokens_per_prompt"]], [100 * g["accuracy"]], "k*", ms=10, label="greedy")
+    a = summary.get("adaptive_majority")
+    if a and a.get("accuracy_ci"):  # what sampling one at a time and stopping (--adaptive majority) spends
+        lo, hi = a["accuracy_ci"]
+        ax.errorbar([a["response_tokens_per_prompt"]], [100 * a["accuracy"]],
+                    yerr=[[100 * (a["accuracy"] - lo)], [100 * (hi - a["accuracy"])]], fmt="D", color="tab:green",
+                    mfc="white", capsize=3, label="majority, adaptive N")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("response tokens per prompt")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -394,6 +417,16 @@ def _pct(x: float | None, signed: bool = False) -> str:
 def format_table(summary: Mapping[str, Any], n: int | None = None) -> str:
     """Plain-text table of the selectors at N (default the largest): accuracy with its 95% interval (%), the
     paired difference with greedy, lift over greedy; then the majority-label baseline where labels are closed."""
+    a = summary.get("adaptive")
+    if a:
+        g = summary.get("greedy") or {}
+        return "\n".join([
+            f"adaptive N ({a['rule']}), at most {summary['n']} samples   prompts = {summary['num_prompts']}",
+            f"greedy            {fmt_acc(g.get('accuracy'), g.get('accuracy_ci'))}",
+            f"adaptive {a['rule']:<9}{fmt_acc(a['accuracy'], a.get('accuracy_ci'))}   vs greedy "
+            f"{fmt_diff(a.get('vs_greedy'))} points   {a['samples_per_prompt']:.1f} samples and "
+            f"{a['response_tokens_per_prompt']:.0f} response tokens per prompt",
+            *label_console(summary.get("labels"))])
     ns = [int(k) for k in summary["ns"]]
     n = ns[-1] if n is None else int(n)
     if n not in ns:

@@ -41,7 +41,8 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
-from ..metrics import accuracy_ci, before_after, guard_reason, guard_stats, guards, summarize_responses
+from ..guards import guard_reason, guard_stats, guards
+from ..metrics import accuracy_ci, before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target

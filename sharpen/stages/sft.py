@@ -27,7 +27,8 @@ from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
 from ..generation import base_pool, eval_rows, respond, validation_split
-from ..metrics import accuracy_ci, before_after, guard_stats, guards, summarize_responses
+from ..guards import guard_stats, guards
+from ..metrics import accuracy_ci, before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean, valid_target

@@ -33,7 +33,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..engine.models import Model
 from ..errors import SharpenError
-from ..metrics import guard_reason
+from ..guards import guard_reason
 from ..progress import bar
 from .lora import save_adapter
 

@@ -86,3 +86,24 @@ def test_report_without_greedy_or_config(tmp_path):
 def test_missing_summary_is_a_user_error(tmp_path):
     with pytest.raises(SharpenError, match="summary.json"):
         write_report(tmp_path)
+
+
+def test_a_run_directory_written_before_intervals_and_confidences_still_reports(tmp_path):
+    """summary.json of an older version: no intervals, no labels, no token budgets, pass@k at the subsampled N only."""
+    s = make_run(tmp_path)
+    for key in ("pass_at_k_ci", "self_reward_auroc", "adaptive_majority", "sample_accuracy_ci"):
+        s.pop(key, None)
+    s["pass_at_k"] = {k: v for k, v in s["pass_at_k"].items() if k in {str(n) for n in s["ns"]}}
+    for k in ("accuracy_ci", "answer_rate", "response_tokens_per_prompt", "prompt_tokens_per_prompt"):
+        s["greedy"].pop(k, None)
+    for by_n in s["selectors"].values():
+        for st in by_n.values():
+            for k in ("accuracy_ci", "vs_greedy", "answer_rate", "response_tokens_per_prompt",
+                      "prompt_tokens_per_prompt"):
+                st.pop(k, None)
+    runs.atomic_write_json(tmp_path / "summary.json", s)
+    md = write_report(tmp_path).read_text()
+    assert "| logprob | " in md and "n/a" in md and not (tmp_path / "accuracy_vs_tokens.png").exists()
+    from sharpen.report.bon import format_table
+
+    assert format_table(s).splitlines()[3].startswith("greedy")

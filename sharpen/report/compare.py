@@ -21,7 +21,7 @@ from .kit import figure, fmt_acc, fmt_diff, fmt_num, fmt_pct, save_png
 
 COLUMNS = ("model", "task", "method", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "balanced_accuracy",
            "majority_baseline", "majority_label", "lift_pct", "diff", "diff_ci_lo", "diff_ci_hi",
-           "diff_excludes_zero", "answer_rate", "mean_num_tokens", "command", "run_dir")
+           "diff_excludes_zero", "answer_rate", "mean_num_tokens", "tokens_spent", "command", "run_dir")
 KINDS = ("bon", "sft", "dpo", "xpo", "eval")
 INTERVALS = ("Accuracy intervals: 95% bootstrap over prompts (best-of-N: a prompt's accuracy is the share of "
              "subsampling seeds whose pick is correct). Lift = 100 × (accuracy − greedy) / greedy against the same "
@@ -79,6 +79,9 @@ def _row(summary: Mapping[str, Any], command: str, run_dir: Path, method: str, s
             "majority_label": base.get("label"), "lift_pct": lift, "diff": vs.get("diff"), "diff_ci_lo": dlo,
             "diff_ci_hi": dhi, "diff_excludes_zero": vs.get("excludes_zero"),
             "answer_rate": stats.get("answer_rate"), "mean_num_tokens": stats.get("mean_num_tokens"),
+            # response tokens sampled per prompt for this result (best-of-N: all N samples, early stops counted
+            # as far as they ran), so runs with early stopping or adaptive N compare at their cost
+            "tokens_spent": stats.get("response_tokens_per_prompt"),
             "command": command, "run_dir": str(run_dir)}
 
 
@@ -91,6 +94,13 @@ def _bon_rows(s: Mapping[str, Any], run_dir: Path) -> list[dict]:
         st = by_n.get(n) or {}
         out.append(_row(s, "bon", run_dir, f"bon:{name}", st, "accuracy_mean", name, st.get("vs_greedy"),
                         st.get("lift_pct_mean")))
+    g = (s.get("greedy") or {}).get("accuracy")
+    for label, a in ((f"bon:adaptive {(s.get('adaptive') or {}).get('rule')}", s.get("adaptive")),
+                     ("bon:majority, adaptive N", s.get("adaptive_majority"))):
+        if a:  # a run sampled with --adaptive, or the exact adaptive-N reading of a full pool
+            lift = None if not g or a.get("accuracy") is None else 100 * (a["accuracy"] - g) / g
+            out.append(_row(s, "bon", run_dir, label, a, "accuracy", label.removeprefix("bon:"), a.get("vs_greedy"),
+                            lift))
     return out
 
 
@@ -151,14 +161,15 @@ def _lift(r: Mapping[str, Any]) -> str:
 def render_markdown(rows: Sequence[Mapping[str, Any]], png_name: str | None = None) -> str:
     """The Markdown table, the line on intervals and (when given) the heatmap's file name."""
     lines = ["| model | task | method | accuracy % [95% CI] | balanced accuracy % | majority label % | "
-             "lift over greedy [paired diff, pts] | answer rate % | mean tokens | run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "lift over greedy [paired diff, pts] | answer rate % | mean tokens | tokens spent / prompt | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = [r["accuracy_ci_lo"], r["accuracy_ci_hi"]] if r["accuracy_ci_lo"] is not None else None
         maj = fmt_pct(r["majority_baseline"]) + (f" ({r['majority_label']})" if r["majority_label"] else "")
         lines.append(f"| {r['model']} | {r['task']} | {r['method']} | {fmt_acc(r['accuracy'], acc)} | "
                      f"{fmt_pct(r['balanced_accuracy'])} | {maj} | {_lift(r)} | {fmt_pct(r['answer_rate'])} | "
-                     f"{fmt_num(r['mean_num_tokens'], '.1f')} | {r['run_dir']} |")
+                     f"{fmt_num(r['mean_num_tokens'], '.1f')} | {fmt_num(r['tokens_spent'], '.0f')} | "
+                     f"{r['run_dir']} |")
     lines += ["", INTERVALS]
     return "\n".join(lines + (["", f"![% lift over greedy]({png_name})"] if png_name else [])) + "\n"
 

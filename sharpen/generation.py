@@ -25,7 +25,7 @@ from .engine.scoring import score
 from .errors import SharpenError
 from .metrics import summarize, summarize_adaptive
 from .progress import bar
-from .rows import complete_pools, sample_rows
+from .rows import complete_pools, group_by_prompt, sample_rows
 from .selection import appd_decided, majority_decided
 from .tasks import load_task
 
@@ -48,10 +48,7 @@ def _item_id(item: Any) -> str:
 def _complete(rows: Iterable[dict], per_prompt: int) -> set[str]:
     """Prompt ids whose rows are all there: `per_prompt` of them, or, for a prompt sampled adaptively, as many as
     its rows' `drawn` says it was given."""
-    got: dict[str, list[dict]] = {}
-    for r in rows:
-        got.setdefault(r["prompt_id"], []).append(r)
-    return {pid for pid, rs in got.items() if len(rs) == rs[0].get("drawn", per_prompt)}
+    return {pid for pid, rs in group_by_prompt(rows).items() if len(rs) == rs[0].get("drawn", per_prompt)}
 
 
 def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: Draw, *, chunk: int | None,
@@ -293,10 +290,8 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
         pools, _ = complete_pools(samples, n)
     else:  # adaptive N: each prompt has the samples its rule asked for (App. D trains on the best of those)
         done = _complete(samples, n)
-        pools = {}
-        for r in sorted(samples, key=lambda r: int(r["index"])):
-            if r["prompt_id"] in done:
-                pools.setdefault(str(r["prompt_id"]), []).append(r)
+        pools = {pid: rs for pid, rs in group_by_prompt(sorted(samples, key=lambda r: int(r["index"]))).items()
+                 if pid in done}
     prompts = [p for p in prompts if str(p["id"]) in pools]
     if not prompts:
         raise SharpenError(f"no training prompt of {bon_dir} has {n} samples: finish that bon run first")

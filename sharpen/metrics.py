@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SharpenError
-from .rows import complete_pools, finite_mean
+from .rows import complete_pools, finite_mean, group_by_prompt
 from .selection import CONFIDENCE_FIELDS, SELECTORS, Pool, adaptive_majority, as_float, select
 from .stats import (
     auroc,
@@ -308,10 +308,7 @@ def _transpose(by_n: dict[str, dict[str, dict]], names: Sequence[str]) -> dict[s
 
 def per_prompt_accuracy(rows: Sequence[dict]) -> dict[str, float]:
     """Prompt id -> share of its rows that are correct (a prompt with k samples counts once, weight 1)."""
-    hits: dict[str, list[bool]] = {}
-    for r in rows:
-        hits.setdefault(str(r["prompt_id"]), []).append(bool(r["correct"]))
-    return {pid: sum(h) / len(h) for pid, h in hits.items()}
+    return {pid: sum(bool(r["correct"]) for r in rs) / len(rs) for pid, rs in group_by_prompt(rows).items()}
 
 
 def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
@@ -343,12 +340,9 @@ def summarize_responses(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
 
 def _pass_at_k_of_rows(rows: Sequence[dict]) -> dict[str, float]:
     """Unbiased pass@k (stats.pass_at_k) for k up to the fewest samples any prompt has."""
-    counts: dict[str, list[int]] = {}
-    for r in rows:
-        c = counts.setdefault(str(r["prompt_id"]), [0, 0])
-        c[0], c[1] = c[0] + 1, c[1] + bool(r["correct"])
-    kmax = min(n for n, _ in counts.values())
-    return {str(k): float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in range(1, kmax + 1)}
+    counts = [(len(rs), sum(bool(r["correct"]) for r in rs)) for rs in group_by_prompt(rows).values()]
+    kmax = min(n for n, _ in counts)
+    return {str(k): float(np.mean([pass_at_k(n, c, k) for n, c in counts])) for k in range(1, kmax + 1)}
 
 
 def compare_responses(base_rows: Sequence[dict], sharp_rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
@@ -433,9 +427,7 @@ def summarize_adaptive(samples: list[dict], greedy: list[dict] | None, n: int, r
     in size and the selectors are not subsampled): the rule's pick (majority vote, or for 'appd' the logprob pick
     that App. D trains on) with its interval and paired difference with greedy, the samples and response tokens
     spent per prompt, greedy, and the label controls of both."""
-    by_prompt: dict[str, list[dict]] = {}
-    for r in samples:
-        by_prompt.setdefault(str(r["prompt_id"]), []).append(r)
+    by_prompt = group_by_prompt(samples)
     if not by_prompt:
         raise SharpenError("no samples yet: finish (resume) the sampling stage first")
     ids = sorted(by_prompt)

@@ -37,11 +37,11 @@ def valid_target(row: Mapping[str, Any]) -> bool:
     return row["finish_reason"] in ("eos", "stop") and row.get("answer") is not None
 
 
-def counts(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Rows per prompt id."""
-    out: dict[str, int] = {}
+def group_by_prompt(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Prompt id (as a string) -> its rows, in the order given."""
+    out: dict[str, list[Any]] = {}
     for r in rows:
-        out[r["prompt_id"]] = out.get(r["prompt_id"], 0) + 1
+        out.setdefault(str(r["prompt_id"]), []).append(r)
     return out
 
 

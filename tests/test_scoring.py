@@ -166,3 +166,33 @@ def test_score_shares_a_prompt_prefill_and_matches_full_forward(make):
                                      -1)
         ref = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(r)]
         assert max(abs(a - b) for a, b in zip(lp, ref, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])
+def test_grouped_logprobs_share_prompts_with_equal_values_and_gradients(make):
+    """Training losses score a group of responses per prompt with the prompt run once: the per-token values and
+    the gradients equal those of the plain right-padded batch (which the tests above check against autograd)."""
+    from sharpen.engine.scoring import (
+        collate,
+        grouped_sequence_logprobs,
+        grouped_token_logprobs,
+        response_token_logprobs,
+    )
+
+    m = make()
+    p1, p2, p3 = [1, 10, 11, 12, 13, 14, 15], [1, 20, 21], [1, 30, 31, 32]
+    prompts = [p1, p2, p1, p3, p1, p2]
+    responses = [[40, 41, 42], [50, 51, 52, 53, 54, 55], [60], [90, 91], [80, 81, 82, 83, 84, 85, 86], [70, 71]]
+    params = [p for p in m.module.parameters() if p.requires_grad]
+    weights = torch.linspace(-1.0, 2.0, sum(len(r) for r in responses))  # a loss that is not just the sum
+    out = grouped_token_logprobs(m, prompts, responses)
+    g_out = torch.autograd.grad((out * weights).sum(), params)
+    ids, attn, resp = collate(m, prompts, responses)
+    ref = response_token_logprobs(m.module, ids, attn, resp)
+    g_ref = torch.autograd.grad((ref * weights).sum(), params)
+    torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-5, rtol=0)
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    sums = grouped_sequence_logprobs(m, prompts, responses).detach()
+    torch.testing.assert_close(sums, torch.stack([t.sum() for t in ref.detach().split([len(r) for r in responses])]),
+                               atol=1e-5, rtol=0)

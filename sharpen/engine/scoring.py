@@ -211,22 +211,73 @@ def _extend(outs: list[list[float]], responses: list[list[int]], flat: list[floa
 def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chunk: int, outs: list[list[float]],
                   batch_size: int) -> None:
     """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses."""
-    dev, body = model.device, backbone(model.module)
-    kw = cache_keyword(body)
-    pre = body(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
-    h_last = pre.last_hidden_state[:, -1:]  # (1, 1, H): predicts each response's first token
-    P = len(prompt)
+    pre = _prefill(model, prompt)
     todo = sorted((i for i, r in enumerate(responses) if r), key=lambda i: -len(responses[i]))
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         rs = [responses[i] for i in batch]
-        ids, _, mask = collate(model, [[]] * len(rs), rs)  # (B, L) responses alone, right-padded
-        B, L = ids.shape
-        cache = copy.deepcopy(getattr(pre, kw))
-        cache.batch_repeat_interleave(B)  # (B, heads, P, D) per layer
-        # Right padding after the real tokens: causal attention never lets a real token see a pad.
-        h = body(input_ids=ids, **{kw: cache}, use_cache=True,
-                 attention_mask=torch.ones((B, P + L), dtype=torch.long, device=dev),
-                 position_ids=torch.arange(P, P + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
-        before = torch.cat([h_last.expand(B, 1, -1), h[:, :-1]], dim=1)  # (B, L, H): state before each token
-        _extend([outs[i] for i in batch], rs, head_logprobs(model.module, before[mask], ids[mask], chunk).tolist())
+        _extend([outs[i] for i in batch], rs, _after_prefill(model, pre, len(prompt), rs, chunk, copy_cache=True)
+                .tolist())
+
+
+def _prefill(model: Any, prompt: list[int]) -> Any:
+    """The backbone's output (hidden states and KV cache) for one prompt."""
+    return backbone(model.module)(input_ids=torch.tensor([prompt], device=model.device), use_cache=True)
+
+
+def _after_prefill(model: Any, pre: Any, P: int, responses: list[list[int]], chunk: int, copy_cache: bool) -> Tensor:
+    """(K,) log-probs of the tokens of `responses` (non-empty, row-major) given a prompt of P tokens whose
+    backbone output is `pre`; its KV cache is repeated for the B responses (a copy first with copy_cache, so
+    `pre` serves another batch). Differentiable, through the prompt's forward too."""
+    body, dev = backbone(model.module), model.device
+    kw = cache_keyword(body)
+    h_last = pre.last_hidden_state[:, -1:]  # (1, 1, H): predicts each response's first token
+    ids, _, mask = collate(model, [[]] * len(responses), responses)  # (B, L) responses alone, right-padded
+    B, L = ids.shape
+    cache = copy.deepcopy(getattr(pre, kw)) if copy_cache else getattr(pre, kw)
+    cache.batch_repeat_interleave(B)  # (B, heads, P, D) per layer
+    # Right padding after the real tokens: causal attention never lets a real token see a pad.
+    h = body(input_ids=ids, **{kw: cache}, use_cache=True,
+             attention_mask=torch.ones((B, P + L), dtype=torch.long, device=dev),
+             position_ids=torch.arange(P, P + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
+    before = torch.cat([h_last.expand(B, 1, -1), h[:, :-1]], dim=1)  # (B, L, H): state before each token
+    return head_logprobs(model.module, before[mask], ids[mask], chunk)
+
+
+def grouped_token_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                           chunk: int = 256) -> Tensor:
+    """(K,) fp32 log-probs of every response token, differentiable: response i's tokens in order, responses in
+    order (K = total response length; the same values as `response_token_logprobs` on the collated batch).
+
+    Responses that share a prompt (GRPO's group of samples, a DPO pair) share one forward pass of it, so its cost
+    and its gradient are taken once; responses alone with their prompt run as one right-padded batch.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    parts: list[Tensor] = [torch.zeros(0, device=model.device)] * len(prompts)
+    alone = [g[0] for g in groups.values() if len(g) == 1]
+    if alone:
+        ids, attn, resp = collate(model, [prompts[i] for i in alone], [responses[i] for i in alone])
+        flat = response_token_logprobs(model.module, ids, attn, resp, chunk)
+        for i, piece in zip(alone, flat.split([len(responses[i]) for i in alone]), strict=True):
+            parts[i] = piece
+    for g in (g for g in groups.values() if len(g) > 1):
+        live = [i for i in g if responses[i]]
+        if not live:
+            continue
+        rs = [list(responses[i]) for i in live]
+        flat = _after_prefill(model, _prefill(model, list(prompts[g[0]])), len(prompts[g[0]]), rs, chunk,
+                              copy_cache=False)
+        for i, piece in zip(live, flat.split([len(r) for r in rs]), strict=True):
+            parts[i] = piece
+    return torch.cat(parts) if parts else torch.zeros(0, device=model.device)
+
+
+def grouped_sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                              chunk: int = 256) -> Tensor:
+    """(B,) summed response log-probs (Eq. 2) of `grouped_token_logprobs`, differentiable."""
+    flat = grouped_token_logprobs(model, prompts, responses, chunk)
+    rows = torch.repeat_interleave(torch.arange(len(responses), device=flat.device),
+                                   torch.tensor([len(r) for r in responses], device=flat.device))
+    return torch.zeros(len(responses), dtype=torch.float32, device=flat.device).index_add(0, rows, flat)

@@ -38,7 +38,7 @@ from .. import runs
 from ..config import PREFERENCE_LR, DpoConfig, RlhfConfig, TrainConfig, XpoConfig
 from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
-from ..engine.scoring import collate, sequence_logprobs
+from ..engine.scoring import grouped_sequence_logprobs
 from ..errors import SharpenError
 from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
 from ..guards import guard_reason, guard_stats, guards
@@ -115,13 +115,13 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     sft_weight times the per-token NLL of each pair's higher-reward response (an RPO-style anchor; it leaves the
     closed-form optimum of the paper's loss).
 
-    One forward pass scores y and y' under the policy (adapter on, differentiable); the base log-probs are the
-    stored ones.
+    One forward pass scores y and y' under the policy (adapter on, differentiable), the pair's prompt once for
+    both; the base log-probs are the stored ones.
     """
     B = len(batch)
     prompts = [r["prompt_token_ids"] for r in batch]
-    ids, attn, resp = collate(model, prompts + prompts, [r["y"] for r in batch] + [r["y2"] for r in batch])
-    lp = sequence_logprobs(model.module, ids, attn, resp)  # (2B,)
+    responses = [r["y"] for r in batch] + [r["y2"] for r in batch]
+    lp = grouped_sequence_logprobs(model, prompts + prompts, responses)  # (2B,): each pair's prompt runs once
     pol_y, pol_y2 = lp[:B], lp[B:]  # (B,), (B,)
 
     def col(key: str, fallback: str) -> torch.Tensor:  # (B,)
@@ -140,7 +140,7 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
     else:
         raise SharpenError(f"unknown pair loss {kind!r}: choose square, logistic or xpo")
     if sft_weight > 0:
-        lens = resp.sum(-1).float().clamp_min(1)  # (2B,) response tokens
+        lens = torch.tensor([max(1, len(r)) for r in responses], dtype=torch.float32, device=lp.device)  # (2B,)
         first = rew_y >= rew_y2  # (B,) the preferred response of each pair
         nll = -torch.where(first, pol_y / lens[:B], pol_y2 / lens[B:])
         loss = loss + sft_weight * nll.mean()

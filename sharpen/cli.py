@@ -18,8 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PREFERENCE_LR, SFT_LR, BonConfig, DpoConfig, EvalConfig, SftConfig, TrainConfig, XpoConfig
+from .config import (
+    GRPO_STEPS,
+    PREFERENCE_LR,
+    RL_LR,
+    SFT_LR,
+    BonConfig,
+    DpoConfig,
+    EvalConfig,
+    GrpoConfig,
+    SftConfig,
+    TrainConfig,
+    XpoConfig,
+)
 from .errors import SharpenError
+from .report import grpo as grpo_report
 from .report import rlhf as rlhf_report
 from .report import sft as sft_report
 from .report.bon import format_table, write_report
@@ -78,7 +91,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                            "(re-run its command to finish it)")
     command = read_json(run_dir / "config.json").get("command", "bon") if (run_dir / "config.json").exists() else "bon"
     writer = {"sft": sft_report.write_sft_report, "dpo": rlhf_report.write_rlhf_report,
-              "xpo": rlhf_report.write_rlhf_report}.get(command, write_report)
+              "xpo": rlhf_report.write_rlhf_report, "grpo": grpo_report.write_grpo_report}.get(command, write_report)
     print(f"report: {writer(run_dir)}")
     return 0
 
@@ -211,6 +224,27 @@ def _add_xpo(p: argparse.ArgumentParser) -> None:
 COMMANDS["dpo"] = ("RLHF-sharpening, offline: reward-based DPO (Eq. 4/8) on pairs of base samples", _add_dpo,
                    _cmd_rlhf)
 COMMANDS["xpo"] = ("RLHF-sharpening, online: reward-based XPO (Algorithm 1) in rounds", _add_xpo, _cmd_rlhf)
+
+
+# ---- online label-free RL: `sharpen grpo` -------------------------------------------------------------------
+
+def _add_grpo(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, GrpoConfig)
+    add_config_args(p, TrainConfig, {"lr": RL_LR, "max_steps": GRPO_STEPS, "eval_every": 16})
+
+
+def _cmd_grpo(args: argparse.Namespace) -> int:
+    from .stages.grpo import run_grpo
+
+    cfg = config_from_args(GrpoConfig, args)
+    summary = run_grpo(cfg, config_from_args(TrainConfig, args))
+    print(grpo_report.format_summary(summary))
+    print(f"report: {cfg.out}/report.md   adapter: {cfg.out}/adapter")
+    return 0
+
+
+COMMANDS["grpo"] = ("online RL with a label-free reward (GRPO): sample groups from the policy, reward within each "
+                    "group (vote, self_certainty, logprob; controls gold, random)", _add_grpo, _cmd_grpo)
 
 
 # ---- theory lab: `sharpen theory` --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 from .engine.spec import DEFAULT_MODEL, DTYPES, SAMPLE_DTYPE_HELP
 from .errors import SharpenError
-from .selection import REWARDS, SELECTORS
+from .selection import REWARD_SELECTORS, REWARDS, SELECTORS
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
@@ -216,27 +216,29 @@ class TrainConfig:
 
 SFT_LR = 3e-4  # the paper's (App. A.3)
 PREFERENCE_LR = 2e-5  # reward-based DPO / XPO on LoRA: the usual range of preference losses (1e-5 to 5e-5)
+RL_LR = 2e-5  # GRPO on LoRA: policy-gradient steps as small as the preference losses
+GRPO_STEPS = 64  # `sharpen grpo`'s default --max-steps: each step samples, so epochs are not its unit
 
 
 @dataclass
-class SharpenConfig(RunConfig):
-    """Fields of the amortized-sharpening stages (sft, dpo, xpo): training prompts, held-out prompts, base
-    samples. Training options are `TrainConfig`'s; the sampling seed is its --seed."""
+class AmortizedConfig(RunConfig):
+    """Fields of every amortized-sharpening stage (sft, dpo, xpo, grpo): training prompts, held-out prompts, the
+    validation split. Training options are `TrainConfig`'s; the sampling seed is its --seed."""
     train_limit: int | None = opt(256, "training prompts: the first TRAIN_LIMIT of the task's train split "
                                        "(disjoint from the evaluated subset), as many as the paper evaluates")
     eval_limit: int | None = opt(None, "held-out prompts: the first EVAL_LIMIT items of the paper's subset "
                                        "(default: all of it)")
     train_on_eval: bool = opt(False, "train on the evaluated prompts themselves (the paper's protocol)")
-    from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
     eval_samples: int = opt(1, "temperature-1 samples per held-out prompt in the before/after evaluation")
     valid_only: bool = opt(True, "train only on responses that ended (EOS or a stop string) and parse to an "
-                                 "answer: sft targets and dpo pairs; xpo gives the others --invalid-penalty")
+                                 "answer: sft targets and dpo pairs; xpo and grpo give the others "
+                                 "--invalid-penalty")
     val_limit: int = opt(32, "validation prompts, on which the kept checkpoint is chosen: items of the task's train "
                              "split after the training prompts, never a training or an evaluated prompt")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
 
-    IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "from_run", "eval_samples",
-                                     "val_limit", "valid_only")
+    IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "eval_samples", "val_limit",
+                                     "valid_only")
     POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit", "val_limit")
 
     @property
@@ -245,23 +247,45 @@ class SharpenConfig(RunConfig):
 
 
 @dataclass
+class SharpenConfig(AmortizedConfig):
+    """The stages trained on base samples (sft, dpo, xpo): they can reuse a finished bon run's."""
+    from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
+
+    IDENTITY = AmortizedConfig.IDENTITY + ("from_run",)
+
+
+@dataclass
 class SftConfig(SharpenConfig):
     out: str | None = opt("runs/sft", "run directory (re-running the same command resumes it)")
     n: int = opt(50, "samples per training prompt (the paper: 50)")
     selector: str = opt("logprob", "which sample to train on: " + ", ".join(SELECTORS)
                         + " (logprob is the paper's; oracle uses the ground truth)")
+    reward: str | None = opt(None, "pick each target by a reward instead of --selector: logprob, logprob_mean, vote "
+                                   "(log share of its answer among the prompt's samples) or self_certainty; the "
+                                   "pick is that of the selector maximizing it (" + ", ".join(
+                                       f"{k}: {v}" for k, v in REWARD_SELECTORS.items()) + ")")
     temperature: float = opt(1.0, "sampling temperature of the N training samples (the paper: 1)")
     adaptive: bool = opt(False, "App. D's adaptive SFT-sharpening: sample each training prompt in rounds of 4 and "
                                 "stop once k * max_j pi(y_j|x) >= ln(2/delta) (at most --n samples)")
     adaptive_delta: float = opt(0.1, "--adaptive: the failure probability delta of App. D")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "temperature", "adaptive", "adaptive_delta")
+    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "reward", "temperature", "adaptive", "adaptive_delta")
     POSITIVE = SharpenConfig.POSITIVE + ("n",)
+
+    @property
+    def target_selector(self) -> str:
+        """The selector that picks each prompt's target: --reward's maximizer, else --selector."""
+        return REWARD_SELECTORS[self.reward] if self.reward else self.selector
 
     def validate(self) -> None:
         super().validate()
         if self.selector not in SELECTORS:
             raise SharpenError(f"unknown selector {self.selector!r}: choose one of {', '.join(SELECTORS)}")
+        if self.reward is not None and self.reward not in REWARD_SELECTORS:
+            raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(REWARD_SELECTORS)}")
+        if self.reward is not None and self.selector not in ("logprob", self.target_selector):
+            raise SharpenError(f"--reward {self.reward} picks with the {self.target_selector} selector, not "
+                               f"--selector {self.selector}: give one of the two")
         if self.eval_samples < 0:
             raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
         _check_temperature(self.temperature, positive=True)
@@ -342,3 +366,46 @@ class XpoConfig(RlhfConfig):
         super().validate()
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise SharpenError(f"--alpha must be a number >= 0 (got {self.alpha})")
+
+
+GRPO_REWARDS = (*REWARDS, "gold", "random")
+ADVANTAGES = ("grpo", "mean", "rloo")
+
+
+@dataclass
+class GrpoConfig(AmortizedConfig):
+    """`sharpen grpo`: online group-relative policy optimization with a label-free reward."""
+    out: str | None = opt("runs/grpo", "run directory (re-running the same command resumes it)")
+    reward: str = opt("vote", "reward of each response within its group: vote (log share of its answer among the "
+                              "group: TTRL's majority reward), self_certainty (the policy's mean KL(U || p) per "
+                              "token, as Intuitor), logprob (log pi_base(y), the paper's self-reward), "
+                              "logprob_mean (per token); controls: gold (1 if correct: uses labels, an upper "
+                              "bound) and random (a fair coin: the spurious-reward control)")
+    group: int = opt(8, "responses sampled per prompt and step from the current policy (temperature 1)")
+    advantage: str = opt("grpo", "grpo: (r - group mean) / group std; mean: r - group mean (Dr. GRPO); rloo: r - "
+                                 "mean of the group's other responses (RLOO)")
+    kl_coef: float = opt(0.04, "weight of the per-token KL(pi || pi_base) penalty (k3 estimator; pi_base = the "
+                               "model with its adapter off; DeepSeekMath: 0.04)")
+    clip_eps: float = opt(0.2, "clip range of the probability ratio pi / pi_old in the surrogate objective")
+    invalid_penalty: float = opt(1.0, "with --valid-only, a response that did not end or has no answer gets the "
+                                      "group's lowest reward minus this (as TRL's missing_eos_penalty)")
+    eval_samples: int = opt(4, "temperature-1 samples per held-out prompt in the before/after evaluation")
+
+    IDENTITY = AmortizedConfig.IDENTITY + ("reward", "group", "advantage", "kl_coef", "clip_eps", "invalid_penalty")
+    POSITIVE = AmortizedConfig.POSITIVE + ("group",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reward not in GRPO_REWARDS:
+            raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(GRPO_REWARDS)}")
+        if self.group < 2:
+            raise SharpenError(f"--group must be at least 2: advantages compare a response with its group "
+                               f"(got {self.group})")
+        if self.advantage not in ADVANTAGES:
+            raise SharpenError(f"unknown --advantage {self.advantage!r}: choose one of {', '.join(ADVANTAGES)}")
+        for name in ("kl_coef", "clip_eps", "invalid_penalty"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise SharpenError(f"--{name.replace('_', '-')} must be a number >= 0 (got {v})")
+        if self.eval_samples < 0:
+            raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
-from .config import BonConfig, SharpenConfig
+from .config import AmortizedConfig, BonConfig, SharpenConfig
 from .engine.generate import EarlyStop, greedy, sample
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
 from .errors import SharpenError
-from .metrics import summarize, summarize_adaptive
+from .guards import guard_stats
+from .metrics import summarize, summarize_adaptive, summarize_responses
 from .progress import bar
 from .rows import complete_pools, group_by_prompt, sample_rows
 from .selection import appd_decided, majority_decided
@@ -301,7 +302,7 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
     return BasePool(bon_dir, options, prompts, pools, sampled=not cfg.from_run)
 
 
-def validation_split(cfg: SharpenConfig, train_prompts: Sequence[dict], eval_items: Sequence[Any]
+def validation_split(cfg: AmortizedConfig, train_prompts: Sequence[dict], eval_items: Sequence[Any]
                      ) -> tuple[Any, list[Any], dict[str, Any]]:
     """The validation prompts of a training stage, on which checkpoints (SFT) or iterates (DPO, XPO) are chosen:
     the first cfg.val_limit items of the task's train split that are neither training nor evaluated prompts
@@ -318,3 +319,24 @@ def validation_split(cfg: SharpenConfig, train_prompts: Sequence[dict], eval_ite
     info = {"split": "train", "num_prompts": len(items), "overlap_with_eval": len(texts & eval_text),
             "overlap_with_train": len(texts & train_text)}
     return task, items, info
+
+
+def greedy_validation(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: Any,
+                      base_greedy: Sequence[dict]) -> Callable[[Model], dict[str, Any]]:
+    """eval_fn of the training core for sft and grpo: greedy accuracy and mean log pi_base of the greedy responses
+    on the validation prompts (never the evaluated ones: the kept checkpoint is chosen there), and the
+    collapse-guard statistics against the base model's greedy responses to them."""
+    def fn(model: Model) -> dict[str, Any]:
+        rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat)
+        st = summarize_responses(rows)["greedy"]
+        return {"accuracy": st["accuracy"], "accuracy_ci": st["accuracy_ci"], "logprob_base": st["mean_logprob_base"],
+                "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"],
+                "guard": guard_stats(rows, base_greedy)}
+
+    return fn
+
+
+def accuracy_key(metrics: dict) -> tuple[float, float]:
+    """Checkpoints judged by validation greedy accuracy, ties broken by the mean log pi_base."""
+    lp = metrics.get("logprob_base")
+    return float(metrics["accuracy"]), -math.inf if lp is None else float(lp)

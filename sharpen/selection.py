@@ -426,6 +426,24 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
+# The selector that maximizes each reward over a prompt's pool: an SFT target chosen "by reward" is that
+# selector's pick (vote: majority, whose pick carries the answer with the largest vote share).
+REWARD_SELECTORS = {"logprob": "logprob", "logprob_mean": "logprob_mean", "vote": "majority",
+                    "self_certainty": "self_certainty"}
+
+
+def reward_gold(p: Pool) -> np.ndarray:
+    """1 for a correct sample, else 0: the ground-truth reward (uses labels; an upper-bound control, not
+    label-free)."""
+    return p.correct.astype(np.float64)
+
+
+def reward_random(p: Pool, rng: np.random.Generator) -> np.ndarray:
+    """A fair coin per sample, whatever it says: the spurious-reward control (Shao et al. 2025, "Spurious
+    Rewards: Rethinking Training Signals in RLVR")."""
+    return rng.integers(0, 2, size=len(p)).astype(np.float64)
+
+
 def _need_rng(rng: np.random.Generator | None) -> np.random.Generator:
     if rng is None:
         raise ValueError("the random selector needs an rng")

@@ -42,6 +42,34 @@ def test_the_selectors_argmax_the_rewards_of_the_same_name():
         assert select(name, rows) == best, name
 
 
+def test_sft_reward_picks_a_maximizer_of_that_reward_on_random_pools():
+    """`sft --reward R` trains on the pick of REWARD_SELECTORS[R]: on random pools that pick always has the
+    largest reward R among the samples with a valid log-prob (vote: the most shared answer)."""
+    import numpy as np
+
+    from sharpen.config import SftConfig
+    from sharpen.selection import REWARD_SELECTORS, select
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = int(rng.integers(1, 9))
+        rows = [{"index": i, "logprob": float(rng.normal(-20, 5)), "num_tokens": int(rng.integers(1, 30)),
+                 "answer": rng.choice(["a", "b", "c", None]), "correct": False, "finish_reason": "eos",
+                 "self_certainty": float(rng.normal(2, 1))} for i in range(m)]
+        for reward, selector in REWARD_SELECTORS.items():
+            scores = REWARDS[reward](Pool.from_rows(rows))
+            pick = select(selector, rows)
+            if reward == "vote" and all(r["answer"] is None for r in rows):
+                continue  # nobody answered: majority falls back to logprob
+            assert scores[pick] == max(scores), (reward, rows)
+    assert SftConfig(reward="vote").target_selector == "majority"
+    assert SftConfig().target_selector == "logprob"
+    with pytest.raises(SharpenError, match="give one of the two"):
+        SftConfig(reward="vote", selector="random").validate()
+    with pytest.raises(SharpenError, match="unknown --reward"):
+        SftConfig(reward="gold").validate()
+
+
 def test_losses_take_any_reward_and_default_to_the_self_reward():
     pol_y, pol_y2 = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -1.0])
     base_y, base_y2 = torch.tensor([-2.0, -6.0]), torch.tensor([-3.0, -2.0])

@@ -22,7 +22,7 @@ from .kit import figure, fmt_acc, fmt_diff, fmt_num, fmt_pct, save_png
 COLUMNS = ("model", "task", "method", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "balanced_accuracy",
            "majority_baseline", "majority_label", "lift_pct", "diff", "diff_ci_lo", "diff_ci_hi",
            "diff_excludes_zero", "answer_rate", "mean_num_tokens", "tokens_spent", "command", "run_dir")
-KINDS = ("bon", "sft", "dpo", "xpo", "eval")
+KINDS = ("bon", "sft", "dpo", "xpo", "grpo", "eval")
 INTERVALS = ("Accuracy intervals: 95% bootstrap over prompts (best-of-N: a prompt's accuracy is the share of "
              "subsampling seeds whose pick is correct). Lift = 100 × (accuracy − greedy) / greedy against the same "
              "run's greedy (the base model's greedy for sft / dpo / xpo); the bracket is the 95% paired bootstrap "
@@ -107,9 +107,12 @@ def _bon_rows(s: Mapping[str, Any], run_dir: Path) -> list[dict]:
 def _trained_rows(s: Mapping[str, Any], command: str, run_dir: Path) -> list[dict]:
     if command == "sft":
         method = f"sft({s['selector']})" if s.get("selector") else "sft"
+    elif command == "grpo":
+        method = f"grpo({s['reward']})"
     else:
         opts = [str(s["loss"])] if s.get("loss") and s.get("loss") != command else []
         opts += [f"beta={s['beta']:g}"] if isinstance(s.get("beta"), int | float) else []
+        opts += [f"reward={s['reward']}"] if s.get("reward") not in (None, "logprob") else []
         method = f"{command}({', '.join(opts)})" if opts else command
     base, sharp, t1 = s.get("base") or {}, s.get("sharpened") or {}, s.get("table1") or {}
     out = [_row(s, command, run_dir, "greedy", base["greedy"], "accuracy", "base greedy")] if "greedy" in base else []

@@ -13,7 +13,6 @@ training on all (see sharpen.train.loop).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from ..config import SFT_LR, SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import collate, sequence_logprobs
 from ..errors import SharpenError
-from ..generation import base_pool, eval_rows, respond, validation_split
-from ..guards import guard_stats, guards
-from ..metrics import accuracy_ci, before_after, summarize_responses
+from ..generation import accuracy_key, base_pool, eval_rows, greedy_validation, validation_split
+from ..guards import guards
+from ..metrics import accuracy_ci, before_after
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean, valid_target
@@ -68,29 +67,6 @@ def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]],
     return out
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
-
-def held_out_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: SftConfig,
-                  base_greedy: Sequence[dict]) -> Any:
-    """eval_fn for training: greedy accuracy and mean log pi_base of the greedy responses on the validation
-    prompts (never the evaluated ones: the kept checkpoint is chosen there), and the collapse-guard statistics
-    against the base model's greedy responses to them."""
-    def fn(model: Model) -> dict[str, Any]:
-        rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat)
-        st = summarize_responses(rows)["greedy"]
-        return {"accuracy": st["accuracy"], "accuracy_ci": st["accuracy_ci"], "logprob_base": st["mean_logprob_base"],
-                "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"],
-                "guard": guard_stats(rows, base_greedy)}
-
-    return fn
-
-
-def best_key(metrics: dict) -> tuple[float, float]:
-    """Checkpoints are judged by validation greedy accuracy, ties broken by the mean log pi_base."""
-    lp = metrics.get("logprob_base")
-    return float(metrics["accuracy"]), -math.inf if lp is None else float(lp)
-
-
 # ---------------------------------------------------------------------------------------------- summary
 
 def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
@@ -102,7 +78,7 @@ def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sha
     if (bon_dir / "summary.json").exists():
         bon_greedy = (runs.read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
     return {
-        "task": cfg.task, "model": cfg.model, "selector": cfg.selector, "n": cfg.n,
+        "task": cfg.task, "model": cfg.model, "selector": cfg.target_selector, "reward": cfg.reward, "n": cfg.n,
         "protocol": cfg.protocol,
         "num_train_prompts": len(data),
         # Prompts of the base pool without a valid target (ended, with an answer) get no example (--valid-only).
@@ -147,7 +123,7 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         if pool.sampled:
             write_report(pool.dir)
         # 3) The training set: each prompt's best response; the validation prompts that judge checkpoints.
-        data = best_responses(pool.prompts, pool.pools, cfg.selector, tcfg.seed, cfg.valid_only)
+        data = best_responses(pool.prompts, pool.pools, cfg.target_selector, tcfg.seed, cfg.valid_only)
         if not data:
             raise SharpenError(f"no training prompt has a valid target: none of its {cfg.n} samples ended with an "
                                "answer the task can extract; raise --max-new-tokens, or pass --no-valid-only")
@@ -170,8 +146,8 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     # 5) LoRA fine-tuning; the adapter best on the validation prompts is kept in DIR/adapter.
     model = attach_lora(model, tcfg)
     result = train(model, data, sft_batch_loss, tcfg, out,
-                   eval_fn=held_out_eval(val_task, val_items, prompt_ids, cfg,
-                                         [r for r in val_base if r["kind"] == "greedy"]), best_key=best_key,
+                   eval_fn=greedy_validation(val_task, val_items, prompt_ids, cfg,
+                                             [r for r in val_base if r["kind"] == "greedy"]), best_key=accuracy_key,
                    progress=progress)
     if not main:
         return {}

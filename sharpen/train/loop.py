@@ -167,7 +167,7 @@ def _load_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, id
 
 def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfig, out_dir: str | Path,
           eval_fn: EvalFn | None = None, best_key: Callable[[dict], Any] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, step_fn: Callable[[int], None] | None = None) -> TrainResult:
     """Train the LoRA adapters of `model` (see `attach_lora`) on `dataset`; resumable.
 
     Writes `out_dir/metrics.jsonl` (one row per step, one per evaluation), `out_dir/checkpoint.pt` (adapter,
@@ -175,6 +175,8 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     (PEFT format): the adapter with the largest `best_key(eval metrics)`, judged at step 0 (the base model
     itself) and every `cfg.eval_every` steps; without `eval_fn`, the final adapter. `loss_fn` returns the
     mean loss over its batch; micro-batches are weighted by their size, so accumulation matches one big batch.
+    `step_fn(step)` runs before optimizer step `step` (0-based; a resumed run starts at the checkpoint's step):
+    online methods use it to key what their losses sample to the step.
     """
     cfg.validate()
     if not dataset:
@@ -247,6 +249,8 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     # 2) Optimizer steps: micro-batches -> summed gradients -> (all-reduce) -> clip -> AdamW -> next LR.
     while step < total and stopped is None:
         _seed_step(cfg.seed, step, rank)
+        if step_fn is not None:
+            step_fn(step)
         micro, count = step_batches(len(dataset), step, cfg, world, rank)
         sums: dict[str, float] = {}
         for idx in micro:

@@ -19,6 +19,9 @@ __all__ = [
     "reward_dpo_loss",
     "xpo_loss",
     "logistic_dpo_loss",
+    "group_advantages",
+    "k3_kl",
+    "grpo_loss",
     "j_beta_exact",
     "j_beta_estimate",
     "sharpened_distribution",
@@ -99,6 +102,52 @@ def logistic_dpo_loss(policy_logp_chosen: torch.Tensor, policy_logp_rejected: to
     _check_shapes(policy_logp_chosen, policy_logp_rejected, base_logp_chosen, base_logp_rejected)
     margin = (policy_logp_chosen - base_logp_chosen) - (policy_logp_rejected - base_logp_rejected)  # (B,)
     return -F.logsigmoid(beta * margin).mean()
+
+
+def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages of G responses per prompt from their rewards, (P, G) -> (P, G).
+
+    grpo (Shao et al. 2024, DeepSeekMath, outcome supervision): (r_i - mean r) / (std r + eps), std unbiased as
+    TRL's; mean (Liu et al. 2025, Dr. GRPO): r_i - mean r, no scaling, so a near-unanimous group is not blown up;
+    rloo (Ahmadian et al. 2024): r_i - mean of the other G - 1 rewards = G / (G - 1) (r_i - mean r). A group whose
+    rewards are all equal gets zero advantages: it carries no signal.
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise SharpenError(f"rewards must be (prompts, group >= 2), got {tuple(rewards.shape)}")
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if kind == "grpo":
+        return centered / (rewards.std(dim=1, keepdim=True) + eps)
+    if kind == "mean":
+        return centered
+    if kind == "rloo":
+        g = rewards.shape[1]
+        return centered * g / (g - 1)
+    raise SharpenError(f"unknown advantage {kind!r}: choose grpo, mean or rloo")
+
+
+def k3_kl(policy_logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_base) from tokens y_t ~ pi (Schulman's k3): exp(d) - d - 1 with
+    d = log pi_base - log pi; non-negative, unbiased, and its gradient pulls log pi toward log pi_base."""
+    d = base_logp - policy_logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(policy_logp: torch.Tensor, old_logp: torch.Tensor, base_logp: torch.Tensor,
+              advantages: torch.Tensor, clip_eps: float = 0.2, kl_coef: float = 0.0) -> torch.Tensor:
+    """The clipped policy-gradient objective of GRPO, negated, averaged over all response tokens of the batch.
+
+    All arguments are per token (K,): log-probs of the sampled tokens under the policy (with grad), under the
+    policy that sampled them (pi_old, no grad) and under pi_base, and the advantage of the token's response.
+    Per token: -(min(rho A, clip(rho, 1 - eps, 1 + eps) A) - kl_coef k3(pi, pi_base)), rho = pi / pi_old. One
+    update per batch of samples (pi_old = pi) gives rho = 1 and the plain policy gradient A grad log pi. Averaging
+    over tokens rather than per response first (DAPO's token-level loss) gives every token the same weight, so
+    short responses are not favoured.
+    """
+    _check_shapes(policy_logp, old_logp, base_logp, advantages)
+    ratio = torch.exp(policy_logp - old_logp)
+    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+    per_token = -(surrogate - kl_coef * k3_kl(policy_logp, base_logp))
+    return per_token.mean() if per_token.numel() else policy_logp.sum() * 0.0
 
 
 def j_beta_exact(pi_probs: torch.Tensor, base_probs: torch.Tensor, beta: float) -> torch.Tensor:

@@ -426,6 +426,15 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
+def rewards_of(name: str, rows: Sequence[Mapping[str, Any]], voters: Sequence[str | None] | None = None
+               ) -> np.ndarray:
+    """REWARDS[name] of each row (sample-row fields: logprob, num_tokens, answer, self_certainty); `vote` counts
+    the answers of `voters` (DPO / XPO: the prompt's base samples) instead of the rows' own."""
+    if name == "vote" and voters is not None:
+        return np.array([vote_share(voters, r.get("answer")) for r in rows], dtype=np.float64)
+    return np.array(REWARDS[name](Pool.from_rows(rows)), dtype=np.float64)
+
+
 # The selector that maximizes each reward over a prompt's pool: an SFT target chosen "by reward" is that
 # selector's pick (vote: majority, whose pick carries the answer with the largest vote share).
 REWARD_SELECTORS = {"logprob": "logprob", "logprob_mean": "logprob_mean", "vote": "majority",

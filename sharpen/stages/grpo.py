@@ -39,7 +39,7 @@ from ..guards import guards
 from ..metrics import before_after
 from ..report.grpo import write_grpo_report
 from ..rows import sample_rows, valid_target
-from ..selection import REWARDS, Pool, reward_gold, reward_random
+from ..selection import Pool, reward_gold, reward_random, rewards_of
 from ..tasks import load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter
@@ -58,13 +58,12 @@ def group_rewards(name: str, rows: Sequence[dict], rng: np.random.Generator, val
     lowest valid reward minus `penalty` (0 minus it when none is valid), so it ranks last whatever the reward says;
     a non-finite reward is treated the same way.
     """
-    pool = Pool.from_rows(rows)
     if name == "gold":
-        r = reward_gold(pool)
+        r = reward_gold(Pool.from_rows(rows))
     elif name == "random":
-        r = reward_random(pool, rng)
+        r = reward_random(Pool.from_rows(rows), rng)
     else:
-        r = np.array(REWARDS[name](pool), dtype=np.float64)
+        r = rewards_of(name, rows)  # vote: among the group itself (TTRL)
     bad = ~np.isfinite(r)
     if valid_only:
         bad |= ~np.array([valid_target(x) for x in rows], dtype=bool)

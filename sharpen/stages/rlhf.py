@@ -46,7 +46,7 @@ from ..metrics import accuracy_ci, before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target
-from ..selection import REWARDS, Pool, vote_share
+from ..selection import REWARDS, Pool, as_float, rewards_of
 from ..tasks import load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
@@ -91,17 +91,14 @@ def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig
     answer among the prompt's base samples."""
     out = []
     for p in pairs:
+        sides = [{"index": i, "logprob": as_float(p[f"base_{side}"]), "num_tokens": max(1, len(p[side])),
+                  "answer": p[f"answer_{side}"], "correct": p[f"correct_{side}"],
+                  "finish_reason": p[f"finish_{side}"], "self_certainty": p.get(f"self_certainty_{side}")}
+                 for i, side in enumerate(("y", "y2"))]
+        values = rewards_of(cfg.reward, sides, voters=[s.get("answer") for s in pools[p["prompt_id"]]])
         r = dict(p)
-        answers = [s.get("answer") for s in pools[p["prompt_id"]]]
-        for side, base in (("y", "base_y"), ("y2", "base_y2")):
-            if cfg.reward == "logprob":
-                v = p[base]
-            elif cfg.reward == "logprob_mean":
-                v = None if p[base] is None else p[base] / max(1, len(p[side]))
-            elif cfg.reward == "vote":
-                v = vote_share(answers, p[f"answer_{side}"])
-            else:
-                v = p[f"self_certainty_{side}"]
+        for side, v in zip(("y", "y2"), values.tolist(), strict=True):
+            v = v if math.isfinite(v) else None  # an unusable pair (see `usable`)
             if v is not None and cfg.valid_only and not p[f"valid_{side}"]:
                 v -= cfg.invalid_penalty
             r[f"reward_{side}"] = v

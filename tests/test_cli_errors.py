@@ -281,3 +281,4 @@ def test_corrupt_line_inside_a_run_file_names_file_and_line(capsys, tmp_path):
     assert error_lines(err)[-1] == (f"sharpen: error: {samples}:2 is not valid JSON: delete the line or the file "
                                     "and re-run to recompute it")
     assert (out / "greedy.jsonl").exists() and (out / "summary.json").exists()  # nothing else was touched
+

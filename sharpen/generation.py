@@ -19,7 +19,7 @@ from typing import Any
 
 from . import runs
 from .config import AmortizedConfig, BonConfig, SharpenConfig
-from .engine.generate import EarlyStop, greedy, sample
+from .engine.generate import EarlyStop, greedy, logprob_method, sample
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
 from .errors import SharpenError
@@ -105,7 +105,7 @@ def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Seq
 
 def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,
             max_new_tokens: int, temperature: float = 1.0, seed: int = 0, dtype: str | None = None,
-            progress: str | None = None, chat: bool = False) -> list[dict]:
+            progress: str | None = None, chat: bool = False, exact_logprobs: bool = True) -> list[dict]:
     """Greedy and `samples` temperature-`temperature` responses per item, graded, with log pi_base.
     progress: a label for progress bars (none without it). chat: the prompts are chat-templated (responses end
     at the end of turn, not at the completion format's stop strings).
@@ -122,12 +122,13 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
     stop = task.stops(chat)
     # No per-token statistics: evaluations use none of the confidence selectors, and they cost ~20% in bf16.
     first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"),
-                   stats=False)
+                   stats=False, exact_logprobs=exact_logprobs)
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     if samples > 0:
         drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"), stats=False)
+                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"), stats=False,
+                       exact_logprobs=exact_logprobs)
         for it, ss in zip(items, drawn, strict=True):
             rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
@@ -146,7 +147,8 @@ def eval_rows(path: Path | None, model: Model, task: Any, items: Sequence[Any], 
 
     def draw(chunk: list[Any]) -> list[dict]:
         return respond(model, task, chunk, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, temperature=temperature,
-                       seed=seed, dtype=cfg.sample_dtype, progress=label if progress else None, chat=cfg.chat)
+                       seed=seed, dtype=cfg.sample_dtype, progress=label if progress else None, chat=cfg.chat,
+                       exact_logprobs=cfg.exact_logprobs)
 
     rows = run_chunked(path, items, per_prompt, draw, chunk=cfg.chunk, label=label, progress=False)
     order = {it.id: i for i, it in enumerate(items)}
@@ -181,7 +183,8 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
 
     def greedy_draw(chunk: list[Any]) -> list[dict]:
         out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner, stats=cfg.confidence)
+                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner, stats=cfg.confidence,
+                      exact_logprobs=cfg.exact_logprobs)
         return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(task, it, [s])]
 
     early = EarlyStop(warmup=cfg.early_warmup, keep=cfg.early_keep) if cfg.early_stop else None
@@ -196,7 +199,7 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
             out_ = sample(model, [prompt_ids[it.id] for it in active], n=m, max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
                           keys=[it.id for it in active], dtype=cfg.sample_dtype, progress=inner,
-                          stats=cfg.confidence, first_index=k)
+                          stats=cfg.confidence, first_index=k, exact_logprobs=cfg.exact_logprobs)
             for it, ss in zip(active, out_, strict=True):
                 got[it.id] += sample_rows(task, it, ss, start=k)
             k += m
@@ -207,7 +210,7 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
         out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
                       keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner, early_stop=early,
-                      stats=cfg.confidence)
+                      stats=cfg.confidence, exact_logprobs=cfg.exact_logprobs)
         if cfg.token_stats:  # before the rows: a crash may repeat a chunk here, readers keep the last copy
             runs.append_jsonl(out / "token_stats.jsonl", ({"prompt_id": it.id, "index": i, **(s.token_stats or {})}
                                                           for it, ss in zip(chunk, out_, strict=True)
@@ -227,7 +230,9 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
                summarize_adaptive(pool, greedy_rows, cfg.n, cfg.adaptive, gold, task.labels))
     summary["task"], summary["model"] = cfg.task, cfg.model
     # The dtype the engine computed in: bf16 log-probs carry a small error (sharpen.engine.generate), fp32 none.
-    summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device)).removeprefix("torch.")
+    summary["sample_dtype"] = str(sampling_dtype(cfg.sample_dtype, model.dtype, model.device, cfg.exact_logprobs)
+                                  ).removeprefix("torch.")
+    summary["logprobs"] = logprob_method(model, cfg.sample_dtype, cfg.exact_logprobs)
     summary["greedy_invalid_logprobs"] = sum(not _valid(r["logprob"]) for r in greedy_rows)
     summary["early_stop"] = ({"warmup": cfg.early_warmup, "keep": cfg.early_keep,
                               "stopped": sum(r["finish_reason"] == "early_stop" for r in pool)}
@@ -275,7 +280,8 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
         bon = BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
                         subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                         n=n, seed=seed, max_new_tokens=cfg.max_new_tokens, temperature=temperature, chat=cfg.chat,
-                        device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype, chunk=cfg.chunk,
+                        device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype,
+                        exact_logprobs=cfg.exact_logprobs, chunk=cfg.chunk,
                         split="test" if cfg.train_on_eval else "train",
                         **({"adaptive": "appd", "adaptive_delta": cfg.adaptive_delta}
                            if getattr(cfg, "adaptive", False) else {}))
@@ -327,7 +333,8 @@ def greedy_validation(task: Any, items: Sequence[Any], prompt_ids: dict[str, lis
     on the validation prompts (never the evaluated ones: the kept checkpoint is chosen there), and the
     collapse-guard statistics against the base model's greedy responses to them."""
     def fn(model: Model) -> dict[str, Any]:
-        rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat)
+        rows = respond(model, task, items, prompt_ids, 0, cfg.max_new_tokens, dtype=cfg.sample_dtype, chat=cfg.chat,
+                       exact_logprobs=cfg.exact_logprobs)
         st = summarize_responses(rows)["greedy"]
         return {"accuracy": st["accuracy"], "accuracy_ci": st["accuracy_ci"], "logprob_base": st["mean_logprob_base"],
                 "logprob": st["mean_logprob"], "num_tokens": st["mean_num_tokens"],

@@ -43,6 +43,7 @@ from .confidence import DEFAULT_WINDOW, lowest_group
 from .decoder import make_decoder
 from .models import sampling_dtype
 from .sampler import TOKEN_STATS, draw, key_hash, token_stats, uniforms
+from .scoring import score
 
 # Bound on |bf16 engine log-prob - fp32 score| per token: 0.33 was the largest of 768 tokens on the embedded model.
 MEASURED_BF16_TOLERANCE = 0.5
@@ -99,7 +100,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str | None = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
            backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None,
-           first_index: int = 0) -> list[list[Sample]]:
+           first_index: int = 0, exact_logprobs: bool = True) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
@@ -111,6 +112,9 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     early_stop: stop low-confidence samples once each prompt's warm-up has set a threshold (EarlyStop; needs
     stats). first_index: draw samples first_index .. first_index + n - 1 of each prompt's stream (out[p][i] is
     sample first_index + i), so a prompt can be sampled in rounds and get the same samples as in one call.
+    exact_logprobs: when the compute dtype is below the model's (bf16 sampling of a float32 model), re-score the
+    finished responses teacher-forced in the model's own dtype (`rescore`), so the stored log-probs, and the
+    self-reward, are the model's and not the bf16 kernels' (the per-token statistics stay those of the draw).
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
@@ -133,13 +137,41 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     module.eval()
     try:
         with torch.inference_mode():
-            dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device)
+            dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device, exact_logprobs)
             decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
                          eos, stops, progress, stats, early_stop, first_index)
-            return loop.run()
+            out = loop.run()
     finally:
         module.train(was_training)
+    if exact_logprobs and dt != next(causal_lm(module).parameters()).dtype:
+        rescore(model, ids, out)
+    return out
+
+
+def logprob_method(model: Any, dtype: torch.dtype | str | None, exact_logprobs: bool = True) -> str:
+    """How `sample` computes the stored log-probs for this model and --sample-dtype: for summaries."""
+    own = next(causal_lm(model.module).parameters()).dtype
+    dt = sampling_dtype(dtype, own, model.device, exact_logprobs)
+    name = str(own).removeprefix("torch.")
+    if dt == own:
+        return f"{name}, while sampling"
+    if exact_logprobs:
+        return f"{name}, re-scored after sampling in {str(dt).removeprefix('torch.')}"
+    return f"{str(dt).removeprefix('torch.')}, while sampling (not re-scored: off by request)"
+
+
+def rescore(model: Any, prompts: list[list[int]], out: list[list[Sample]], batch_size: int = 32) -> None:
+    """Replace each sample's log-probs by a teacher-forced pass in the model's own dtype (`scoring.score`: one
+    prefill per prompt, shared by its samples). Samples whose draw broke ("invalid") keep their NaN."""
+    todo = [(p, s) for p, ss in zip(prompts, out, strict=True) for s in ss
+            if s.token_ids and s.finish_reason != "invalid"]
+    if not todo:
+        return
+    per_token = score(model, [p for p, _ in todo], [list(s.token_ids) for _, s in todo], batch_size=batch_size)
+    for (_, s), lp in zip(todo, per_token, strict=True):
+        s.token_logprobs = list(lp)
+        s.logprob = float(math.fsum(lp))
 
 
 def greedy(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int,

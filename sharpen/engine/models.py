@@ -79,14 +79,24 @@ def native_bf16(device: torch.device) -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def sampling_dtype(spec: str | torch.dtype | None, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    """Compute dtype of the sampling engine. None: the model's. "auto": bf16 when the model is fp32 and the
-    hardware has native bf16 (about 2.2x faster on such CPUs; log-probs then carry bf16 error, see
-    sharpen.engine.generate), else the model's. Anything else: as `resolve_dtype`."""
+def sampling_dtype(spec: str | torch.dtype | None, model_dtype: torch.dtype, device: torch.device,
+                   exact_logprobs: bool = True) -> torch.dtype:
+    """Compute dtype of the sampling engine. None: the model's. Anything but "auto": as `resolve_dtype`.
+
+    "auto" picks bf16 for a float32 model where the hardware has native bf16, unless that would cost more than the
+    model's own dtype for the same result: with exact log-probs (the default) bf16 samples are re-scored in
+    float32 (`generate.rescore`), which is cheap on a GPU (decoding is memory-bound, the teacher-forced pass is
+    not) but not on a CPU, where the float32 pass alone costs more than sampling in float32
+    (bench/exact_logprobs.py), so a CPU samples in float32. Without exact log-probs: bf16 wherever it is native
+    (about 3x faster on CPUs with AVX-512 BF16 or AMX; the log-probs then carry bf16 error).
+    """
     if spec is None:
         return model_dtype
     if spec == "auto":
-        return torch.bfloat16 if model_dtype == torch.float32 and native_bf16(device) else model_dtype
+        fast = model_dtype == torch.float32 and native_bf16(device)
+        if fast and exact_logprobs and device.type == "cpu":
+            return model_dtype
+        return torch.bfloat16 if fast else model_dtype
     return resolve_dtype(spec, device)
 
 

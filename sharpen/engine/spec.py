@@ -7,5 +7,6 @@ EMBEDDED = frozenset({"gemma-3-270m", "gemma3-270m", "embedded"})
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
 
-SAMPLE_DTYPE_HELP = ("sampling compute dtype: auto (bfloat16 where the hardware has it natively, else the "
-                     "model's), float32 (exact self-reward) or bfloat16")
+SAMPLE_DTYPE_HELP = ("sampling compute dtype: auto (the model's on a CPU; bfloat16 on a GPU, for a float32 model "
+                     "re-scored in float32; with --no-exact-logprobs, bfloat16 wherever the hardware has it "
+                     "natively), float32 or bfloat16")

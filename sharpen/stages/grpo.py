@@ -110,7 +110,8 @@ class GroupLoss:
         with torch.no_grad(), torch.autocast(model.device.type, enabled=False):
             drawn = sample(model, prompts, n=cfg.group, max_new_tokens=cfg.max_new_tokens,
                            seed=step_seed(self.seed, self.step), stop=self.task.stops(cfg.chat),
-                           keys=[p["id"] for p in batch], dtype=cfg.sample_dtype, stats=cfg.reward == "self_certainty")
+                           keys=[p["id"] for p in batch], dtype=cfg.sample_dtype, stats=cfg.reward == "self_certainty",
+                           exact_logprobs=False)  # the loss scores every response again, with gradients
             groups = [sample_rows(self.task, self.by_id[p["id"]], ss) for p, ss in zip(batch, drawn, strict=True)]
             flat_prompts = [pr for pr, g in zip(prompts, groups, strict=True) for _ in g]
             flat = [r for g in groups for r in g]

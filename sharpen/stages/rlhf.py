@@ -177,7 +177,7 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
     def fn(model: Model) -> dict[str, Any]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
             model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
-            dtype=cfg.sample_dtype, chat=cfg.chat)
+            dtype=cfg.sample_dtype, chat=cfg.chat, exact_logprobs=cfg.exact_logprobs)
         return {**held_out_metrics(rows, cfg.beta), "guard": guard_stats(rows, base_rows)}
 
     return fn
@@ -341,7 +341,8 @@ def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoC
     def draw(chunk: list[dict]) -> list[dict]:
         drawn = sample(model, [p["prompt_token_ids"] for p in chunk], n=k, max_new_tokens=cfg.max_new_tokens,
                        seed=round_seed(seed, t), stop=task.stops(cfg.chat), keys=[p["id"] for p in chunk],
-                       dtype=cfg.sample_dtype, stats=cfg.reward == "self_certainty")
+                       dtype=cfg.sample_dtype, stats=cfg.reward == "self_certainty",
+                       exact_logprobs=cfg.exact_logprobs)
         pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
                  for p, ss in zip(chunk, drawn, strict=True)
                  for j, y in enumerate(sample_rows(task, by_id[p["id"]], ss))]

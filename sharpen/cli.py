@@ -27,6 +27,7 @@ from .config import (
     DpoConfig,
     EvalConfig,
     GrpoConfig,
+    PowerConfig,
     SftConfig,
     TrainConfig,
     XpoConfig,
@@ -245,6 +246,30 @@ def _cmd_grpo(args: argparse.Namespace) -> int:
 
 COMMANDS["grpo"] = ("online RL with a label-free reward (GRPO): sample groups from the policy, reward within each "
                     "group (vote, self_certainty, logprob; controls gold, random)", _add_grpo, _cmd_grpo)
+
+
+# ---- power sampling: `sharpen power` -------------------------------------------------------------------------
+
+def _add_power(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, PowerConfig)
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from .stages.power import run_power
+
+    cfg = config_from_args(PowerConfig, args)
+    summary = run_power(cfg)
+    print(format_table(summary))
+    pw = summary["power"]
+    print(f"power sampling: pi^{cfg.alpha:g} ({cfg.method}), {pw['tokens_spent_per_prompt']:.0f} response tokens "
+          f"spent per prompt" + (f", acceptance rate {pw['acceptance_rate']:.2f}" if pw.get("acceptance_rate")
+                                 is not None else ""))
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+COMMANDS["power"] = ("power sampling: draw from pi^alpha (MH or SMC) with no training, in the bon format",
+                     _add_power, _cmd_power)
 
 
 # ---- theory lab: `sharpen theory` --------------------------------------------------------------------------

@@ -414,3 +414,52 @@ class GrpoConfig(AmortizedConfig):
                 raise SharpenError(f"--{name.replace('_', '-')} must be a number >= 0 (got {v})")
         if self.eval_samples < 0:
             raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
+
+
+POWER_METHODS = ("mh", "smc")
+
+
+@dataclass
+class PowerConfig(RunConfig):
+    """`sharpen power`: draws from pi^alpha by MCMC (mh) or sequential Monte Carlo (smc), in the bon format."""
+    out: str | None = opt("runs/power", "run directory (re-running the same command resumes it)")
+    limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
+    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts")
+    alpha: float = opt(4.0, "the power: draws target pi^alpha, the RLHF-sharpening optimum of beta = 1/(alpha - 1)")
+    method: str = opt("mh", "mh: block-wise Metropolis-Hastings with suffix resampling (Karan & Du 2025); smc: "
+                            "sequential Monte Carlo with resampling (Power-SMC)")
+    n: int = opt(8, "draws per prompt: MH chains or SMC particles (the selectors then run over them)")
+    block: int = opt(32, "tokens per block: the response grows a block at a time (MH moves / SMC reweighting "
+                         "after each)")
+    mh_steps: int = opt(4, "mh: Metropolis-Hastings moves per chain after each block")
+    threshold: float = opt(0.5, "smc: resample when the effective sample size falls below this share of --n")
+    proposal_temperature: float | None = opt(None, "temperature of the proposal (default 1/alpha: then each "
+                                                   "token's weight is the tempered normalizer)")
+    seeds: int = opt(10, "subsampling seeds for the selectors' accuracy at each N")
+    seed: int = opt(0, "seed of the proposals, positions, acceptances and resamplings")
+
+    IDENTITY = RunConfig.IDENTITY + ("limit", "split", "alpha", "method", "n", "block", "mh_steps", "threshold",
+                                     "proposal_temperature", "seed")
+    POSITIVE = RunConfig.POSITIVE + ("limit", "n", "block", "seeds")
+
+    def validate(self) -> None:
+        super().validate()
+        if not (math.isfinite(self.alpha) and self.alpha >= 1):
+            raise SharpenError(f"--alpha must be a number >= 1 (got {self.alpha}; 1 is plain sampling)")
+        if self.method not in POWER_METHODS:
+            raise SharpenError(f"unknown --method {self.method!r}: choose mh or smc")
+        if self.mh_steps < 0:
+            raise SharpenError(f"--mh-steps must be >= 0 (got {self.mh_steps})")
+        if not 0 < self.threshold <= 1:
+            raise SharpenError(f"--threshold must lie in (0, 1] (got {self.threshold})")
+        if self.proposal_temperature is not None and not (math.isfinite(self.proposal_temperature)
+                                                          and self.proposal_temperature > 0):
+            raise SharpenError(f"--proposal-temperature must be > 0 (got {self.proposal_temperature})")
+
+    def bon_config(self) -> BonConfig:
+        """The bon options of the run directory's samples: its layout, the selectors, the summary."""
+        return BonConfig(task=self.task, model=self.model, out=self.out, data_dir=self.data_dir, subject=self.subject,
+                         max_new_tokens=self.max_new_tokens, chat=self.chat, device=self.device, dtype=self.dtype,
+                         sample_dtype=self.sample_dtype, exact_logprobs=self.exact_logprobs, chunk=self.chunk,
+                         limit=self.limit, split=self.split, n=self.n, seeds=self.seeds, seed=self.seed,
+                         temperature=self.proposal_temperature or 1.0 / self.alpha, confidence=False)

@@ -157,7 +157,11 @@ def eval_rows(path: Path | None, model: Model, task: Any, items: Sequence[Any], 
 
 # ---------------------------------------------------------------------------------------------- the base pool
 
-def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
+Sampler = Callable[[Model, list[list[int]], list[str]], list[list[Any]]]
+
+
+def run_pool(cfg: BonConfig, task: Any, progress: bool = True, sampler: Sampler | None = None,
+             command: str = "bon", configs: Sequence[Any] | None = None) -> dict:
     """Best-of-N sampling into run directory cfg.out (or resume it): prompts.jsonl, greedy.jsonl, samples.jsonl
     and summary.json (every selector, offline). Returns the summary. The stages that need base samples (bon, and
     sft/dpo/xpo through DIR/bon) all come here.
@@ -165,11 +169,13 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
     Steps: 1) check the run directory, 2) load the model, 3) write prompts.jsonl with the exact token ids the
     model saw, 4) greedy decode every prompt, 5) draw n samples per prompt at the sampling temperature with their
     raw log-probs (the self-reward of Eq. 2), 6) summarize all selectors over subsamples.
+    sampler(model, prompt ids, keys): draws the n samples of a chunk instead of the engine's `sample` (power
+    sampling); `command` and `configs` then name the run directory's owner and the options it is checked against.
     """
     cfg.validate()
     # 1) The run directory is checked before anything slow happens.
     out = Path(cfg.out or "")
-    runs.open_run(out, "bon", [cfg], num_prompts=len(task.items))
+    runs.open_run(out, command, configs or [cfg], num_prompts=len(task.items))
     # 2) Model.
     model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     items = task.items
@@ -207,6 +213,9 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True) -> dict:
         return [{**r, "drawn": len(got[it.id])} for it in chunk for r in got[it.id]]
 
     def samples_draw(chunk: list[Any]) -> list[dict]:
+        if sampler is not None:
+            out_ = sampler(model, [prompt_ids[it.id] for it in chunk], [it.id for it in chunk])
+            return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
         out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
                       temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
                       keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner, early_stop=early,

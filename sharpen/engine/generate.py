@@ -60,6 +60,9 @@ class Sample:
     # Per token of token_ids, from the raw distribution it was drawn from (sampler.token_stats): "entropy",
     # "kl_uniform" (self-certainty term), "confidence" (DeepConf top-k); None when not recorded.
     token_stats: dict[str, list[float]] | None = None
+    # Log-probs of token_ids under the distribution each was drawn from (softmax(logits / temperature)); power
+    # sampling reads the tempered normalizer from them. None unless the call asked for them (record_draw).
+    draw_logprobs: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -100,7 +103,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str | None = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
            backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None,
-           first_index: int = 0, exact_logprobs: bool = True) -> list[list[Sample]]:
+           first_index: int = 0, exact_logprobs: bool = True, record_draw: bool = False) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
@@ -115,6 +118,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     exact_logprobs: when the compute dtype is below the model's (bf16 sampling of a float32 model), re-score the
     finished responses teacher-forced in the model's own dtype (`rescore`), so the stored log-probs, and the
     self-reward, are the model's and not the bf16 kernels' (the per-token statistics stay those of the draw).
+    record_draw: also keep each token's log-prob under the tempered distribution it was drawn from
+    (`Sample.draw_logprobs`, computed while sampling, never re-scored).
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
@@ -140,7 +145,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device, exact_logprobs)
             decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
-                         eos, stops, progress, stats, early_stop, first_index)
+                         eos, stops, progress, stats, early_stop, first_index, record_draw)
             out = loop.run()
     finally:
         module.train(was_training)
@@ -204,8 +209,9 @@ class _Loop:
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
                  progress: bool | str | None, stats: bool = True, early: EarlyStop | None = None,
-                 first_index: int = 0) -> None:
+                 first_index: int = 0, record_draw: bool = False) -> None:
         self.dec, self.tok, self.ids, self.key_ids = decoder, tokenizer, ids, key_ids
+        self.record_draw = record_draw
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
         self.eos, self.stops, self.stats, self.first_index = eos, stops, stats, first_index
         self.early = early if early is not None and early.warmup < n else None
@@ -221,6 +227,7 @@ class _Loop:
         self.row_slot = [-1] * self.B
         self.row_tokens: list[list[int]] = [[] for _ in range(self.B)]
         self.row_lps: list[list[float]] = [[] for _ in range(self.B)]
+        self.row_lqs: list[list[float]] = [[] for _ in range(self.B)]
         self.row_stats: list[list[tuple[float, ...]]] = [[] for _ in range(self.B)]
         self.results: list[list[Sample | None]] = [[None] * n for _ in ids]
         dev = decoder.device
@@ -245,19 +252,25 @@ class _Loop:
                                  device=logits.device) if self.stats and logits.dtype != torch.float32 else None)
         while True:
             u = uniforms(self.seed, self.keys_t, self.index_t, self.step_t) if self.temperature > 0 else None
-            tok, lp = draw(logits, self.temperature, u, work)  # (B,), (B,)
+            drawn = draw(logits, self.temperature, u, work, with_draw=self.record_draw)  # (B,) each
+            tok, lp = drawn[0], drawn[1]
             # (B, 3) from the same raw logits; at temperature 0 and 1 `work` holds their softmax already
             parts = [tok[:, None].double(), lp[:, None].double()]
             if self.stats:
                 p = work if self.temperature in (0.0, 1.0) else None
                 parts.append(token_stats(logits, p, buf=stats_buf).double())
+            if self.record_draw:
+                parts.append(drawn[2][:, None].double())
             self.step_t += 1
             # The one host sync per step (float64 holds token ids and fp32 log-probs exactly).
             step = torch.cat(parts, dim=1).tolist()
             tok_l, lp_l = [int(r[0]) for r in step], [r[1] for r in step]
+            for r in range(self.B) if self.record_draw else ():
+                if self.row[r] is not None:
+                    self.row_lqs[r].append(step[r][-1])
             for r in range(self.B) if self.stats else ():
                 if self.row[r] is not None:
-                    self.row_stats[r].append(tuple(step[r][2:]))
+                    self.row_stats[r].append(tuple(step[r][2:2 + len(TOKEN_STATS)]))
             finished = [r for r in range(self.B) if self.row[r] is not None and self._append(r, tok_l, lp_l)]
             if self.early is not None:  # rows left idle while a warm-up ran can start now
                 finished = [r for r in range(self.B) if self.row[r] is None]
@@ -319,7 +332,8 @@ class _Loop:
         stats = ({name: [float(t[j]) for t in self.row_stats[r]] for j, name in enumerate(TOKEN_STATS)}
                  if self.stats else None)
         self.results[p][i] = Sample(text=text, token_ids=tokens, token_logprobs=lps, logprob=logprob,
-                                    finish_reason=reason, token_stats=stats)
+                                    finish_reason=reason, token_stats=stats,
+                                    draw_logprobs=self.row_lqs[r] if self.record_draw else None)
         if self.early is not None and i < self.early.warmup:
             self.warm[p].append(lowest_group(stats["confidence"], self.early.window))  # type: ignore[index]
             if len(self.warm[p]) == self.early.warmup:
@@ -348,7 +362,7 @@ class _Loop:
             self.next_index[p] += 1
             self.row[r], self.row_slot[r] = (p, i), s
             self.slot_rows[s] += 1
-            self.row_tokens[r], self.row_lps[r], self.row_stats[r] = [], [], []
+            self.row_tokens[r], self.row_lps[r], self.row_stats[r], self.row_lqs[r] = [], [], [], []
             fresh.append(r)
         idle = [r for r in free if self.row[r] is None]
         dev = self.dec.device

@@ -72,8 +72,11 @@ def uniforms(seed: int, keys: Tensor, index: Tensor, step: Tensor) -> Tensor:
     return ((a << 21) + (b >> 11)).double().add_(0.5).mul_(2.0 ** -53)  # (B,)
 
 
-def draw(logits: Tensor, temperature: float, u: Tensor | None, work: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Draw one token per row and return (tokens (B,) int64, raw log-probs (B,) fp32).
+def draw(logits: Tensor, temperature: float, u: Tensor | None, work: Tensor | None = None,
+         with_draw: bool = False) -> tuple[Tensor, ...]:
+    """Draw one token per row and return (tokens (B,) int64, raw log-probs (B,) fp32), plus, with `with_draw`,
+    the log-probs of the tokens under the distribution they were drawn from, softmax(logits / temperature)
+    ((B,) fp32; 0 at temperature 0, where the draw is deterministic).
 
     logits: (B, V) any float dtype. The draw uses softmax(logits / temperature) (temperature 0: argmax);
     the returned log-prob is always that of the raw temperature-1 softmax (Eq. 2), computed in fp32 from the
@@ -83,24 +86,32 @@ def draw(logits: Tensor, temperature: float, u: Tensor | None, work: Tensor | No
     B, V = logits.shape
     if work is None:
         work = torch.empty(B, V, dtype=torch.float32, device=logits.device)
+    lq = None
     if temperature == 0:
         tok = logits.argmax(dim=-1)  # first maximum on ties
         p = _softmax_into(logits, work)
+        lq = torch.zeros(B, dtype=torch.float32, device=logits.device)
     elif temperature == 1.0:
         p = _softmax_into(logits, work)  # (B, V) raw probabilities
         tok = _invert_cdf(p, _need(u))
     else:
         work.copy_(logits).mul_(1.0 / temperature)
         tok = _invert_cdf(torch.softmax(work, dim=-1, out=work), _need(u))
+        if with_draw:
+            lq = work.gather(-1, tok[:, None]).squeeze(-1).log()
         if temperature > 1.0:
             # A hot draw can pick a token whose raw probability underflows fp32: use
             # log p = (x - max x) + log p_max, where p_max = 1 / sum exp(x - max x) never underflows.
             x_tok = logits.gather(-1, tok[:, None]).squeeze(-1).float()
             shift = x_tok - logits.amax(dim=-1).float()
             p_max = _softmax_into(logits, work).amax(dim=-1)
-            return tok, shift + p_max.log()
+            lp = shift + p_max.log()
+            return (tok, lp, lq) if with_draw else (tok, lp)
         p = _softmax_into(logits, work)
-    return tok, p.gather(-1, tok[:, None]).squeeze(-1).log()
+    lp = p.gather(-1, tok[:, None]).squeeze(-1).log()
+    if not with_draw:
+        return tok, lp
+    return tok, lp, lp if lq is None else lq
 
 
 TOP_K = DEFAULT_TOP_K  # DeepConf's token confidence averages the log-probs of the k most likely tokens

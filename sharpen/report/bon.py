@@ -345,6 +345,24 @@ def _by_n_table(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def power_lines(pw: Mapping[str, Any] | None) -> list[str]:
+    """What a power-sampling run's draws are and what they cost (nothing for a plain bon run)."""
+    if not pw:
+        return []
+    how = (f"block-wise Metropolis-Hastings, {pw['mh_steps']} suffix-resampling moves per chain after every "
+           f"{pw['block']}-token block; acceptance rate {fmt_num(pw.get('acceptance_rate'))}"
+           if pw["method"] == "mh" else
+           f"sequential Monte Carlo over {pw['block']}-token blocks, resampled when the effective sample size fell "
+           f"below {pw['threshold']:g} x N ({fmt_num(pw.get('resamples_per_prompt'))} times per prompt; mean "
+           f"minimum ESS {fmt_num(pw.get('min_ess'), '.1f')})")
+    beta = pw.get("beta_equivalent")
+    return [f"**Power sampling.** The samples are draws from pi^{pw['alpha']:g}, the RLHF-sharpening optimum of "
+            f"beta = {fmt_num(beta, '.3g')} (pi_base^(1 + 1/beta)), obtained without training by {how}, with "
+            f"proposals at temperature {pw['proposal_temperature']:.3g}. Sampling them spent "
+            f"{fmt_num(pw.get('tokens_spent_per_prompt'), '.0f')} response tokens per prompt, rejected proposals "
+            "included; the selectors below run over the final draws, and their token columns count only those.", ""]
+
+
 def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """The report text; plots are referenced by file name, next to report.md."""
     ns = _ns(summary)
@@ -353,6 +371,7 @@ def render_markdown(summary: Mapping[str, Any], config: Mapping[str, Any]) -> st
     parts = [
         f"# Best-of-N with self-reward: {_title(summary)}",
         "",
+        *power_lines(summary.get("power")),
         "## Reading this report",
         "",
         *[f"- {line}" for line in reading(summary)],

@@ -22,7 +22,7 @@ from .kit import figure, fmt_acc, fmt_diff, fmt_num, fmt_pct, save_png
 COLUMNS = ("model", "task", "method", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "balanced_accuracy",
            "majority_baseline", "majority_label", "lift_pct", "diff", "diff_ci_lo", "diff_ci_hi",
            "diff_excludes_zero", "answer_rate", "mean_num_tokens", "tokens_spent", "command", "run_dir")
-KINDS = ("bon", "sft", "dpo", "xpo", "grpo", "eval")
+KINDS = ("bon", "power", "sft", "dpo", "xpo", "grpo", "eval")
 INTERVALS = ("Accuracy intervals: 95% bootstrap over prompts (best-of-N: a prompt's accuracy is the share of "
              "subsampling seeds whose pick is correct). Lift = 100 × (accuracy − greedy) / greedy against the same "
              "run's greedy (the base model's greedy for sft / dpo / xpo); the bracket is the 95% paired bootstrap "
@@ -85,14 +85,16 @@ def _row(summary: Mapping[str, Any], command: str, run_dir: Path, method: str, s
             "command": command, "run_dir": str(run_dir)}
 
 
-def _bon_rows(s: Mapping[str, Any], run_dir: Path) -> list[dict]:
+def _bon_rows(s: Mapping[str, Any], run_dir: Path, command: str = "bon") -> list[dict]:
     sel = s.get("selectors") or {}
     ns = s.get("ns") or sorted({int(k) for by_n in sel.values() for k in by_n})
     n = str(ns[-1]) if ns else ""
-    out = [_row(s, "bon", run_dir, "greedy", s["greedy"], "accuracy", "greedy")] if s.get("greedy") else []
+    pw = s.get("power") or {}
+    tag = f"power(alpha={pw.get('alpha', 0):g}, {pw.get('method')})" if command == "power" else "bon"
+    out = [_row(s, command, run_dir, "greedy", s["greedy"], "accuracy", "greedy")] if s.get("greedy") else []
     for name, by_n in sel.items():
         st = by_n.get(n) or {}
-        out.append(_row(s, "bon", run_dir, f"bon:{name}", st, "accuracy_mean", name, st.get("vs_greedy"),
+        out.append(_row(s, command, run_dir, f"{tag}:{name}", st, "accuracy_mean", name, st.get("vs_greedy"),
                         st.get("lift_pct_mean")))
     g = (s.get("greedy") or {}).get("accuracy")
     for label, a in ((f"bon:adaptive {(s.get('adaptive') or {}).get('rule')}", s.get("adaptive")),
@@ -146,7 +148,7 @@ def compare_rows(dirs: Sequence[str | Path]) -> list[dict]:
     for d in map(Path, dirs):
         command, s = _kind(d)
         try:
-            out += (_bon_rows(s, d) if command == "bon" else _eval_rows(s, d) if command == "eval"
+            out += (_bon_rows(s, d, command) if command in ("bon", "power") else _eval_rows(s, d) if command == "eval"
                     else _trained_rows(s, command, d))
         except (KeyError, TypeError, AttributeError, IndexError) as e:
             raise SharpenError(f"{d}: its {command} summary is not in a form compare reads ({e!r}): rebuild it by "

@@ -148,7 +148,9 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
         # Grow every open chain to this stage's cap.
         todo = [(p, c) for p in range(len(prompts)) for c in range(chains) if state[p][c].open(cap)]
         if todo:
-            reqs = [(list(prompts[p]), state[p][c].tokens, f"{keys[p]}/{c}") for p, c in todo]
+            # Chains still empty (the first block) share one stream and one prefill of their prompt.
+            reqs = [(list(prompts[p]), state[p][c].tokens,
+                     f"{keys[p]}/first" if not state[p][c].tokens else f"{keys[p]}/{c}") for p, c in todo]
             new = _continue(model, reqs, [cap - len(state[p][c].tokens) for p, c in todo], temp,
                             seed * 1_000_003 + 7_919 * k, stop, dtype)
             for (p, c), s in zip(todo, new, strict=True):

@@ -55,7 +55,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, defaults: dict[s
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help texts
         if f.name == "task":
             help_ += ": " + ", ".join(TASKS)
         kind = hints[f.name]

@@ -282,3 +282,13 @@ def test_corrupt_line_inside_a_run_file_names_file_and_line(capsys, tmp_path):
                                     "and re-run to recompute it")
     assert (out / "greedy.jsonl").exists() and (out / "summary.json").exists()  # nothing else was touched
 
+
+
+@pytest.mark.parametrize("command", ["bon", "power", "sft", "dpo", "xpo", "grpo", "eval", "theory", "demo",
+                                     "report", "compare"])
+def test_every_command_prints_its_help(capsys, command):
+    """--help renders (argparse %-formats help texts: a bare '%' in one broke `sharpen bon --help`)."""
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: sharpen" in capsys.readouterr().out

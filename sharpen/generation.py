@@ -92,15 +92,20 @@ def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: 
 
 # ---------------------------------------------------------------------------------------------- responses
 
-def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                  progress: str | None = None) -> list[float]:
-    """log pi_base(y | x) of each response (Eq. 2): scored with the LoRA adapter disabled, if there is one."""
+def base_token_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                        progress: str | None = None) -> list[list[float]]:
+    """Per-token log pi_base of each response: scored with the LoRA adapter disabled, if there is one."""
     if not prompts:
         return []
     off = model.module.disable_adapter() if hasattr(model.module, "disable_adapter") else nullcontext()
     with off:
-        per_token = score(model, [list(p) for p in prompts], [list(r) for r in responses], progress=progress)
-    return [float(sum(t)) for t in per_token]
+        return score(model, [list(p) for p in prompts], [list(r) for r in responses], progress=progress)
+
+
+def base_logprobs(model: Model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                  progress: str | None = None) -> list[float]:
+    """log pi_base(y | x) of each response (Eq. 2), the sum of `base_token_logprobs`."""
+    return [float(sum(t)) for t in base_token_logprobs(model, prompts, responses, progress)]
 
 
 def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], samples: int,

@@ -188,6 +188,15 @@ def greedy(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], max_new
     return [s[0] for s in out]
 
 
+def response_text(tokenizer: Any, tokens: list[int], finish: str, stops: Sequence[str]) -> str:
+    """A response's text: without the EOS token, cut before the stop string that ended it."""
+    if finish == "stop":
+        full = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = [j for j in (full.find(s) for s in stops if s) if j >= 0]
+        return full[:min(cut)] if cut else full
+    return tokenizer.decode(tokens[:-1] if finish == "eos" else tokens, skip_special_tokens=True)
+
+
 def _prompt_ids(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
     if isinstance(prompts, str):
         raise SharpenError("prompts must be a list of strings or of token-id lists, not a single string")
@@ -323,11 +332,7 @@ class _Loop:
     def _finish(self, r: int, reason: str) -> bool:
         p, i = self.row[r]  # type: ignore[misc]
         tokens, lps = self.row_tokens[r], self.row_lps[r]
-        if reason == "stop":
-            full = self.tok.decode(tokens, skip_special_tokens=True)
-            text = full[:min(j for j in (full.find(s) for s in self.stops) if j >= 0)]
-        else:
-            text = self.tok.decode(tokens[:-1] if reason == "eos" else tokens, skip_special_tokens=True)
+        text = response_text(self.tok, tokens, reason, self.stops)
         logprob = math.nan if reason == "invalid" else math.fsum(lps)
         stats = ({name: [float(t[j]) for t in self.row_stats[r]] for j, name in enumerate(TOKEN_STATS)}
                  if self.stats else None)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .generate import Sample, sample
+from .generate import Sample, response_text, sample
 from .sampler import key_hash
 
 
@@ -113,13 +113,9 @@ def _samples(model: Any, chains: Sequence[Chain], stop: list[str] | None) -> lis
     """Final chains as engine Samples (text decoded from the whole response, cut at a stop string)."""
     out = []
     for c in chains:
-        ids = c.tokens[:-1] if c.finish == "eos" else c.tokens
-        text = model.tokenizer.decode(ids, skip_special_tokens=True)
-        if c.finish == "stop" and stop:
-            cut = [j for j in (text.find(s) for s in stop if s) if j >= 0]
-            text = text[:min(cut)] if cut else text
-        out.append(Sample(text=text, token_ids=list(c.tokens), token_logprobs=list(c.logps),
-                          logprob=math.fsum(c.logps), finish_reason=c.finish))
+        out.append(Sample(text=response_text(model.tokenizer, c.tokens, c.finish, stop or []),
+                          token_ids=list(c.tokens), token_logprobs=list(c.logps), logprob=math.fsum(c.logps),
+                          finish_reason=c.finish))
     return out
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ from .. import runs
 from ..config import GRPO_STEPS, RL_LR, GrpoConfig, TrainConfig
 from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
-from ..engine.scoring import grouped_token_logprobs, score
+from ..engine.scoring import grouped_token_logprobs
 from ..errors import SharpenError
-from ..generation import accuracy_key, eval_rows, greedy_validation, validation_split
+from ..generation import accuracy_key, base_token_logprobs, eval_rows, greedy_validation, validation_split
 from ..guards import guards
 from ..metrics import before_after
 from ..report.grpo import write_grpo_report
@@ -115,9 +114,7 @@ class GroupLoss:
             groups = [sample_rows(self.task, self.by_id[p["id"]], ss) for p, ss in zip(batch, drawn, strict=True)]
             flat_prompts = [pr for pr, g in zip(prompts, groups, strict=True) for _ in g]
             flat = [r for g in groups for r in g]
-            off = module.disable_adapter() if hasattr(module, "disable_adapter") else nullcontext()
-            with off:
-                base_tok = score(model, flat_prompts, [r["token_ids"] for r in flat])
+            base_tok = base_token_logprobs(model, flat_prompts, [r["token_ids"] for r in flat])
         module.train(was_training)
         for r, bt in zip(flat, base_tok, strict=True):
             r["logprob_policy"], r["logprob"] = r["logprob"], float(sum(bt))  # rewards read log pi_base

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import types
@@ -98,6 +99,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.paired:
+        from .report.paired import write_paired
+
+        path = write_paired(args.paired, args.run_dir, args.out)
+        print(path.read_text(encoding="utf-8"))
+        print(f"md: {path}")
+        return 0
     paths = write_compare(args.run_dir, args.out)
     print(paths["md"].read_text(encoding="utf-8"))
     print("   ".join(f"{ext}: {path}" for ext, path in paths.items()))
@@ -142,8 +150,13 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Compare finished bon / sft / dpo / xpo / eval run directories: accuracy with "
                                    "its 95% interval, balanced accuracy, majority-label baseline, lift over "
                                    "greedy; writes PREFIX.md, PREFIX.csv and PREFIX.png.")
-    p.add_argument("run_dir", nargs="+", help="run directories written by sharpen bon / sft / dpo / xpo / eval")
+    p.add_argument("run_dir", nargs="+", help="run directories written by sharpen bon / sft / dpo / xpo / grpo / "
+                                               "power / eval (with --paired: sft / dpo / xpo / grpo)")
     p.add_argument("--out", default="compare", help="output prefix (default: compare, in the current directory)")
+    p.add_argument("--paired", metavar="BON_DIR", default=None,
+                   help="instead: the base model's bon run on the held-out items; writes PREFIX_paired.md, where "
+                        "base greedy, base best-of-N and every trained run's greedy answers are compared item by "
+                        "item with base greedy, the majority label and base majority@N")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")
@@ -303,8 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    start, status = time.time(), "error"
     try:
-        return args.func(args)
+        rc = args.func(args)
+        status = "done"
+        return rc
     except SharpenError as e:
         if args.debug:
             raise
@@ -312,7 +328,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("sharpen: interrupted; re-run the same command to continue where it stopped", file=sys.stderr)
+        status = "interrupted"
         return 130
+    finally:
+        _record_time(args, start, status)
+
+
+def _record_time(args: argparse.Namespace, start: float, status: str) -> None:
+    """Append this invocation's wall time to DIR/timing.jsonl of the run it worked on (a resumed run's wall time
+    is the sum of its lines). Main process only; never fails the command."""
+    out = getattr(args, "out", None)
+    if not out or not (Path(out) / "config.json").exists() or os.environ.get("RANK", "0") != "0":
+        return
+    from .runs import append_jsonl
+
+    try:
+        append_jsonl(Path(out) / "timing.jsonl", [{"command": args.command, "status": status,
+                                                   "started": round(start, 3),
+                                                   "seconds": round(time.time() - start, 3)}])
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -316,8 +316,12 @@ class RlhfConfig(SharpenConfig):
                                  "samples: amortizes majority vote) or self_certainty (Kang et al. 2025)")
     invalid_penalty: float = opt(10.0, "xpo: nats taken off the reward of a response that did not end or has no "
                                        "answer (as TRL's missing_eos_penalty)")
+    temperature: float = opt(1.0, "temperature of the base samples y' (the paper's: 1). The square loss is zero "
+                                  "on every pair at pi_base exp(r / beta) / Z, so drawing pairs at another "
+                                  "temperature changes which responses are compared, not the optimum; r and "
+                                  "log pi_base stay those of temperature 1")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("beta", "reward", "invalid_penalty", "sft_weight")
+    IDENTITY = SharpenConfig.IDENTITY + ("beta", "reward", "invalid_penalty", "sft_weight", "temperature")
 
     def validate(self) -> None:
         super().validate()
@@ -333,6 +337,7 @@ class RlhfConfig(SharpenConfig):
             raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(REWARDS)}")
         if not (math.isfinite(self.invalid_penalty) and self.invalid_penalty >= 0):
             raise SharpenError(f"--invalid-penalty must be >= 0 (got {self.invalid_penalty})")
+        _check_temperature(self.temperature, positive=True)
 
 
 @dataclass

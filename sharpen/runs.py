@@ -217,9 +217,9 @@ def check_source_run(run: Path, command: str, match: Mapping[str, Any], n: int,
             raise SharpenError(f"{run} was sampled with {key}={o.get(key)!r}, not {want!r}: training uses the "
                                f"model's own samples; pass --{key.replace('_', '-')} {o.get(key)}")
     if temperature is not None and o.get("temperature") != temperature:
-        raise SharpenError(f"{run} was sampled at temperature {o.get('temperature')}: the base samples must be "
-                           f"drawn from pi_base itself (temperature {temperature}); sample a new bon run or drop "
-                           "--from-run")
+        raise SharpenError(f"{run} was sampled at temperature {o.get('temperature')}, this run's base samples "
+                           f"are drawn at {temperature}: pass --temperature {o.get('temperature')}, sample a new "
+                           "bon run or drop --from-run")
     if o.get("n", 0) < n:
         raise SharpenError(f"{run} has {o.get('n')} samples per prompt, this run needs {n}: lower --n "
                            "(xpo: --rounds x --pairs), or sample a larger bon run")

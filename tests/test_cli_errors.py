@@ -281,6 +281,10 @@ def test_corrupt_line_inside_a_run_file_names_file_and_line(capsys, tmp_path):
     assert error_lines(err)[-1] == (f"sharpen: error: {samples}:2 is not valid JSON: delete the line or the file "
                                     "and re-run to recompute it")
     assert (out / "greedy.jsonl").exists() and (out / "summary.json").exists()  # nothing else was touched
+    # Every invocation's wall time is appended to timing.jsonl, failed ones too (a resumed run sums its lines).
+    timing = runs.load_jsonl(out / "timing.jsonl")
+    assert [(t["command"], t["status"]) for t in timing] == [("bon", "done"), ("bon", "error")]
+    assert all(t["seconds"] >= 0 for t in timing)
 
 
 

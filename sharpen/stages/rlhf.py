@@ -241,9 +241,9 @@ def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
     out = Path(cfg.out or "")
     task = load_task(cfg.task, data_dir=cfg.data_dir, limit=cfg.eval_limit, **cfg.task_options)
     runs.open_run(out, command, [cfg, tcfg], protocol=cfg.protocol)
-    # y' must be drawn from pi_base itself: temperature 1.
-    pool = base_pool(cfg, cfg.n, tcfg.seed, out, task.items, temperature=1.0, require_temperature=1.0,
-                     progress=progress)
+    # y' is drawn from pi_base at --temperature (the paper's: 1); a reused bon run must match it.
+    pool = base_pool(cfg, cfg.n, tcfg.seed, out, task.items, temperature=cfg.temperature,
+                     require_temperature=cfg.temperature, progress=progress)
     if pool.sampled:
         write_report(pool.dir)
     if cfg.beta == "auto":

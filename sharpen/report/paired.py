@@ -1,0 +1,188 @@
+"""`sharpen compare DIR... --paired BON_DIR`: every method, base and trained, on the same held-out items, each
+compared item by item with base greedy, with always answering the most common label, and with base majority@N.
+
+The question it answers is the one amortized sharpening asks: does a trained model, decoded greedily (one
+response per prompt), beat the base model's greedy answer and the label prior, and how much of the gap to
+inference-time majority@N does it close? Base rows come from a bon run on the held-out items (greedy.jsonl,
+samples.jsonl: the full pool of N, no subsampling), trained rows from sft / dpo / xpo / grpo run directories
+(eval_sharpened.jsonl, whose greedy rows answer the same items). Reads files only; never loads a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SharpenError
+from ..rows import complete_pools, finite_mean
+from ..runs import atomic_write_text, load_jsonl, read_json
+from ..selection import select
+from ..stats import bootstrap_ci, paired_bootstrap, policy_label_stats
+
+TRAINED = ("sft", "dpo", "xpo", "grpo")
+BASE_SELECTORS = ("logprob", "majority")
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise SharpenError(f"{run_dir} is not a sharpen run directory (no config.json): give run directories")
+    return read_json(path)
+
+
+def wall_seconds(run_dir: Path) -> float | None:
+    """The run's wall time: the sum of its invocations in timing.jsonl (None for runs made before it existed)."""
+    path = run_dir / "timing.jsonl"
+    return sum(float(r["seconds"]) for r in load_jsonl(path)) if path.exists() else None
+
+
+def _policy(name: str, picks: Mapping[str, Mapping[str, Any]], sample_acc: float | None = None,
+            wall: float | None = None, note: str = "") -> dict:
+    """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows."""
+    return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note}
+
+
+def base_policies(bon_dir: Path) -> tuple[list[dict], dict[str, str], list[str] | None, int]:
+    """Base greedy and base best-of-N (full pool) picks of a bon run, its gold answers, label set and N."""
+    conf = _config(bon_dir)
+    if conf.get("command") != "bon" or not (bon_dir / "summary.json").exists():
+        raise SharpenError(f"{bon_dir} is not a finished bon run: --paired needs the base model's bon run on the "
+                           "held-out items (finish it with its own command)")
+    n = int(conf["options"]["n"])
+    gold = {str(p["id"]): str(p["answer"]) for p in load_jsonl(bon_dir / "prompts.jsonl")}
+    greedy = {str(r["prompt_id"]): r for r in load_jsonl(bon_dir / "greedy.jsonl")}
+    pools, _ = complete_pools(load_jsonl(bon_dir / "samples.jsonl"), n)
+    summary = read_json(bon_dir / "summary.json")
+    labels = (summary.get("labels") or {}).get("labels")
+    sample_acc = float(np.mean([r["correct"] for rs in pools.values() for r in rs])) if pools else None
+    temp = conf["options"].get("temperature")
+    out = [_policy("base greedy", greedy, wall=None)]
+    for name in BASE_SELECTORS:
+        picks = {pid: rs[select(name, rs)] for pid, rs in pools.items()}
+        out.append(_policy(f"base {name}@{n} (T={temp:g})", picks, sample_acc, wall_seconds(bon_dir),
+                           note=f"{n} responses per prompt"))
+    return out, gold, labels, n
+
+
+def trained_policy(run_dir: Path) -> dict:
+    """The greedy answers of a trained run's kept model on its held-out items, with its sample accuracy, wall
+    time and which checkpoint was kept."""
+    conf = _config(run_dir)
+    command = conf.get("command")
+    if command not in TRAINED or not (run_dir / "summary.json").exists():
+        raise SharpenError(f"{run_dir} is not a finished {' / '.join(TRAINED)} run: finish it with its command")
+    s, o = read_json(run_dir / "summary.json"), conf.get("options", {})
+    rows = load_jsonl(run_dir / "eval_sharpened.jsonl")
+    picks = {str(r["prompt_id"]): r for r in rows if r.get("kind") == "greedy"}
+    samples = [r["correct"] for r in rows if r.get("kind") == "sample"]
+    reward = o.get("reward") or o.get("selector") or "logprob"
+    t = s.get("training") or {}
+    kept = (f"round {t['best_round']}" if "best_round" in t else
+            f"step {t.get('best_step')}" if t.get("best_step") is not None else "")
+    beta = s.get("beta") if isinstance(s.get("beta"), int | float) else None
+    name = f"{command} ({reward}" + (f", beta={beta:.3g}" if beta is not None and command != "sft" else "") + ")"
+    stopped = (s.get("guards") or {}).get("stopped")
+    note = kept + (f"; guard stopped: {(s.get('guards') or {}).get('reason')}" if stopped else "")
+    return _policy(name, picks, float(np.mean(samples)) if samples else None, wall_seconds(run_dir), note)
+
+
+def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: int = 2000) -> list[dict]:
+    """One row per method (base greedy, base best-of-N, each trained run's greedy), over the items all of them
+    answered: accuracy with a bootstrap interval, balanced accuracy and answer rate, mean tokens and mean
+    log pi_base of the answers, and paired differences with base greedy, the majority label and majority@N."""
+    base, gold, labels, n = base_policies(Path(bon_dir))
+    pols = base + [trained_policy(Path(d)) for d in run_dirs]
+    ids = sorted(set(gold).intersection(*(p["picks"] for p in pols)))
+    if not ids:
+        raise SharpenError(f"the runs share no held-out item with {bon_dir}: give runs evaluated on its items")
+    g = [gold[i] for i in ids]
+    label = Counter(g).most_common(1)[0][0] if labels else None  # ties: the first seen, as the label controls
+    always = np.array([float(x == label) for x in g]) if label is not None else None
+    correct = {p["method"]: np.array([float(bool(p["picks"][i]["correct"])) for i in ids]) for p in pols}
+    greedy, majority = correct["base greedy"], correct[base[2]["method"]]
+    out = []
+    for p in pols:
+        c = correct[p["method"]]
+        rows = [p["picks"][i] for i in ids]
+        lab = policy_label_stats(g, [r.get("answer") for r in rows], labels) if labels else None
+        gap = float(majority.mean() - greedy.mean())
+        logp = [r.get("logprob_base", r.get("logprob")) for r in rows]
+        out.append({
+            "method": p["method"], "items": len(ids), "accuracy": float(c.mean()),
+            "accuracy_ci": bootstrap_ci(c, resamples=resamples),
+            "vs_greedy": paired_bootstrap(c, greedy, resamples=resamples),
+            "vs_label": paired_bootstrap(c, always, resamples=resamples) if always is not None else None,
+            "vs_majority": paired_bootstrap(c, majority, resamples=resamples),
+            "gap_closed": (float(c.mean() - greedy.mean()) / gap) if abs(gap) > 1e-12 else None,
+            "balanced_accuracy": lab["balanced_accuracy"] if lab else None,
+            "answer_rate": float(np.mean([r.get("answer") is not None for r in rows])),
+            "mean_tokens": float(np.mean([r["num_tokens"] for r in rows])),
+            "mean_logprob_base": finite_mean(logp),
+            "sample_accuracy": p["sample_accuracy"], "wall_seconds": p["wall_seconds"], "note": p["note"],
+            "label": label, "label_accuracy": float(always.mean()) if always is not None else None,
+            "n": n,
+        })
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _diff(d: Mapping[str, Any] | None) -> str:
+    if not d or d.get("diff") is None:
+        return "n/a"
+    lo, hi = d["diff_ci"]
+    return f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{' *' if d['excludes_zero'] else ''}"
+
+
+def _time(s: float | None) -> str:
+    return "" if s is None else f"{s / 60:.1f} min"
+
+
+def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of `paired_rows`, with the legend it needs to be read alone."""
+    if not rows:
+        return ""
+    r0 = rows[0]
+    lab = (f"always answering \"{r0['label']}\" (the most common gold label) scores {_pct(r0['label_accuracy'])}%"
+           if r0["label"] is not None else "answers are open: no label baseline")
+    head = ["| method | greedy acc. % | vs base greedy | vs majority label | vs base majority@N | gap closed | "
+            "balanced acc. % | answer rate % | sample acc. % | tokens | mean log pi_base | wall time | kept |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    body = []
+    for r in rows:
+        lo, hi = r["accuracy_ci"]
+        gap = "" if r["gap_closed"] is None or r["method"] == "base greedy" else f"{100 * r['gap_closed']:.0f}%"
+        lp = r["mean_logprob_base"]
+        body.append(f"| {r['method']} | {_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {_diff(r['vs_greedy'])} | "
+                    f"{_diff(r['vs_label'])} | {_diff(r['vs_majority'])} | {gap} | {_pct(r['balanced_accuracy'])} | "
+                    f"{_pct(r['answer_rate'])} | {_pct(r['sample_accuracy'])} | {r['mean_tokens']:.1f} | "
+                    f"{'n/a' if lp is None or not math.isfinite(lp) else f'{lp:.2f}'} | {_time(r['wall_seconds'])} | "
+                    f"{r['note']} |")
+    legend = (f"{r0['items']} held-out items; {lab}. Accuracy: the method's one answer per item (base best-of-N: "
+              f"its pick among all {r0['n']} samples), 95% bootstrap interval over items; the three \"vs\" columns "
+              "are paired differences in points on the same items with their 95% paired bootstrap interval, "
+              "starred when it excludes zero. Gap closed: (accuracy - base greedy) / (base majority@N - base "
+              "greedy). Sample acc.: temperature-1 samples of the same model (base best-of-N rows: the bon run's "
+              "samples). Tokens and mean log pi_base: of the answers in the accuracy column. Wall time: the run's "
+              "own (trained rows include their evaluations; base best-of-N: the bon run).")
+    return "\n".join([*head, *body, "", legend]) + "\n"
+
+
+
+def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], prefix: str | Path = "compare") -> Path:
+    """Write PREFIX_paired.md; returns its path."""
+    path = Path(f"{prefix}_paired.md")
+    text = render_paired(paired_rows(bon_dir, run_dirs))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SharpenError(f"cannot create {path.parent} ({e.strerror}): choose another --out") from e
+    atomic_write_text(path, text)
+    return path

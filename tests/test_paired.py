@@ -1,0 +1,83 @@
+"""`sharpen compare --paired`: base and trained methods compared item by item, on hand-made run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sharpen.cli import main
+from sharpen.errors import SharpenError
+from sharpen.report.paired import paired_rows, render_paired
+
+GOLD = ["True", "True", "True", "False"]  # always "True": 3 of 4
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _row(pid: int, answer: str | None, logprob: float, index: int = 0, **kw: object) -> dict:
+    return {"prompt_id": f"q{pid}", "index": index, "answer": answer, "correct": answer == GOLD[pid],
+            "num_tokens": 3, "logprob": logprob, "finish_reason": "eos", "text": str(answer), **kw}
+
+
+def _bon(tmp: Path) -> Path:
+    d = tmp / "bon"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"command": "bon", "options": {"n": 3, "temperature": 0.7}}))
+    (d / "summary.json").write_text(json.dumps({"labels": {"labels": ["True", "False"]}}))
+    _jsonl(d / "prompts.jsonl", [{"id": f"q{i}", "answer": g} for i, g in enumerate(GOLD)])
+    # Greedy answers only item 0 right.
+    _jsonl(d / "greedy.jsonl", [_row(0, "True", -1.0), _row(1, None, -2.0), _row(2, None, -2.0),
+                                _row(3, "True", -1.0)])
+    # Pools of 3: majority right on every item; logprob (the -1 sample, "False") right on item 3 only.
+    pools = {0: [("True", -5), ("True", -6), ("False", -1)], 1: [("True", -5), ("True", -6), ("False", -1)],
+             2: [("True", -5), ("True", -6), ("False", -1)], 3: [("False", -5), ("False", -6), ("False", -1)]}
+    _jsonl(d / "samples.jsonl", [_row(p, a, lp, index=j) for p, pool in pools.items()
+                                 for j, (a, lp) in enumerate(pool)])
+    _jsonl(d / "timing.jsonl", [{"command": "bon", "status": "done", "seconds": 60.0},
+                                {"command": "bon", "status": "done", "seconds": 30.0}])
+    return d
+
+
+def _trained(tmp: Path, answers: list[str | None]) -> Path:
+    d = tmp / "sft"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"command": "sft", "options": {"reward": "vote"}}))
+    (d / "summary.json").write_text(json.dumps({"training": {"best_step": 16}, "guards": {"stopped": False}}))
+    rows = [{**_row(i, a, -9.0), "kind": "greedy", "logprob_base": -3.0} for i, a in enumerate(answers)]
+    rows += [{**_row(i, "True", -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
+    _jsonl(d / "eval_sharpened.jsonl", rows)
+    return d
+
+
+def test_paired_rows_hand_values(tmp_path: Path) -> None:
+    bon, sft = _bon(tmp_path), _trained(tmp_path, ["True", "True", "False", "False"])  # right on 0, 1, 3
+    rows = {r["method"]: r for r in paired_rows(bon, [sft], resamples=200)}
+    g, lp, mv, t = (rows["base greedy"], rows["base logprob@3 (T=0.7)"], rows["base majority@3 (T=0.7)"],
+                    rows["sft (vote)"])
+    assert (g["accuracy"], lp["accuracy"], mv["accuracy"], t["accuracy"]) == (0.25, 0.25, 1.0, 0.75)
+    assert t["vs_greedy"]["diff"] == pytest.approx(0.5)
+    assert t["vs_label"]["diff"] == pytest.approx(0.0)  # always "True" is right on 3 of 4 as well
+    assert t["vs_majority"]["diff"] == pytest.approx(-0.25)
+    assert t["gap_closed"] == pytest.approx(0.5 / 0.75)
+    assert t["answer_rate"] == 1.0 and g["answer_rate"] == 0.5
+    assert t["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert t["mean_logprob_base"] == -3.0 and g["mean_logprob_base"] == -1.5
+    assert t["sample_accuracy"] == 0.75 and t["note"] == "step 16" and t["wall_seconds"] is None
+    assert lp["wall_seconds"] == 90.0 and t["label"] == "True" and t["label_accuracy"] == 0.75
+    md = render_paired(list(rows.values()))
+    assert "| sft (vote) | 75.0 [" in md and "always answering \"True\"" in md and "67%" in md
+
+
+def test_paired_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bon, sft = _bon(tmp_path), _trained(tmp_path, ["True", None, None, None])
+    assert main(["compare", str(sft), "--paired", str(bon), "--out", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t_paired.md").exists() and "base majority@3" in capsys.readouterr().out
+    with pytest.raises(SharpenError, match="not a finished bon run"):
+        paired_rows(sft, [sft])
+    with pytest.raises(SharpenError, match="not a finished sft / dpo / xpo / grpo run"):
+        paired_rows(bon, [bon])
+    assert main(["compare", str(bon), "--paired", str(bon), "--out", str(tmp_path / "t")]) == 2

@@ -275,3 +275,36 @@ def test_a_gguf_file_is_converted_once_and_again_when_it_changes(tmp_path, monke
     assert len(calls) == 2
     assert not torch.equal(third.module.lm_head.weight, first.module.lm_head.weight)
     assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_shared_prefix_prefill_changes_no_sample(arch, monkeypatch):
+    """Prompts that share a few-shot prefix prefill it once (decoder.shared_prefix): same tokens, log-probs equal
+    to fp32 rounding and to `score`, on a Gemma 3 whose 4-token sliding window the prompts cross, with rows
+    refilled across more prompts than slots."""
+    from sharpen.engine import decoder
+    from tests.test_scoring import _tiny_gemma3
+
+    m = tiny_model() if arch == "llama" else _tiny_gemma3()
+    g = torch.Generator().manual_seed(3)
+    head = [1] + torch.randint(2, 100, (9,), generator=g).tolist()
+    prompts = [head + torch.randint(2, 100, (k,), generator=g).tolist() for k in (1, 4, 2, 7, 3)]
+    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 4)
+    assert decoder.shared_prefix(prompts, 4) == head and decoder.shared_prefix(prompts[:1], 4) == []
+    seen = []
+    real = decoder.FastDecoder._prefill
+    monkeypatch.setattr(decoder.FastDecoder, "_prefill", lambda self, sl, ps: (seen.append(len(self.prefix)),
+                                                                                real(self, sl, ps))[1])
+    kw = dict(n=3, max_new_tokens=6, seed=4, max_rows=4, stats=False)
+    shared = sample(m, prompts, **kw)
+    assert seen and set(seen) == {len(head)}
+    seen.clear()
+    whole = sample(m, prompts, share_prefix=False, **kw)
+    assert set(seen) == {0}
+    for a, b in zip(shared, whole, strict=True):
+        assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        for s, t in zip(a, b, strict=True):
+            assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
+    errs = [max(abs(x - y) for x, y in zip(score(m, p, s.token_ids), s.token_logprobs, strict=True))
+            for p, row in zip(prompts, shared, strict=True) for s in row]
+    assert max(errs) < 1e-4

@@ -36,8 +36,9 @@ _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (sig
 
 
 def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: torch.dtype,
-                 max_rows: int | None = None, backend: str = "auto") -> Any:
-    """Pick the decoder and its batch shape for this call; `dtype` is the compute dtype (models.sampling_dtype)."""
+                 max_rows: int | None = None, backend: str = "auto", share_prefix: bool = True) -> Any:
+    """Pick the decoder and its batch shape for this call; `dtype` is the compute dtype (models.sampling_dtype).
+    share_prefix: the fast decoder runs the prefix all prompts share once (`shared_prefix`)."""
     dt = dtype
     lm = module_in_dtype(causal_lm(model.module), dt)
     kind = getattr(lm.config, "model_type", "")
@@ -53,12 +54,30 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
         B = max_rows or max(1, min(cap, n, budget // max(1, per_token * (L + max_new))))
         return HFDecoder(lm, max(1, min(B, n)), model.device)
     B = min(max_rows or cap, len(prompts) * n)
+    prefix = shared_prefix(prompts) if share_prefix else []
     while True:
         # Enough prompt slots to keep every row busy while some prompts finish their last samples.
         S = max(1, min(len(prompts), B, -(-3 * B // (2 * n)) + 1))
         if max_rows or B == 1 or per_token * (B * max_new + S * L) <= budget:
-            return FastDecoder(lm, B, S, L, max_new, model.device)
+            return FastDecoder(lm, B, S, L, max_new, model.device, prefix=prefix)
         B = max(1, B * 3 // 4)
+
+
+MIN_SHARED_PREFIX = 32  # tokens: below this a separate prefix pass saves less than it costs
+
+
+def shared_prefix(prompts: list[list[int]], min_len: int | None = None) -> list[int]:
+    """The token prefix all prompts of a call share (few-shot examples, a system prompt), leaving each prompt at
+    least one token of its own; empty when shorter than min_len (default MIN_SHARED_PREFIX) or when there is a
+    single prompt."""
+    min_len = MIN_SHARED_PREFIX if min_len is None else min_len
+    if len(prompts) < 2:
+        return []
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    k = 0
+    while k < n and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return list(first[:k]) if k >= min_len else []
 
 
 def _kv_bytes_per_token(cfg: Any, dtype: torch.dtype) -> int:
@@ -141,7 +160,7 @@ class FastDecoder:
     refill_rows = True
 
     def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
-                 device: torch.device) -> None:
+                 device: torch.device, prefix: list[int] | None = None) -> None:
         cfg = lm.config
         self.lm, self.body = lm, backbone(lm)
         self.device, self.rows, self.slots = device, rows, slots
@@ -174,6 +193,11 @@ class FastDecoder:
         self.vr = [torch.zeros(rows, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
         self.prompt_len = torch.ones(slots, dtype=torch.long, device=device)  # (S,)
         self.last_hidden = torch.zeros(slots, cfg.hidden_size, **kv)  # (S, H) final state after each prompt
+        # The prefix every prompt of the call starts with: its KV is computed once, on the first prefill, and
+        # copied into each slot, so a slot's prefill runs only the prompt's own tokens.
+        self.prefix = list(prefix or [])
+        self.kc: list[Tensor] = []
+        self.vc: list[Tensor] = []
         self.set_rows([0] * rows)
 
     def set_rows(self, row_slot: list[int]) -> None:
@@ -246,24 +270,51 @@ class FastDecoder:
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
         """Run prompts (one forward each, batched) into the prompt KV and final state of `slots`."""
-        per_call = max(1, 8192 // max(len(p) for p in prompts))  # bounds the (k x T x T) attention scores
+        P = len(self.prefix)
+        if P and not self.kc:
+            _, self.kc, self.vc = self._forward(torch.tensor([self.prefix], device=self.device), 0, None)
+        per_call = max(1, 8192 // max(len(p) for p in prompts))  # bounds the (k x T x (P + T)) attention scores
         for a in range(0, len(prompts), per_call):
             self._prefill(slots[a:a + per_call], prompts[a:a + per_call])
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
-        k, T = len(prompts), max(len(p) for p in prompts)
+        P = len(self.prefix)
+        if P and any(p[:P] != self.prefix for p in prompts):
+            raise ValueError("a prompt does not start with the decoder's shared prefix")
+        own = [p[P:] for p in prompts]
+        k, T = len(own), max(len(o) for o in own)
         ids = torch.zeros(k, T, dtype=torch.long)
-        for j, p in enumerate(prompts):
-            ids[j, :len(p)] = torch.tensor(p)  # right padding: real tokens never see the pads (causal)
-        ids = ids.to(self.device)
-        lens = torch.tensor([len(p) for p in prompts], device=self.device)  # (k,)
+        for j, o in enumerate(own):
+            ids[j, :len(o)] = torch.tensor(o)  # right padding: real tokens never see the pads (causal)
+        h, ks, vs = self._forward(ids.to(self.device), P, (self.kc, self.vc) if P else None)
         sl = torch.tensor(slots, device=self.device)  # (k,)
-        pos = torch.arange(T, device=self.device)  # (T,)
-        causal = pos[None, :] <= pos[:, None]  # (T, T) query x key
-        masks = {w: causal if w is None else causal & (pos[None, :] > pos[:, None] - w) for w in set(self.windows)}
-        h = self.body.embed_tokens(ids)  # (k, T, H)
-        rope = self._rope(h, pos[None].expand(k, T))
+        for i in range(len(self.layers)):
+            if P:
+                self.kp[i][sl, :, :P] = self.kc[i]
+                self.vp[i][sl, :, :P] = self.vc[i]
+            self.kp[i][sl, :, P:P + T] = ks[i]
+            self.vp[i][sl, :, P:P + T] = vs[i]
+            if P + T < self.Lp:  # a longer earlier prompt's tail is masked, but 0 * NaN would still leak
+                self.kp[i][sl, :, P + T:] = 0
+                self.vp[i][sl, :, P + T:] = 0
+        own_len = torch.tensor([len(o) for o in own], device=self.device)  # (k,)
+        self.prompt_len[sl] = own_len + P
+        self.last_hidden[sl] = self.final_norm(h[torch.arange(k, device=self.device), own_len - 1])  # (k, H)
 
+    def _forward(self, ids: Tensor, start: int, past: tuple[list[Tensor], list[Tensor]] | None
+                 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """ids (k, T) at absolute positions start .. start + T - 1, after `past` (per layer (1, Hkv, start, D) keys
+        and values of a prefix every row shares; None when start = 0). Returns the last layer's states (k, T, H)
+        and each layer's new keys and values (k, Hkv, T, D)."""
+        k, T = ids.shape
+        qpos = start + torch.arange(T, device=self.device)  # (T,) positions of the queries
+        kpos = torch.arange(start + T, device=self.device)  # (start + T,) keys: the prefix, then these tokens
+        causal = kpos[None, :] <= qpos[:, None]  # (T, start + T) query x key
+        masks = {w: causal if w is None else causal & (kpos[None, :] > qpos[:, None] - w) for w in set(self.windows)}
+        h = self.body.embed_tokens(ids)  # (k, T, H)
+        rope = self._rope(h, qpos[None].expand(k, T))
+        ks: list[Tensor] = []
+        vs: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
                 q, kk, v = self._qkv(i, attn, x)  # (k, T, heads, D)
@@ -271,16 +322,15 @@ class FastDecoder:
                 q = _rotate(q, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hq, T, D)
                 kk = _rotate(kk, cos[:, :, None], sin[:, :, None]).transpose(1, 2)  # (k, Hkv, T, D)
                 v = v.transpose(1, 2)
-                self.kp[i][sl, :, :T] = kk
-                self.vp[i][sl, :, :T] = v
-                if T < self.Lp:  # a longer earlier prompt's tail is masked, but 0 * NaN would still leak
-                    self.kp[i][sl, :, T:] = 0
-                    self.vp[i][sl, :, T:] = 0
+                ks.append(kk)
+                vs.append(v)
+                if past is not None:  # the shared prefix's keys and values, the same for every row
+                    kk = torch.cat([past[0][i].expand(k, -1, -1, -1), kk], dim=2)  # (k, Hkv, start + T, D)
+                    v = torch.cat([past[1][i].expand(k, -1, -1, -1), v], dim=2)
                 o = self._full_attention(attn, q, kk, v, masks[self.windows[i]])  # (k, Hq, T, D)
                 return attn.o_proj(o.transpose(1, 2).flatten(2))  # (k, T, H)
             h = self._layer(i, layer, h, attend)
-        self.prompt_len[sl] = lens
-        self.last_hidden[sl] = self.final_norm(h[torch.arange(k, device=self.device), lens - 1])  # (k, H)
+        return h, ks, vs
 
     def _full_attention(self, attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         g = self.Hq // self.Hkv

@@ -103,7 +103,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            keys: list[str] | None = None, ignore_eos: bool = False, progress: bool | str | None = False, *,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
            backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None,
-           first_index: int = 0, exact_logprobs: bool = True, record_draw: bool = False) -> list[list[Sample]]:
+           first_index: int = 0, exact_logprobs: bool = True, record_draw: bool = False,
+           share_prefix: bool = True) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
@@ -119,7 +120,9 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     finished responses teacher-forced in the model's own dtype (`rescore`), so the stored log-probs, and the
     self-reward, are the model's and not the bf16 kernels' (the per-token statistics stay those of the draw).
     record_draw: also keep each token's log-prob under the tempered distribution it was drawn from
-    (`Sample.draw_logprobs`, computed while sampling, never re-scored).
+    (`Sample.draw_logprobs`, computed while sampling, never re-scored). share_prefix: the fast decoder prefills
+    the token prefix all prompts share (few-shot examples) once (`decoder.shared_prefix`); the same values up to
+    float rounding, False runs every prompt whole.
     """
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
@@ -143,7 +146,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     try:
         with torch.inference_mode():
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device, exact_logprobs)
-            decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend)
+            decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend,
+                                   share_prefix=share_prefix)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
                          eos, stops, progress, stats, early_stop, first_index, record_draw)
             out = loop.run()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sharpen.engine import scoring
 from sharpen.engine.arch import lm_logits
 from sharpen.engine.models import tiny_model
 from sharpen.engine.scoring import score, sequence_logprobs, token_logprobs
@@ -166,6 +167,28 @@ def test_score_shares_a_prompt_prefill_and_matches_full_forward(make):
                                      -1)
         ref = [logp[len(p) - 1 + j, t].item() for j, t in enumerate(r)]
         assert max(abs(a - b) for a, b in zip(lp, ref, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])
+def test_score_runs_a_shared_prompt_prefix_once(make, monkeypatch):
+    """Prompts with a common head (a few-shot header) run it once, then each its own tail: values as the full
+    forward, for prompts alone and in groups, across a 4-token sliding window."""
+    from sharpen.engine import decoder
+
+    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 3)
+    m = make()
+    head = [1, 30, 31, 32, 33, 34]
+    p1, p2, p3 = head + [10, 11], head + [20], head + [40, 41, 42, 43, 44]
+    prompts = [p1, p2, p1, p3, p2]
+    responses = [[40, 41, 42], [50, 51, 52, 53, 54, 55], [60], [61, 62], [70, 71]]
+    calls = []
+    real = scoring._prefill_after
+    monkeypatch.setattr(scoring, "_prefill_after", lambda *a: (calls.append(a[2]), real(*a))[1])
+    out = score(m, prompts, responses, batch_size=2)
+    assert calls == [len(head)] * 3  # one tail per distinct prompt
+    ref = score(m, prompts, responses, batch_size=2, share_prompts=False)
+    for a, b in zip(out, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
 
 
 @pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import SharpenError
 from .arch import backbone, cache_keyword, causal_lm, lm_logits
+from .decoder import shared_prefix
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
@@ -174,15 +175,18 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
         groups: dict[Any, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(tuple(p) if share_prompts else i, []).append(i)
-        shared = [g for g in groups.values() if len(g) > 1]
+        # Prompts that start alike (a task's few-shot header) run that prefix once, then each its own tail.
+        head = shared_prefix([prompts[g[0]] for g in groups.values()]) if share_prompts else []
+        pre_head = _prefill(model, head) if head else None
+        shared = [g for g in groups.values() if len(g) > 1 or pre_head is not None]
         # Longest first so that padding within a batch stays small.
-        alone = sorted((g[0] for g in groups.values() if len(g) == 1),
+        alone = sorted((g[0] for g in groups.values() if g not in shared),
                         key=lambda i: -(len(prompts[i]) + len(responses[i])))
         with tqdm(total=len(prompts), desc=progress, unit="seq", disable=progress is None,
                   dynamic_ncols=True) as bar:
             for g in shared:
                 _score_shared(model, prompts[g[0]], [responses[i] for i in g], chunk, [out[i] for i in g],
-                              batch_size)
+                              batch_size, (len(head), pre_head) if pre_head is not None else None)
                 bar.update(len(g))
             for start in range(0, len(alone), batch_size):
                 batch = alone[start:start + batch_size]
@@ -209,9 +213,10 @@ def _extend(outs: list[list[float]], responses: list[list[int]], flat: list[floa
 
 
 def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chunk: int, outs: list[list[float]],
-                  batch_size: int) -> None:
-    """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses."""
-    pre = _prefill(model, prompt)
+                  batch_size: int, head: tuple[int, Any] | None = None) -> None:
+    """Responses to one prompt: the prompt runs once, its KV cache is repeated for each batch of responses.
+    head: (H, backbone output of the prompt's first H tokens), then only the rest of the prompt runs."""
+    pre = _prefill(model, prompt) if head is None else _prefill_after(model, head[1], head[0], prompt[head[0]:])
     todo = sorted((i for i, r in enumerate(responses) if r), key=lambda i: -len(responses[i]))
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
@@ -223,6 +228,16 @@ def _score_shared(model: Any, prompt: list[int], responses: list[list[int]], chu
 def _prefill(model: Any, prompt: list[int]) -> Any:
     """The backbone's output (hidden states and KV cache) for one prompt."""
     return backbone(model.module)(input_ids=torch.tensor([prompt], device=model.device), use_cache=True)
+
+
+def _prefill_after(model: Any, pre: Any, P: int, tail: list[int]) -> Any:
+    """The backbone's output for a prompt whose first P tokens ran already (`pre`, kept intact): its remaining
+    tokens `tail` run on a copy of that cache; the result holds the whole prompt's cache (no gradient)."""
+    body, dev = backbone(model.module), model.device
+    kw = cache_keyword(body)
+    return body(input_ids=torch.tensor([tail], device=dev), **{kw: copy.deepcopy(getattr(pre, kw))}, use_cache=True,
+                attention_mask=torch.ones((1, P + len(tail)), dtype=torch.long, device=dev),
+                position_ids=torch.arange(P, P + len(tail), device=dev)[None])
 
 
 def _after_prefill(model: Any, pre: Any, P: int, responses: list[list[int]], chunk: int, copy_cache: bool) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import runs
 from .config import AmortizedConfig, BonConfig, SharpenConfig
-from .engine.generate import EarlyStop, greedy, logprob_method, sample
+from .engine.generate import EarlyStop, greedy, logprob_method, sample, sample_with_greedy
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
 from .errors import SharpenError
@@ -126,16 +126,20 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
 
     stop = task.stops(chat)
     # No per-token statistics: evaluations use none of the confidence selectors, and they cost ~20% in bf16.
-    first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"),
-                   stats=False, exact_logprobs=exact_logprobs)
+    # Greedy and samples come from one call: one prefill per prompt serves both.
+    if samples > 0:
+        first, drawn = sample_with_greedy(model, ids, n=samples, max_new_tokens=max_new_tokens,
+                                          temperature=temperature, seed=seed, stop=stop, keys=[it.id for it in items],
+                                          dtype=dtype, progress=label("greedy + samples"), stats=False,
+                                          exact_logprobs=exact_logprobs)
+    else:
+        first = greedy(model, ids, max_new_tokens=max_new_tokens, stop=stop, dtype=dtype, progress=label("greedy"),
+                       stats=False, exact_logprobs=exact_logprobs)
+        drawn = [[] for _ in items]
     for it, s in zip(items, first, strict=True):
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
-    if samples > 0:
-        drawn = sample(model, ids, n=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                       stop=stop, keys=[it.id for it in items], dtype=dtype, progress=label("samples"), stats=False,
-                       exact_logprobs=exact_logprobs)
-        for it, ss in zip(items, drawn, strict=True):
-            rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
+    for it, ss in zip(items, drawn, strict=True):
+        rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
                        progress=label("log pi_base"))
     for r, v in zip(rows, lp, strict=True):

@@ -308,3 +308,23 @@ def test_shared_prefix_prefill_changes_no_sample(arch, monkeypatch):
     errs = [max(abs(x - y) for x, y in zip(score(m, p, s.token_ids), s.token_logprobs, strict=True))
             for p, row in zip(prompts, shared, strict=True) for s in row]
     assert max(errs) < 1e-4
+
+
+@pytest.mark.parametrize("backend,temperature", [("fast", 1.0), ("fast", 0.7), ("hf", 1.0)])
+def test_greedy_in_the_samples_call_equals_the_separate_calls(backend, temperature):
+    """sample_with_greedy: one prefill per prompt, greedy rows decoded beside the samples: the same greedy
+    responses as `greedy` and the same samples as `sample` (tokens identical, log-probs to fp32 rounding)."""
+    from sharpen.engine.generate import sample_with_greedy
+
+    m = _eos_biased()
+    kw = dict(max_new_tokens=10, stop=None, backend=backend, max_rows=4)
+    g_alone = greedy(m, PROMPTS, **kw)
+    s_alone = sample(m, PROMPTS, 3, temperature=temperature, seed=5, **kw)
+    g, s = sample_with_greedy(m, PROMPTS, 3, temperature=temperature, seed=5, **kw)
+    assert len(g) == len(PROMPTS) and [len(row) for row in s] == [3] * len(PROMPTS)
+    for a, b in zip([*g, *(x for row in s for x in row)], [*g_alone, *(x for row in s_alone for x in row)],
+                    strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason and a.text == b.text
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+    with pytest.raises(SharpenError, match="early stopping"):
+        sample_with_greedy(m, PROMPTS, 3, 4, early_stop=object())

@@ -263,9 +263,9 @@ class FastDecoder:
         every step would cost page faults comparable to the matmul itself on CPU)."""
         if self.head_w is None:
             return lm_logits(self.lm, h)
-        if self.logits_buf is None or self.logits_buf.shape[0] != h.shape[0]:
+        if self.logits_buf is None or self.logits_buf.shape[0] < h.shape[0]:
             self.logits_buf = h.new_empty(h.shape[0], self.head_w.shape[0])
-        return torch.mm(h, self.head_w.t(), out=self.logits_buf)
+        return torch.mm(h, self.head_w.t(), out=self.logits_buf[:h.shape[0]])  # the first rows: contiguous
 
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
@@ -342,13 +342,17 @@ class FastDecoder:
         return torch.matmul(torch.softmax(s, dim=-1).to(q.dtype), v)  # (k, Hq, T, D)
 
     # ---- phase 2: one decode step for all rows --------------------------------------------------------
-    def start_logits(self) -> Tensor:
-        """(B, V) logits of every row's first response token (its slot's prompt state); no forward."""
-        return self._logits(self.last_hidden[self.row_slot])
+    def start_logits(self, live: Tensor | None = None) -> Tensor:
+        """(B, V) logits of every row's first response token (its slot's prompt state); no forward. live: only
+        these rows' (A,), as (A, V)."""
+        slot = self.row_slot if live is None else self.row_slot.index_select(0, live)
+        return self._logits(self.last_hidden[slot])
 
-    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor) -> Tensor:
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor,
+                    live: Tensor | None = None) -> Tensor:
         """Feed tokens (B,) at response index resp_pos (B,), width = 1 + max resp_pos; rows with fresh (B,)
-        set start a new response instead (their prompt's state). Returns (B, V) next-token logits."""
+        set start a new response instead (their prompt's state). Returns (B, V) next-token logits, or only those
+        of the rows `live` (A,) as (A, V): the output layer runs on them alone."""
         B, W = self.rows, width
         plen = self.prompt_len[self.row_slot]  # (B,)
         pos = plen + resp_pos  # (B,) absolute position of the fed token
@@ -379,7 +383,7 @@ class FastDecoder:
                 return attn.o_proj(o)[:, None]  # (B, 1, H)
             h = self._layer(i, layer, h, attend)
         h = torch.where(fresh[:, None], self.last_hidden[self.row_slot], self.final_norm(h[:, 0]))  # (B, H)
-        return self._logits(h)  # (B, V)
+        return self._logits(h if live is None else h.index_select(0, live))  # (B or A, V)
 
     def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, W: int) -> Tensor:
         B, S, Rm, Hkv, D, Lp = self.rows, self.slots, self.Rmax, self.Hkv, self.D, self.Lp
@@ -422,13 +426,15 @@ class HFDecoder:
     def start_rows(self, rows: list[int]) -> None:
         pass
 
-    def start_logits(self) -> Tensor:
+    def start_logits(self, live: Tensor | None = None) -> Tensor:
         out = self.lm(input_ids=torch.tensor([self.prompt], device=self.device), use_cache=True)
         self.cache = getattr(out, self.cache_kw)
         self.cache.batch_repeat_interleave(self.rows)  # (1, ...) -> (B, ...): no second prefill
-        return out.logits[:, -1].expand(self.rows, -1)  # (B, V)
+        return out.logits[:, -1].expand(self.rows if live is None else len(live), -1)  # (B or A, V)
 
-    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor) -> Tensor:
+    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor,
+                    live: Tensor | None = None) -> Tensor:
         out = self.lm(input_ids=tokens[:, None], use_cache=True, **{self.cache_kw: self.cache})
         self.cache = getattr(out, self.cache_kw)
-        return out.logits[:, -1]  # (B, V)
+        logits = out.logits[:, -1]  # (B, V)
+        return logits if live is None else logits.index_select(0, live)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..errors import SharpenError
 from .arch import causal_lm
@@ -124,6 +125,32 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     the token prefix all prompts share (few-shot examples) once (`decoder.shared_prefix`); the same values up to
     float rounding, False runs every prompt whole.
     """
+    return _generate(model, prompts, n, max_new_tokens, temperature, seed, stop, keys, ignore_eos, progress,
+                     dtype=dtype, max_rows=max_rows, backend=backend, stats=stats, early_stop=early_stop,
+                     first_index=first_index, exact_logprobs=exact_logprobs, record_draw=record_draw,
+                     share_prefix=share_prefix, with_greedy=False)
+
+
+def sample_with_greedy(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int, max_new_tokens: int,
+                       temperature: float = 1.0, seed: int = 0, stop: list[str] | None = None,
+                       keys: list[str] | None = None, **kwargs: Any) -> tuple[list[Sample], list[list[Sample]]]:
+    """Each prompt's greedy response and its `n` samples from ONE call: one prefill per prompt serves both, and
+    greedy rows are decoded beside the sampled ones. Returns (greedy[prompt], samples[prompt][index]), the same
+    responses as `greedy` and `sample` with these arguments (up to float rounding of the batch shape)."""
+    if kwargs.get("early_stop") is not None:
+        raise SharpenError("early stopping applies to samples: draw the greedy responses in a call of their own")
+    out = _generate(model, prompts, n, max_new_tokens, temperature, seed, stop, keys, with_greedy=True, **kwargs)
+    return [row[n] for row in out], [row[:n] for row in out]
+
+
+def _generate(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int, max_new_tokens: int,
+              temperature: float, seed: int, stop: list[str] | None, keys: list[str] | None,
+              ignore_eos: bool = False, progress: bool | str | None = False, *, dtype: torch.dtype | str | None = None,
+              max_rows: int | None = None, backend: str = "auto", stats: bool = True,
+              early_stop: EarlyStop | None = None, first_index: int = 0, exact_logprobs: bool = True,
+              record_draw: bool = False, share_prefix: bool = True, with_greedy: bool = False
+              ) -> list[list[Sample]]:
+    """`sample`; with_greedy: each prompt also gets a greedy response, as its row index n."""
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
     if early_stop is not None and not stats:
@@ -146,10 +173,12 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     try:
         with torch.inference_mode():
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device, exact_logprobs)
-            decoder = make_decoder(model, ids, n, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend,
+            rows = n + with_greedy
+            decoder = make_decoder(model, ids, rows, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend,
                                    share_prefix=share_prefix)
-            loop = _Loop(decoder, model.tokenizer, ids, key_ids, n, max_new_tokens, temperature, seed,
-                         eos, stops, progress, stats, early_stop, first_index, record_draw)
+            loop = _Loop(decoder, model.tokenizer, ids, key_ids, rows, max_new_tokens, temperature, seed,
+                         eos, stops, progress, stats, early_stop, first_index, record_draw,
+                         greedy_index=n if with_greedy else None)
             out = loop.run()
     finally:
         module.train(was_training)
@@ -222,8 +251,10 @@ class _Loop:
     def __init__(self, decoder: Any, tokenizer: Any, ids: list[list[int]], key_ids: list[int], n: int,
                  max_new: int, temperature: float, seed: int, eos: set[int], stops: list[str],
                  progress: bool | str | None, stats: bool = True, early: EarlyStop | None = None,
-                 first_index: int = 0, record_draw: bool = False) -> None:
+                 first_index: int = 0, record_draw: bool = False, greedy_index: int | None = None) -> None:
         self.dec, self.tok, self.ids, self.key_ids = decoder, tokenizer, ids, key_ids
+        # Sample index decoded greedily instead of drawn (sample_with_greedy: index n of n + 1), or None.
+        self.greedy_index = greedy_index
         self.record_draw = record_draw
         self.n, self.max_new, self.temperature, self.seed = n, max_new, temperature, seed
         self.eos, self.stops, self.stats, self.first_index = eos, stops, stats, first_index
@@ -248,6 +279,7 @@ class _Loop:
         self.index_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) sample index per row
         self.step_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) tokens drawn so far per row
         self.active_t = torch.zeros(self.B, dtype=torch.long, device=dev)  # (B,) 1 while the row has a sample
+        self.greedy_t = torch.zeros(self.B, dtype=torch.bool, device=dev)  # (B,) rows decoding greedily
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -258,51 +290,79 @@ class _Loop:
 
     def run(self) -> list[list[Sample]]:
         self._assign(list(range(self.B)))
-        logits = self.dec.start_logits()  # (B, V)
-        work = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # reused by every draw
+        dev = self.dec.device
+        # The rows with a response in progress: logits are computed for these only.
+        live = [r for r in range(self.B) if self.row[r] is not None]
+        logits = self.dec.start_logits(None if len(live) == self.B else torch.tensor(live, device=dev))  # (A, V)
+        work = torch.empty(self.B, logits.shape[1], dtype=torch.float32, device=logits.device)  # for every draw
         # fp32 rows for the statistics of non-fp32 logits, reused by every step (sampler.token_stats)
-        stats_buf = (torch.empty(min(16, logits.shape[0]), logits.shape[1], dtype=torch.float32,
+        stats_buf = (torch.empty(min(16, self.B), logits.shape[1], dtype=torch.float32,
                                  device=logits.device) if self.stats and logits.dtype != torch.float32 else None)
         while True:
-            u = uniforms(self.seed, self.keys_t, self.index_t, self.step_t) if self.temperature > 0 else None
-            drawn = draw(logits, self.temperature, u, work, with_draw=self.record_draw)  # (B,) each
+            # Rows that ended and were not refilled cost nothing below: the output layer and the draw (the
+            # largest costs of a small model with a large vocabulary) run on the live rows only.
+            lt = None if len(live) == self.B else torch.tensor(live, device=dev)  # (A,) or all rows
+
+            def at(t: Tensor, lt: Tensor | None = lt) -> Tensor:
+                return t if lt is None else t.index_select(0, lt)
+
+            u = uniforms(self.seed, at(self.keys_t), at(self.index_t), at(self.step_t)) if self.temperature > 0 \
+                else None
+            w = work[:len(live)]
+            drawn = draw(logits, self.temperature, u, w, with_draw=self.record_draw)  # (A,) each
             tok, lp = drawn[0], drawn[1]
-            # (B, 3) from the same raw logits; at temperature 0 and 1 `work` holds their softmax already
+            if self.greedy_index is not None and self.temperature > 0:
+                tok, lp = self._greedy_rows(logits, tok, lp, at(self.greedy_t))
+            # (A, 3) from the same raw logits; at temperature 0 and 1 `w` holds their softmax already
             parts = [tok[:, None].double(), lp[:, None].double()]
             if self.stats:
-                p = work if self.temperature in (0.0, 1.0) else None
+                p = w if self.temperature in (0.0, 1.0) else None
                 parts.append(token_stats(logits, p, buf=stats_buf).double())
             if self.record_draw:
                 parts.append(drawn[2][:, None].double())
             self.step_t += 1
             # The one host sync per step (float64 holds token ids and fp32 log-probs exactly).
-            step = torch.cat(parts, dim=1).tolist()
-            tok_l, lp_l = [int(r[0]) for r in step], [r[1] for r in step]
-            for r in range(self.B) if self.record_draw else ():
-                if self.row[r] is not None:
-                    self.row_lqs[r].append(step[r][-1])
-            for r in range(self.B) if self.stats else ():
-                if self.row[r] is not None:
-                    self.row_stats[r].append(tuple(step[r][2:2 + len(TOKEN_STATS)]))
-            finished = [r for r in range(self.B) if self.row[r] is not None and self._append(r, tok_l, lp_l)]
+            step = dict(zip(live, torch.cat(parts, dim=1).tolist(), strict=True))
+            tok_l, lp_l = [0] * self.B, [math.nan] * self.B
+            for r, st in step.items():
+                tok_l[r], lp_l[r] = int(st[0]), st[1]
+                if self.record_draw:
+                    self.row_lqs[r].append(st[-1])
+                if self.stats:
+                    self.row_stats[r].append(tuple(st[2:2 + len(TOKEN_STATS)]))
+            finished = [r for r in live if self._append(r, tok_l, lp_l)]
             if self.early is not None:  # rows left idle while a warm-up ran can start now
                 finished = [r for r in range(self.B) if self.row[r] is None]
             fresh = self._assign(finished) if finished else []
             busy = [r for r in range(self.B) if self.row[r] is not None]
             if not busy:
                 break
+            bt = None if len(busy) == self.B else torch.tensor(busy, device=dev)
+            live = busy
             if len(fresh) == len(busy):  # every row starts a new response: no token to feed
-                logits = self.dec.start_logits()
+                logits = self.dec.start_logits(bt)
                 continue
             # Response index of the fed token; idle and fresh rows write a harmless dummy at index 0.
             resp_pos = (self.step_t - 1).clamp_(min=0) * self.active_t  # (B,)
             width = max(len(self.row_tokens[r]) for r in busy)
             is_fresh = torch.zeros(self.B, dtype=torch.bool)
             is_fresh[fresh] = True
-            logits = self.dec.decode_step(tok, resp_pos, max(1, width), is_fresh.to(self.dec.device))  # (B, V)
+            fed = torch.tensor(tok_l, dtype=torch.long, device=dev)  # (B,) idle rows feed a dummy 0
+            logits = self.dec.decode_step(fed, resp_pos, max(1, width), is_fresh.to(dev), bt)  # (A, V)
         if self.bar is not None:
             self.bar.close()
         return self.results  # type: ignore[return-value]
+
+    def _greedy_rows(self, logits: Tensor, tok: Tensor, lp: Tensor, greedy: Tensor) -> tuple[Tensor, Tensor]:
+        """The greedy rows' (mask `greedy`) tokens (argmax) and raw log-probs in place of the draw's, computed on
+        those rows only."""
+        g = greedy.nonzero().squeeze(-1)
+        if not g.numel():
+            return tok, lp
+        x = logits.index_select(0, g).float()  # (G, V)
+        best = x.argmax(-1)  # the first maximum, as draw's greedy path takes it
+        glp = x.gather(-1, best[:, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+        return tok.index_copy(0, g, best), lp.index_copy(0, g, glp.to(lp.dtype))
 
     def _append(self, r: int, tok_l: list[int], lp_l: list[float]) -> bool:
         """Record row r's new token; True when the row's response has ended."""
@@ -382,6 +442,8 @@ class _Loop:
             self.index_t[rows] = torch.tensor([self.row[r][1] + self.first_index for r in fresh], device=dev)
             self.step_t[rows] = 0
             self.active_t[rows] = 1
+            if self.greedy_index is not None:
+                self.greedy_t[rows] = torch.tensor([self.row[r][1] == self.greedy_index for r in fresh], device=dev)
         if idle:
             self.active_t[torch.tensor(idle, device=dev)] = 0
         self.dec.set_rows(self.row_slot)

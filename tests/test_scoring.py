@@ -219,3 +219,31 @@ def test_grouped_logprobs_share_prompts_with_equal_values_and_gradients(make):
     sums = grouped_sequence_logprobs(m, prompts, responses).detach()
     torch.testing.assert_close(sums, torch.stack([t.sum() for t in ref.detach().split([len(r) for r in responses])]),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])
+def test_headed_sequence_logprobs_share_a_head_with_equal_values_and_gradients(make, monkeypatch):
+    """An SFT batch whose prompts share a head runs it once: sums and gradients as the padded batch."""
+    from sharpen.engine import decoder
+    from sharpen.engine.scoring import collate, headed_sequence_logprobs
+
+    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 3)
+    m = make()
+    head = [1, 30, 31, 32, 33]
+    prompts = [head + [10, 11, 12], head + [20], head + [40, 41]]
+    responses = [[40, 41, 42], [50, 51, 52, 53, 54, 55], [60]]
+    params = [p for p in m.module.parameters() if p.requires_grad]
+    w = torch.tensor([0.5, -1.0, 2.0])
+    calls = []
+    real = m.module.model.forward
+    monkeypatch.setattr(m.module.model, "forward",
+                        lambda *a, **k: (calls.append(k["input_ids"].shape), real(*a, **k))[1])
+    out = headed_sequence_logprobs(m, prompts, responses)
+    assert calls[0] == (1, len(head)) and calls[1][0] == 3  # the head once, then the tails with responses
+    g_out = torch.autograd.grad((out * w).sum(), params)
+    ids, attn, resp = collate(m, prompts, responses)
+    ref = sequence_logprobs(m.module, ids, attn, resp)
+    g_ref = torch.autograd.grad((ref * w).sum(), params)
+    torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-5, rtol=0)
+    for a, b in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -119,6 +119,33 @@ def sequence_logprobs(module: Any, input_ids: Tensor, attention_mask: Tensor, re
     return out.index_add(0, rows, lp)
 
 
+def headed_sequence_logprobs(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                             chunk: int = 256) -> Tensor:
+    """(B,) summed response log-probs (Eq. 2) of a training batch, differentiable: when the prompts share a head of
+    at least `decoder.MIN_SHARED_PREFIX` tokens (a task's few-shot examples), the head runs once for the batch (its
+    forward and its gradient shared), then each prompt's own tail with its response; otherwise the padded batch.
+    The same values and gradients as `sequence_logprobs` on the collated batch (tested)."""
+    head = shared_prefix([list(p) for p in prompts])
+    if not head:
+        ids, attn, resp = collate(model, prompts, responses)
+        return sequence_logprobs(model.module, ids, attn, resp, chunk)
+    H, dev = len(head), model.device
+    body = backbone(model.module)
+    kw = cache_keyword(body)
+    pre = body(input_ids=torch.tensor([head], device=dev), use_cache=True)
+    ids, _, resp = collate(model, [p[H:] for p in prompts], responses)  # (B, L) tails + responses, right-padded
+    B, L = ids.shape
+    cache = getattr(pre, kw)
+    cache.batch_repeat_interleave(B)  # (B, heads, H, D) per layer, still attached to the head's graph
+    # Right padding after the real tokens: causal attention never lets a real token see a pad.
+    h = body(input_ids=ids, **{kw: cache}, use_cache=True,
+             attention_mask=torch.ones((B, H + L), dtype=torch.long, device=dev),
+             position_ids=torch.arange(H, H + L, device=dev).expand(B, L)).last_hidden_state  # (B, L, H)
+    b_idx, t_idx = resp.nonzero(as_tuple=True)  # (K,): each tail is non-empty, so t >= 1
+    lp = head_logprobs(model.module, h[b_idx, t_idx - 1], ids[b_idx, t_idx], chunk)  # (K,)
+    return torch.zeros(B, dtype=torch.float32, device=dev).index_add(0, b_idx, lp)
+
+
 def collate(model: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt, response) token-id pairs -> right-padded input_ids, attention_mask, response_mask, all (B, T).

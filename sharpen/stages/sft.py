@@ -23,7 +23,7 @@ import torch
 from .. import runs
 from ..config import SFT_LR, SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
-from ..engine.scoring import collate, sequence_logprobs
+from ..engine.scoring import headed_sequence_logprobs
 from ..errors import SharpenError
 from ..generation import accuracy_key, base_pool, eval_rows, greedy_validation, validation_split
 from ..guards import guards
@@ -41,9 +41,10 @@ from ..train.losses import sft_loss
 
 def sft_batch_loss(model: Model, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over the batch of -log pi(y_i | x_i), summed over response tokens only (the prompt is masked)."""
-    ids, attn, resp = collate(model, [r["prompt_token_ids"] for r in batch], [r["token_ids"] for r in batch])
-    logp = sequence_logprobs(model.module, ids, attn, resp)  # (B,)
-    return sft_loss(logp), {"logprob": float(logp.detach().mean()), "tokens": float(resp.sum()) / len(batch)}
+    # A few-shot head the prompts share runs once for the batch.
+    logp = headed_sequence_logprobs(model, [r["prompt_token_ids"] for r in batch], [r["token_ids"] for r in batch])
+    tokens = sum(len(r["token_ids"]) for r in batch) / len(batch)
+    return sft_loss(logp), {"logprob": float(logp.detach().mean()), "tokens": float(tokens)}
 
 
 # ---------------------------------------------------------------------------------------------- data

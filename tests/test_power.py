@@ -166,3 +166,30 @@ def test_power_command_writes_a_bon_run_that_resumes(tmp_path, monkeypatch, meth
     assert "Power sampling" in report and "pi^2" in report
     assert main(["compare", str(tmp_path / "cut"), "--out", str(tmp_path / "cmp")]) == 0
     assert f"power(alpha=2, {method}):majority" in (tmp_path / "cmp.md").read_text()
+
+
+def test_chains_reuse_their_prompts_prefill(monkeypatch):
+    """Suffix redraws of many chains of several prompts: each prompt is prefilled once per call (a decoder head)
+    and the chains prefill only their kept prefixes; the draws are those of whole-prompt prefills."""
+    from sharpen.engine import decoder, generate
+    from sharpen.engine.models import tiny_model
+    from sharpen.engine.power import power_mh
+
+    m = tiny_model()
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 9, 8, 7]]
+    kw = dict(alpha=2.0, chains=3, steps=2, max_new_tokens=6, block=3, seed=1)
+    lengths = []
+    real = decoder.FastDecoder._forward
+    monkeypatch.setattr(decoder.FastDecoder, "_forward",
+                        lambda self, ids, start, past: (lengths.append((start, ids.shape[1])),
+                                                        real(self, ids, start, past))[1])
+    heads, stats = power_mh(m, prompts, **kw)
+    assert any(start in (6, 4) for start, _ in lengths)  # tails prefilled after their prompt's cached KV
+    real_sample = generate.sample
+    monkeypatch.setattr("sharpen.engine.power.sample", lambda *a, **k: real_sample(*a, **{**k, "heads": []}))
+    whole, stats2 = power_mh(m, prompts, **kw)
+    for a, b in zip(heads, whole, strict=True):
+        assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        for s, t in zip(a, b, strict=True):
+            assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
+    assert [s.as_dict() for s in stats] == [s.as_dict() for s in stats2]

@@ -36,9 +36,11 @@ _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (sig
 
 
 def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: torch.dtype,
-                 max_rows: int | None = None, backend: str = "auto", share_prefix: bool = True) -> Any:
+                 max_rows: int | None = None, backend: str = "auto", share_prefix: bool = True,
+                 heads: list[list[int]] | None = None) -> Any:
     """Pick the decoder and its batch shape for this call; `dtype` is the compute dtype (models.sampling_dtype).
-    share_prefix: the fast decoder runs the prefix all prompts share once (`shared_prefix`)."""
+    share_prefix: the fast decoder runs the prefix all prompts share once (`shared_prefix`). heads: token prefixes
+    to run once each instead (power sampling: each prompt, which its chains continue with their own prefixes)."""
     dt = dtype
     lm = module_in_dtype(causal_lm(model.module), dt)
     kind = getattr(lm.config, "model_type", "")
@@ -54,12 +56,13 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
         B = max_rows or max(1, min(cap, n, budget // max(1, per_token * (L + max_new))))
         return HFDecoder(lm, max(1, min(B, n)), model.device)
     B = min(max_rows or cap, len(prompts) * n)
-    prefix = shared_prefix(prompts) if share_prefix else []
+    if heads is None:
+        heads = [h for h in [shared_prefix(prompts)] if h] if share_prefix else []
     while True:
         # Enough prompt slots to keep every row busy while some prompts finish their last samples.
         S = max(1, min(len(prompts), B, -(-3 * B // (2 * n)) + 1))
         if max_rows or B == 1 or per_token * (B * max_new + S * L) <= budget:
-            return FastDecoder(lm, B, S, L, max_new, model.device, prefix=prefix)
+            return FastDecoder(lm, B, S, L, max_new, model.device, heads=heads)
         B = max(1, B * 3 // 4)
 
 
@@ -160,7 +163,7 @@ class FastDecoder:
     refill_rows = True
 
     def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
-                 device: torch.device, prefix: list[int] | None = None) -> None:
+                 device: torch.device, heads: list[list[int]] | None = None) -> None:
         cfg = lm.config
         self.lm, self.body = lm, backbone(lm)
         self.device, self.rows, self.slots = device, rows, slots
@@ -193,11 +196,11 @@ class FastDecoder:
         self.vr = [torch.zeros(rows, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
         self.prompt_len = torch.ones(slots, dtype=torch.long, device=device)  # (S,)
         self.last_hidden = torch.zeros(slots, cfg.hidden_size, **kv)  # (S, H) final state after each prompt
-        # The prefix every prompt of the call starts with: its KV is computed once, on the first prefill, and
-        # copied into each slot, so a slot's prefill runs only the prompt's own tokens.
-        self.prefix = list(prefix or [])
-        self.kc: list[Tensor] = []
-        self.vc: list[Tensor] = []
+        # Heads: token prefixes (the few-shot header all prompts of the call share, or power sampling's prompts)
+        # whose KV is computed once, when a prompt that continues one is first prefilled, and copied into each
+        # such prompt's slot, so a slot's prefill runs only the tokens after its longest head.
+        self.heads = [list(h) for h in heads or [] if h]
+        self.head_kv: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
         self.set_rows([0] * rows)
 
     def set_rows(self, row_slot: list[int]) -> None:
@@ -270,28 +273,51 @@ class FastDecoder:
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
         """Run prompts (one forward each, batched) into the prompt KV and final state of `slots`."""
-        P = len(self.prefix)
-        if P and not self.kc:
-            _, self.kc, self.vc = self._forward(torch.tensor([self.prefix], device=self.device), 0, None)
-        per_call = max(1, 8192 // max(len(p) for p in prompts))  # bounds the (k x T x (P + T)) attention scores
-        for a in range(0, len(prompts), per_call):
-            self._prefill(slots[a:a + per_call], prompts[a:a + per_call])
+        by_head: dict[int, list[int]] = {}
+        for j, p in enumerate(prompts):
+            by_head.setdefault(self._head_of(p), []).append(j)
+        self._load_heads([h for h in by_head if h >= 0 and h not in self.head_kv])
+        for h, js in by_head.items():
+            per_call = max(1, 8192 // max(len(prompts[j]) for j in js))  # bounds the (k x T x (P + T)) scores
+            for a in range(0, len(js), per_call):
+                part = js[a:a + per_call]
+                self._prefill([slots[j] for j in part], [prompts[j] for j in part], h)
 
-    def _prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
-        P = len(self.prefix)
-        if P and any(p[:P] != self.prefix for p in prompts):
-            raise ValueError("a prompt does not start with the decoder's shared prefix")
+    def _head_of(self, prompt: list[int]) -> int:
+        """The longest head `prompt` continues (leaving it a token of its own), or -1."""
+        best, size = -1, 0
+        for i, h in enumerate(self.heads):
+            if size < len(h) < len(prompt) and prompt[:len(h)] == h:
+                best, size = i, len(h)
+        return best
+
+    def _load_heads(self, todo: list[int]) -> None:
+        """KV of the heads in `todo`, in one right-padded forward (causal: pads never reach real tokens)."""
+        if not todo:
+            return
+        T = max(len(self.heads[h]) for h in todo)
+        ids = torch.zeros(len(todo), T, dtype=torch.long)
+        for j, h in enumerate(todo):
+            ids[j, :len(self.heads[h])] = torch.tensor(self.heads[h])
+        _, ks, vs = self._forward(ids.to(self.device), 0, None)
+        for j, h in enumerate(todo):
+            n = len(self.heads[h])
+            self.head_kv[h] = ([k[j:j + 1, :, :n] for k in ks], [v[j:j + 1, :, :n] for v in vs])
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]], head: int = -1) -> None:
+        P = len(self.heads[head]) if head >= 0 else 0
+        kc, vc = self.head_kv[head] if head >= 0 else ([], [])
         own = [p[P:] for p in prompts]
         k, T = len(own), max(len(o) for o in own)
         ids = torch.zeros(k, T, dtype=torch.long)
         for j, o in enumerate(own):
             ids[j, :len(o)] = torch.tensor(o)  # right padding: real tokens never see the pads (causal)
-        h, ks, vs = self._forward(ids.to(self.device), P, (self.kc, self.vc) if P else None)
+        h, ks, vs = self._forward(ids.to(self.device), P, (kc, vc) if P else None)
         sl = torch.tensor(slots, device=self.device)  # (k,)
         for i in range(len(self.layers)):
             if P:
-                self.kp[i][sl, :, :P] = self.kc[i]
-                self.vp[i][sl, :, :P] = self.vc[i]
+                self.kp[i][sl, :, :P] = kc[i]
+                self.vp[i][sl, :, :P] = vc[i]
             self.kp[i][sl, :, P:P + T] = ks[i]
             self.vp[i][sl, :, P:P + T] = vs[i]
             if P + T < self.Lp:  # a longer earlier prompt's tail is masked, but 0 * NaN would still leak

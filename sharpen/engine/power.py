@@ -21,9 +21,10 @@ each drawn token (the engine's raw log-prob and its draw log-prob), so no extra 
   (exact as P grows).
 
 Batched on the engine: every proposal of every chain of every prompt in one `sample` call per step, and
-continuations that share their prompt and prefix (SMC particles after resampling) share one prefill. A suffix
-redraw re-prefills the prompt with the kept prefix (the engine's cache is per call). Tokens spent count every
-drawn token, rejected proposals included.
+continuations that share their prompt and prefix (SMC particles after resampling) share one prefill. Every
+prompt is prefilled once per call and its chains' continuations reuse that cache (the decoder's heads), so a
+suffix redraw runs only its kept prefix before decoding; the kept prefix itself is recomputed (the engine's
+cache lives for one call). Tokens spent count every drawn token, rejected proposals included.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def _continue(model: Any, requests: Sequence[tuple[list[int], list[int], str]], 
     alpha log pi - log q are exact importance ratios even when the draw computes in bf16. A call runs to its largest
     budget and each continuation is cut at its own: the same tokens a call with that budget would draw (token h
     depends on (seed, key, index, h) only)."""
+    # Each prompt is a head of the decoder: prefilled once per call, its chains prefill only their own prefixes.
+    heads = [list(p) for p in {tuple(p): None for p, _, _ in requests}]
     groups: dict[tuple, list[int]] = {}
     for i, (p, pre, key) in enumerate(requests):
         groups.setdefault((tuple(p) + tuple(pre), key), []).append(i)
@@ -93,7 +96,8 @@ def _continue(model: Any, requests: Sequence[tuple[list[int], list[int], str]], 
     for size, gs in by_size.items():
         budget = max(max_new[i] for g in gs for i in groups[g])
         drawn = sample(model, [list(g[0]) for g in gs], n=size, max_new_tokens=budget, temperature=temperature,
-                       seed=seed, stop=stop, keys=[g[1] for g in gs], dtype=dtype, stats=False, record_draw=True)
+                       seed=seed, stop=stop, keys=[g[1] for g in gs], dtype=dtype, stats=False, record_draw=True,
+                       heads=heads)
         for g, ss in zip(gs, drawn, strict=True):
             for j, i in enumerate(groups[g]):
                 out[i] = _cut(ss[j], max_new[i])

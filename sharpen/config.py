@@ -112,10 +112,15 @@ class BonConfig(RunConfig):
     adaptive_delta: float = opt(0.1, "adaptive N, rule appd: the failure probability delta of App. D")
     token_stats: bool = opt(False, "also write each sample's per-token entropy, self-certainty term and DeepConf "
                                    "confidence to token_stats.jsonl (the summaries are always in samples.jsonl)")
+    workers: int = opt(1, "spread the sampling calls (chunks) over K Ray actors, one engine each (1 GPU each on GPUs, "
+                          "an equal share of the CPUs otherwise); this process stays the run directory's only "
+                          "writer, and the samples are those of one process (needs: pip install 'sharpen[ray]')")
+    ray_address: str | None = opt(None, "a running Ray cluster to use (e.g. ray://head:10001 or auto; default: "
+                                        "a local one started for the run)")
 
     IDENTITY = RunConfig.IDENTITY + ("limit", "split", "n", "seed", "temperature", "confidence", "early_stop",
                                      "early_warmup", "early_keep", "adaptive", "adaptive_step", "adaptive_delta")
-    POSITIVE = RunConfig.POSITIVE + ("n", "seeds", "limit", "early_warmup", "adaptive_step")
+    POSITIVE = RunConfig.POSITIVE + ("n", "seeds", "limit", "early_warmup", "adaptive_step", "workers")
 
     def validate(self) -> None:
         super().validate()
@@ -130,6 +135,8 @@ class BonConfig(RunConfig):
             raise SharpenError("--adaptive and --early-stop do not combine (the warm-up needs one call): pick one")
         if not 0 < self.adaptive_delta < 1:
             raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
+        if (self.workers > 1 or self.ray_address) and self.token_stats:
+            raise SharpenError("--token-stats is written by the sampling process: drop it, or drop --workers")
 
 
 @dataclass

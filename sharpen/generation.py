@@ -80,13 +80,16 @@ def run_chunked(path: Path | None, items: Sequence[Any], per_prompt: int, draw: 
     if finished and progress and path is not None:
         print(f"{label}: resuming, {finished} of {len(items)} prompts already in {path.name}", file=sys.stderr)
     # The bar closes (ends its line) before an error reaches the CLI, so the error gets a line of its own.
+    # A draw with `many` (scale-out workers) takes every chunk at once and yields (chunk index, rows) in order.
+    many = getattr(draw, "many", None)
+    stream = many(todo) if many is not None and todo else ((i, draw(c)) for i, c in enumerate(todo))
     with bar(total=len(items), initial=finished, desc=label, enabled=progress) as b:
-        for c in todo:
-            new = [r for r in draw(c) if r["prompt_id"] not in done]
+        for i, drawn in stream:
+            new = [r for r in drawn if r["prompt_id"] not in done]
             if path is not None:
                 runs.append_jsonl(path, new)
             rows.extend(new)
-            b.update(len(c))
+            b.update(len(todo[i]))
     return rows
 
 
@@ -169,6 +172,62 @@ def eval_rows(path: Path | None, model: Model, task: Any, items: Sequence[Any], 
 Sampler = Callable[[Model, list[list[int]], list[str]], list[list[Any]]]
 
 
+class PoolDraws:
+    """The draws of a bon run, one chunk of task items at a time -> their rows: `greedy`, `samples` (or a custom
+    sampler's), `adaptive`. The same in the driver and in a scale-out worker (which passes out=None: a worker
+    writes nothing, the driver is the run directory's single writer)."""
+
+    def __init__(self, cfg: BonConfig, task: Any, model: Model, prompt_ids: dict[str, list[int]],
+                 out: Path | None, progress: bool = False, sampler: Sampler | None = None) -> None:
+        self.cfg, self.task, self.model, self.prompt_ids, self.out, self.sampler = (cfg, task, model, prompt_ids,
+                                                                                   out, sampler)
+        self.inner = "  responses" if progress else False  # the engine's bar inside a chunk
+        self.early = EarlyStop(warmup=cfg.early_warmup, keep=cfg.early_keep) if cfg.early_stop else None
+
+    def _ids(self, chunk: Sequence[Any]) -> list[list[int]]:
+        return [self.prompt_ids[it.id] for it in chunk]
+
+    def greedy(self, chunk: list[Any]) -> list[dict]:
+        cfg = self.cfg
+        out_ = greedy(self.model, self._ids(chunk), max_new_tokens=cfg.max_new_tokens,
+                      stop=self.task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=self.inner,
+                      stats=cfg.confidence, exact_logprobs=cfg.exact_logprobs)
+        return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(self.task, it, [s])]
+
+    def adaptive(self, chunk: list[Any]) -> list[dict]:
+        """Rounds of cfg.adaptive_step samples (stream indices k, k + 1, ...: the samples one call would draw) for
+        the prompts whose rule does not hold yet; each row records how many its prompt got (`drawn`)."""
+        cfg = self.cfg
+        got: dict[str, list[dict]] = {it.id: [] for it in chunk}
+        active, k = list(chunk), 0
+        while active and k < cfg.n:
+            m = min(cfg.adaptive_step, cfg.n - k)
+            out_ = sample(self.model, self._ids(active), n=m, max_new_tokens=cfg.max_new_tokens,
+                          temperature=cfg.temperature, seed=cfg.seed, stop=self.task.stops(cfg.chat),
+                          keys=[it.id for it in active], dtype=cfg.sample_dtype, progress=self.inner,
+                          stats=cfg.confidence, first_index=k, exact_logprobs=cfg.exact_logprobs)
+            for it, ss in zip(active, out_, strict=True):
+                got[it.id] += sample_rows(self.task, it, ss, start=k)
+            k += m
+            active = [it for it in active if not _decided(got[it.id], cfg)]
+        return [{**r, "drawn": len(got[it.id])} for it in chunk for r in got[it.id]]
+
+    def samples(self, chunk: list[Any]) -> list[dict]:
+        cfg, task = self.cfg, self.task
+        if self.sampler is not None:
+            out_ = self.sampler(self.model, self._ids(chunk), [it.id for it in chunk])
+            return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
+        out_ = sample(self.model, self._ids(chunk), n=cfg.n, max_new_tokens=cfg.max_new_tokens,
+                      temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
+                      keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=self.inner,
+                      early_stop=self.early, stats=cfg.confidence, exact_logprobs=cfg.exact_logprobs)
+        if cfg.token_stats and self.out is not None:  # before the rows: a crash may repeat a chunk here
+            runs.append_jsonl(self.out / "token_stats.jsonl",
+                              ({"prompt_id": it.id, "index": i, **(s.token_stats or {})}
+                               for it, ss in zip(chunk, out_, strict=True) for i, s in enumerate(ss)))
+        return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
+
+
 def run_pool(cfg: BonConfig, task: Any, progress: bool = True, sampler: Sampler | None = None,
              command: str = "bon", configs: Sequence[Any] | None = None) -> dict:
     """Best-of-N sampling into run directory cfg.out (or resume it): prompts.jsonl, greedy.jsonl, samples.jsonl
@@ -194,46 +253,16 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True, sampler: Sampler 
     if not prompts_path.exists():
         runs.write_jsonl(prompts_path, ({"id": it.id, "prompt": it.prompt, "prompt_token_ids": prompt_ids[it.id],
                                          "answer": it.answer} for it in items))
-    inner = "  responses" if progress else False  # the engine's bar inside a chunk (prompts finish per chunk)
+    draws = PoolDraws(cfg, task, model, prompt_ids, out, progress, sampler)
+    if cfg.workers > 1 or cfg.ray_address:  # the chunks go to a Ray actor pool; this process writes the files
+        from .scaleout import RayChunks
 
-    def greedy_draw(chunk: list[Any]) -> list[dict]:
-        out_ = greedy(model, [prompt_ids[it.id] for it in chunk], max_new_tokens=cfg.max_new_tokens,
-                      stop=task.stops(cfg.chat), dtype=cfg.sample_dtype, progress=inner, stats=cfg.confidence,
-                      exact_logprobs=cfg.exact_logprobs)
-        return [r for it, s in zip(chunk, out_, strict=True) for r in sample_rows(task, it, [s])]
-
-    early = EarlyStop(warmup=cfg.early_warmup, keep=cfg.early_keep) if cfg.early_stop else None
-
-    def adaptive_draw(chunk: list[Any]) -> list[dict]:
-        """Rounds of cfg.adaptive_step samples (stream indices k, k + 1, ...: the samples one call would draw) for
-        the prompts whose rule does not hold yet; each row records how many its prompt got (`drawn`)."""
-        got: dict[str, list[dict]] = {it.id: [] for it in chunk}
-        active, k = list(chunk), 0
-        while active and k < cfg.n:
-            m = min(cfg.adaptive_step, cfg.n - k)
-            out_ = sample(model, [prompt_ids[it.id] for it in active], n=m, max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
-                          keys=[it.id for it in active], dtype=cfg.sample_dtype, progress=inner,
-                          stats=cfg.confidence, first_index=k, exact_logprobs=cfg.exact_logprobs)
-            for it, ss in zip(active, out_, strict=True):
-                got[it.id] += sample_rows(task, it, ss, start=k)
-            k += m
-            active = [it for it in active if not _decided(got[it.id], cfg)]
-        return [{**r, "drawn": len(got[it.id])} for it in chunk for r in got[it.id]]
-
-    def samples_draw(chunk: list[Any]) -> list[dict]:
         if sampler is not None:
-            out_ = sampler(model, [prompt_ids[it.id] for it in chunk], [it.id for it in chunk])
-            return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
-        out_ = sample(model, [prompt_ids[it.id] for it in chunk], n=cfg.n, max_new_tokens=cfg.max_new_tokens,
-                      temperature=cfg.temperature, seed=cfg.seed, stop=task.stops(cfg.chat),
-                      keys=[it.id for it in chunk], dtype=cfg.sample_dtype, progress=inner, early_stop=early,
-                      stats=cfg.confidence, exact_logprobs=cfg.exact_logprobs)
-        if cfg.token_stats:  # before the rows: a crash may repeat a chunk here, readers keep the last copy
-            runs.append_jsonl(out / "token_stats.jsonl", ({"prompt_id": it.id, "index": i, **(s.token_stats or {})}
-                                                          for it, ss in zip(chunk, out_, strict=True)
-                                                          for i, s in enumerate(ss)))
-        return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
+            raise SharpenError(f"sharpen {command} samples in one process: drop --workers / --ray-address")
+        remote = RayChunks(cfg)
+        greedy_draw, samples_draw, adaptive_draw = (remote.draw(k) for k in ("greedy", "samples", "adaptive"))
+    else:
+        greedy_draw, samples_draw, adaptive_draw = draws.greedy, draws.samples, draws.adaptive
 
     # 4) Greedy: the baseline every selector is compared to.
     greedy_rows = run_chunked(out / "greedy.jsonl", items, 1, greedy_draw, chunk=cfg.chunk, label="greedy",

@@ -262,8 +262,11 @@ class AmortizedConfig(RunConfig):
 class SharpenConfig(AmortizedConfig):
     """The stages trained on base samples (sft, dpo, xpo): they can reuse a finished bon run's."""
     from_run: str | None = opt(None, "reuse the samples of a finished `sharpen bon` run directory")
+    workers: int = opt(1, "draw the base samples on K Ray actors (as `sharpen bon --workers`; needs sharpen[ray])")
+    ray_address: str | None = opt(None, "a running Ray cluster for --workers (default: a local one)")
 
     IDENTITY = AmortizedConfig.IDENTITY + ("from_run",)
+    POSITIVE = AmortizedConfig.POSITIVE + ("workers",)
 
 
 @dataclass

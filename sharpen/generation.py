@@ -328,8 +328,8 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
                         subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                         n=n, seed=seed, max_new_tokens=cfg.max_new_tokens, temperature=temperature, chat=cfg.chat,
                         device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype,
-                        exact_logprobs=cfg.exact_logprobs, chunk=cfg.chunk,
-                        split="test" if cfg.train_on_eval else "train",
+                        exact_logprobs=cfg.exact_logprobs, chunk=cfg.chunk, workers=cfg.workers,
+                        ray_address=cfg.ray_address, split="test" if cfg.train_on_eval else "train",
                         **({"adaptive": "appd", "adaptive_delta": cfg.adaptive_delta}
                            if getattr(cfg, "adaptive", False) else {}))
         bon.validate()

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import runs
 from .config import AmortizedConfig, BonConfig, SharpenConfig
+from .engine.arch import causal_lm
 from .engine.generate import EarlyStop, greedy, logprob_method, sample, sample_with_greedy
 from .engine.models import Model, load_model, prompt_token_ids, sampling_dtype
 from .engine.scoring import score
@@ -143,6 +144,13 @@ def respond(model: Model, task: Any, items: Sequence[Any], prompt_ids: dict[str,
         rows += [{**r, "kind": "greedy"} for r in sample_rows(task, it, [s])]
     for it, ss in zip(items, drawn, strict=True):
         rows += [{**r, "kind": "sample"} for r in sample_rows(task, it, ss)]
+    own = next(causal_lm(model.module).parameters()).dtype
+    if not hasattr(model.module, "disable_adapter") and (
+            exact_logprobs or sampling_dtype(dtype, own, model.device, exact_logprobs) == own):
+        # The model is pi_base and its stored log-probs are its own: log pi_base needs no second pass.
+        for r in rows:
+            r["logprob_base"] = r["logprob"]
+        return rows
     lp = base_logprobs(model, [prompt_ids[r["prompt_id"]] for r in rows], [r["token_ids"] for r in rows],
                        progress=label("log pi_base"))
     for r, v in zip(rows, lp, strict=True):

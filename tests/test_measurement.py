@@ -190,3 +190,34 @@ def test_bootstrap_is_reproducible():
 
     x = np.random.default_rng(0).random(50) > 0.5
     assert bootstrap_ci(x) == bootstrap_ci(x)
+
+
+def test_respond_log_pi_base_is_the_base_models_own_or_scored_with_the_adapter_off(one_thread):
+    """Evaluating pi_base itself takes log pi_base from its exact sampled log-probs (no second pass); a sharpened
+    model's responses are scored with its adapter switched off. Both equal `score` under pi_base."""
+    import torch
+
+    from sharpen.config import TrainConfig
+    from sharpen.engine.models import tiny_model
+    from sharpen.engine.scoring import score
+    from sharpen.generation import respond
+    from sharpen.tasks import load_task
+    from sharpen.train.lora import attach_lora
+
+    task = load_task("game24", limit=2)
+    m = tiny_model()
+    ids = {it.id: m.tokenizer.encode(it.prompt) for it in task.items}
+    base = respond(m, task, task.items, ids, samples=2, max_new_tokens=5)
+    assert all(r["logprob_base"] == r["logprob"] for r in base)
+    want = [sum(score(m, ids[r["prompt_id"]], r["token_ids"])) for r in base]
+    assert [r["logprob_base"] for r in base] == pytest.approx(want, abs=1e-4)
+    m = attach_lora(m, TrainConfig(lora_rank=2))
+    with torch.no_grad():
+        for name, p in m.module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a policy unlike pi_base
+    sharp = respond(m, task, task.items, ids, samples=2, max_new_tokens=5)
+    with m.module.disable_adapter():
+        want = [sum(score(m, ids[r["prompt_id"]], r["token_ids"])) for r in sharp]
+    assert [r["logprob_base"] for r in sharp] == pytest.approx(want, abs=1e-4)
+    assert any(abs(r["logprob_base"] - r["logprob"]) > 1e-3 for r in sharp)

@@ -1,4 +1,4 @@
-"""What prefilling a shared few-shot prefix once saves (`engine.decoder.shared_prefix`).
+"""What prefilling a shared few-shot prefix once saves (`engine.prefix.shared_prefix`).
 
 One process, one workload: the first P items of a task (their real prompts, which share the task's few-shot
 header), greedy plus N samples up to T new tokens with EOS honoured, as `sharpen eval` and `sharpen bon` run them;
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from sharpen.engine.decoder import shared_prefix
 from sharpen.engine.generate import encode_prompts, sample
 from sharpen.engine.models import load_model
+from sharpen.engine.prefix import shared_prefix
 from sharpen.tasks import load_task
 
 

@@ -40,7 +40,8 @@ from .report import sft as sft_report
 from .report.bon import format_table, write_report
 from .report.compare import write_compare
 from .report.kit import format_eval, label_console
-from .runs import read_json
+from .report.paired import write_paired
+from .runs import append_jsonl, read_json
 from .tasks import TASKS
 
 
@@ -100,8 +101,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.paired:
-        from .report.paired import write_paired
-
         path = write_paired(args.paired, args.run_dir, args.out)
         print(path.read_text(encoding="utf-8"))
         print(f"md: {path}")
@@ -340,8 +339,6 @@ def _record_time(args: argparse.Namespace, start: float, status: str) -> None:
     out = getattr(args, "out", None)
     if not out or not (Path(out) / "config.json").exists() or os.environ.get("RANK", "0") != "0":
         return
-    from .runs import append_jsonl
-
     try:
         append_jsonl(Path(out) / "timing.jsonl", [{"command": args.command, "status": status,
                                                    "started": round(start, 3),

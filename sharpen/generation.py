@@ -28,6 +28,7 @@ from .guards import guard_stats
 from .metrics import summarize, summarize_adaptive, summarize_responses
 from .progress import bar
 from .rows import complete_pools, group_by_prompt, sample_rows
+from .scaleout import RayChunks
 from .selection import appd_decided, majority_decided
 from .tasks import load_task
 
@@ -236,6 +237,16 @@ class PoolDraws:
         return [r for it, ss in zip(chunk, out_, strict=True) for r in sample_rows(task, it, ss)]
 
 
+def worker_draw(options: dict[str, Any], kind: str) -> tuple[dict[str, Any], Draw]:
+    """In a scale-out worker: the run's task items by id and its `kind` draw ("greedy", "samples", "adaptive"),
+    with the task and the model loaded here once (`scaleout`)."""
+    cfg = BonConfig(**options)
+    task = load_task(cfg.task, data_dir=cfg.data_dir, split=cfg.split, limit=cfg.limit, **cfg.task_options)
+    model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
+    return {it.id: it for it in task.items}, getattr(PoolDraws(cfg, task, model, ids, None), kind)
+
+
 def run_pool(cfg: BonConfig, task: Any, progress: bool = True, sampler: Sampler | None = None,
              command: str = "bon", configs: Sequence[Any] | None = None) -> dict:
     """Best-of-N sampling into run directory cfg.out (or resume it): prompts.jsonl, greedy.jsonl, samples.jsonl
@@ -263,11 +274,9 @@ def run_pool(cfg: BonConfig, task: Any, progress: bool = True, sampler: Sampler 
                                          "answer": it.answer} for it in items))
     draws = PoolDraws(cfg, task, model, prompt_ids, out, progress, sampler)
     if cfg.workers > 1 or cfg.ray_address:  # the chunks go to a Ray actor pool; this process writes the files
-        from .scaleout import RayChunks
-
         if sampler is not None:
             raise SharpenError(f"sharpen {command} samples in one process: drop --workers / --ray-address")
-        remote = RayChunks(cfg)
+        remote = RayChunks(cfg, worker_draw)
         greedy_draw, samples_draw, adaptive_draw = (remote.draw(k) for k in ("greedy", "samples", "adaptive"))
     else:
         greedy_draw, samples_draw, adaptive_draw = draws.greedy, draws.samples, draws.adaptive

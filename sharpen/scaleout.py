@@ -4,9 +4,9 @@ The driver (the `sharpen` process) keeps everything that touches the run directo
 prompts are left (resume), sends them as a dataset of prompt-id lists through `map_batches` to a pool of K actors
 (`compute=ActorPoolStrategy(size=K)`, `num_gpus=1` per actor on GPUs, an equal share of `num_cpus` otherwise),
 and appends each chunk's rows as it comes back, in chunk order. Each actor loads the task and the model once and
-draws with the same `generation.PoolDraws` as a single process, so the rows are the same: a sample depends only
-on (seed, prompt, index), never on which process or batch drew it. A run killed mid-way loses the chunks in
-flight, as a single process loses the chunk it was drawing.
+draws with the same `generation.PoolDraws` as a single process (built by `generation.worker_draw`), so the rows
+are the same: a sample depends only on (seed, prompt, index), never on which process or batch drew it. A run
+killed mid-way loses the chunks in flight, as a single process loses the chunk it was drawing.
 
 Ray is an optional dependency (`pip install 'sharpen[ray]'`).
 """
@@ -15,31 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .config import BonConfig
 from .errors import SharpenError
 
 
 class _Worker:
-    """A Ray actor: one engine, loaded once, drawing the rows of the chunks it is given (it writes nothing)."""
+    """A Ray actor: one engine, loaded once, drawing the rows of the chunks it is given (it writes nothing).
+    build(options, kind) -> (task items by id, draw): `generation.worker_draw`, passed in by reference."""
 
-    def __init__(self, options: dict[str, Any], kind: str, threads: int | None) -> None:
-        import torch
-
-        from .engine.models import load_model
-        from .generation import PoolDraws, prompt_token_ids
-        from .tasks import load_task
-
+    def __init__(self, options: dict[str, Any], kind: str, threads: int | None, build: Callable[..., Any]) -> None:
         if threads:
+            import torch
+
             torch.set_num_threads(threads)
-        cfg = BonConfig(**options)
-        task = load_task(cfg.task, data_dir=cfg.data_dir, split=cfg.split, limit=cfg.limit, **cfg.task_options)
-        model = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        self.items = {it.id: it for it in task.items}
-        ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in task.items}
-        self.draw = getattr(PoolDraws(cfg, task, model, ids, None), kind)
+        self.items, self.draw = build(options, kind)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rows = [json.dumps(self.draw([self.items[i] for i in json.loads(c)])) for c in batch["chunk"]]
@@ -62,12 +53,13 @@ class _RemoteDraw:
 class RayChunks:
     """The actor pool of one run (Ray started here, or joined at cfg.ray_address)."""
 
-    def __init__(self, cfg: BonConfig) -> None:
+    def __init__(self, cfg: Any, build: Callable[..., Any]) -> None:
+        """cfg: the run's BonConfig; build: what each actor calls once to get its draw (`generation.worker_draw`)."""
         try:
             import ray
         except ImportError as e:
             raise SharpenError("--workers / --ray-address need Ray: pip install 'sharpen[ray]' (or ray[data])") from e
-        self.cfg, self.workers = cfg, max(1, cfg.workers)
+        self.cfg, self.build, self.workers = cfg, build, max(1, cfg.workers)
         if not ray.is_initialized():
             kw: dict[str, Any] = {"address": cfg.ray_address} if cfg.ray_address else {}
             ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
@@ -89,7 +81,8 @@ class RayChunks:
         ds = ray.data.from_items([{"index": i, "chunk": json.dumps([it.id for it in c])} for i, c in enumerate(chunks)],
                                  override_num_blocks=len(chunks))
         res = ds.map_batches(_Worker, fn_constructor_kwargs={"options": self.cfg.options(), "kind": kind,
-                                                             "threads": None if self.gpu else self.cpus},
+                                                             "threads": None if self.gpu else self.cpus,
+                                                             "build": self.build},
                              batch_size=1, compute=ActorPoolStrategy(size=min(self.workers, len(chunks))),
                              **({"num_gpus": 1} if self.gpu else {"num_cpus": self.cpus}))
         for b in res.iter_batches(batch_size=1, batch_format="numpy"):

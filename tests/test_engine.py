@@ -279,18 +279,18 @@ def test_a_gguf_file_is_converted_once_and_again_when_it_changes(tmp_path, monke
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_shared_prefix_prefill_changes_no_sample(arch, monkeypatch):
-    """Prompts that share a few-shot prefix prefill it once (decoder.shared_prefix): same tokens, log-probs equal
+    """Prompts that share a few-shot prefix prefill it once (prefix.shared_prefix): same tokens, log-probs equal
     to fp32 rounding and to `score`, on a Gemma 3 whose 4-token sliding window the prompts cross, with rows
     refilled across more prompts than slots."""
-    from sharpen.engine import decoder
+    from sharpen.engine import decoder, prefix
     from tests.test_scoring import _tiny_gemma3
 
     m = tiny_model() if arch == "llama" else _tiny_gemma3()
     g = torch.Generator().manual_seed(3)
     head = [1] + torch.randint(2, 100, (9,), generator=g).tolist()
     prompts = [head + torch.randint(2, 100, (k,), generator=g).tolist() for k in (1, 4, 2, 7, 3)]
-    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 4)
-    assert decoder.shared_prefix(prompts, 4) == head and decoder.shared_prefix(prompts[:1], 4) == []
+    monkeypatch.setattr(prefix, "MIN_SHARED_PREFIX", 4)
+    assert prefix.shared_prefix(prompts, 4) == head and prefix.shared_prefix(prompts[:1], 4) == []
     seen = []
     real = decoder.FastDecoder._prefill
     monkeypatch.setattr(decoder.FastDecoder, "_prefill", lambda self, sl, ps, h=-1: (

@@ -3,7 +3,7 @@
 Layers, lowest first (README "Code map"):
   errors
   engine/*, tasks/*                      the model and the benchmarks; they know nothing of each other or above
-  core: config, runs, rows, selection, metrics, stats, guards, progress, generation
+  core: config, runs, rows, selection, metrics, stats, guards, progress, generation, scaleout
   train/*                                losses, LoRA, the training loop
   report/*                               reads run directories; never the engine, training or torch
   stages/*                               peers: none imports another
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "sharpen"
-CORE = {"config", "runs", "rows", "selection", "metrics", "stats", "progress", "generation", "guards"}
+CORE = {"config", "runs", "rows", "selection", "metrics", "stats", "progress", "generation", "guards", "scaleout"}
 # What each layer may import (besides itself, where marked).
 ALLOWED = {
     "errors": set(),

@@ -173,9 +173,9 @@ def test_score_shares_a_prompt_prefill_and_matches_full_forward(make):
 def test_score_runs_a_shared_prompt_prefix_once(make, monkeypatch):
     """Prompts with a common head (a few-shot header) run it once, then each its own tail: values as the full
     forward, for prompts alone and in groups, across a 4-token sliding window."""
-    from sharpen.engine import decoder
+    from sharpen.engine import prefix
 
-    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 3)
+    monkeypatch.setattr(prefix, "MIN_SHARED_PREFIX", 3)
     m = make()
     head = [1, 30, 31, 32, 33, 34]
     p1, p2, p3 = head + [10, 11], head + [20], head + [40, 41, 42, 43, 44]
@@ -224,10 +224,10 @@ def test_grouped_logprobs_share_prompts_with_equal_values_and_gradients(make):
 @pytest.mark.parametrize("make", [tiny_model, _tiny_gemma3])
 def test_headed_sequence_logprobs_share_a_head_with_equal_values_and_gradients(make, monkeypatch):
     """An SFT batch whose prompts share a head runs it once: sums and gradients as the padded batch."""
-    from sharpen.engine import decoder
+    from sharpen.engine import prefix
     from sharpen.engine.scoring import collate, headed_sequence_logprobs
 
-    monkeypatch.setattr(decoder, "MIN_SHARED_PREFIX", 3)
+    monkeypatch.setattr(prefix, "MIN_SHARED_PREFIX", 3)
     m = make()
     head = [1, 30, 31, 32, 33]
     prompts = [head + [10, 11, 12], head + [20], head + [40, 41]]

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..errors import SharpenError
 from .arch import backbone, cache_keyword, causal_lm, lm_logits
+from .prefix import shared_prefix
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (signature, cast copy)
@@ -64,23 +65,6 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
         if max_rows or B == 1 or per_token * (B * max_new + S * L) <= budget:
             return FastDecoder(lm, B, S, L, max_new, model.device, heads=heads)
         B = max(1, B * 3 // 4)
-
-
-MIN_SHARED_PREFIX = 32  # tokens: below this a separate prefix pass saves less than it costs
-
-
-def shared_prefix(prompts: list[list[int]], min_len: int | None = None) -> list[int]:
-    """The token prefix all prompts of a call share (few-shot examples, a system prompt), leaving each prompt at
-    least one token of its own; empty when shorter than min_len (default MIN_SHARED_PREFIX) or when there is a
-    single prompt."""
-    min_len = MIN_SHARED_PREFIX if min_len is None else min_len
-    if len(prompts) < 2:
-        return []
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    k = 0
-    while k < n and all(p[k] == first[k] for p in prompts):
-        k += 1
-    return list(first[:k]) if k >= min_len else []
 
 
 def _kv_bytes_per_token(cfg: Any, dtype: torch.dtype) -> int:

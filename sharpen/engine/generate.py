@@ -122,7 +122,7 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     self-reward, are the model's and not the bf16 kernels' (the per-token statistics stay those of the draw).
     record_draw: also keep each token's log-prob under the tempered distribution it was drawn from
     (`Sample.draw_logprobs`, computed while sampling, never re-scored). share_prefix: the fast decoder prefills
-    the token prefix all prompts share (few-shot examples) once (`decoder.shared_prefix`); the same values up to
+    the token prefix all prompts share (few-shot examples) once (`prefix.shared_prefix`); the same values up to
     float rounding, False runs every prompt whole. heads: token prefixes to prefill once each instead, every
     prompt continuing the longest one it starts with (power sampling's chains continue their prompt).
     """

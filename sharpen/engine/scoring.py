@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import SharpenError
 from .arch import backbone, cache_keyword, causal_lm, lm_logits
-from .decoder import shared_prefix
+from .prefix import shared_prefix
 
 
 def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:

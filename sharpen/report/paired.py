@@ -11,7 +11,6 @@ samples.jsonl: the full pool of N, no subsampling), trained rows from sft / dpo 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from ..errors import SharpenError
 from ..rows import complete_pools, finite_mean
 from ..runs import atomic_write_text, load_jsonl, read_json
 from ..selection import select
-from ..stats import bootstrap_ci, paired_bootstrap, policy_label_stats
+from ..stats import bootstrap_ci, label_controls, paired_bootstrap, policy_label_stats
 
 TRAINED = ("sft", "dpo", "xpo", "grpo")
 BASE_SELECTORS = ("logprob", "majority")
@@ -101,7 +100,8 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     if not ids:
         raise SharpenError(f"the runs share no held-out item with {bon_dir}: give runs evaluated on its items")
     g = [gold[i] for i in ids]
-    label = Counter(g).most_common(1)[0][0] if labels else None  # ties: the first seen, as the label controls
+    # The majority label as the label controls pick it (ties: the label listed first).
+    label = label_controls(g, labels=labels)["majority_baseline"]["label"] if labels else None
     always = np.array([float(x == label) for x in g]) if label is not None else None
     correct = {p["method"]: np.array([float(bool(p["picks"][i]["correct"])) for i in ids]) for p in pols}
     greedy, majority = correct["base greedy"], correct[base[2]["method"]]

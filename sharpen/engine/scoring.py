@@ -207,7 +207,7 @@ def score(model: Any, prompt_token_ids: list[list[int]] | list[int],
         pre_head = _prefill(model, head) if head else None
         shared = [g for g in groups.values() if len(g) > 1 or pre_head is not None]
         # Longest first so that padding within a batch stays small.
-        alone = sorted((g[0] for g in groups.values() if g not in shared),
+        alone = sorted((g[0] for g in groups.values() if len(g) == 1 and pre_head is None),
                         key=lambda i: -(len(prompts[i]) + len(responses[i])))
         with tqdm(total=len(prompts), desc=progress, unit="seq", disable=progress is None,
                   dynamic_ncols=True) as bar:

@@ -328,3 +328,36 @@ def test_greedy_in_the_samples_call_equals_the_separate_calls(backend, temperatu
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
     with pytest.raises(SharpenError, match="early stopping"):
         sample_with_greedy(m, PROMPTS, 3, 4, early_stop=object())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_compaction_changes_no_sample(arch, monkeypatch):
+    """When most rows have ended and nothing refills them, the layers run on the live rows alone (their
+    response KV moved to the front): token ids identical and log-probs equal to fp32 rounding to a run that
+    computes every row to the end, with refills before the tail, and with early stopping, whose rows wait idle
+    for a warm-up and then start outside the shrunken set."""
+    from sharpen.engine import decoder
+    from sharpen.engine.generate import EarlyStop
+    from tests.test_scoring import _tiny_gemma3
+
+    m = _eos_biased(2.0) if arch == "llama" else _tiny_gemma3()
+    sizes: list[int] = []
+    real = decoder.FastDecoder._place
+    monkeypatch.setattr(decoder.FastDecoder, "_place", lambda self, busy: (real(self, busy), sizes.append(self.A))[0])
+    ragged = {} if arch == "llama" else dict(stop=["<"])  # toy ids 99-127 decode to "<k>": ragged ends
+    runs = [dict(n=5, max_new_tokens=30, max_rows=8, **ragged),
+            dict(n=6, max_new_tokens=16, max_rows=4, ignore_eos=True, early_stop=EarlyStop(warmup=2, keep=0.5,
+                                                                                             window=2))]
+    for kw in runs:
+        sizes.clear()
+        compact = sample(m, PROMPTS, seed=3, backend="fast", **kw)
+        assert min(sizes) < kw["max_rows"]  # the set did shrink
+        monkeypatch.setattr(decoder.FastDecoder, "compact", False)
+        full = sample(m, PROMPTS, seed=3, backend="fast", **kw)
+        monkeypatch.setattr(decoder.FastDecoder, "compact", True)
+        for a, b in zip(compact, full, strict=True):
+            assert [s.token_ids for s in a] == [s.token_ids for s in b]
+            assert [s.finish_reason for s in a] == [s.finish_reason for s in b]
+            for s, t in zip(a, b, strict=True):
+                assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
+    assert _max_err(m, PROMPTS, compact) < 1e-4

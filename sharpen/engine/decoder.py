@@ -145,6 +145,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class FastDecoder:
     """Shared-prompt KV decoding over a Hugging Face decoder-only model's own modules."""
     refill_rows = True
+    compact = True  # shrink the compute set when most rows have ended (off: every step runs all B rows)
 
     def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
                  device: torch.device, heads: list[list[int]] | None = None) -> None:
@@ -185,33 +186,92 @@ class FastDecoder:
         # such prompt's slot, so a slot's prefill runs only the tokens after its longest head.
         self.heads = [list(h) for h in heads or [] if h]
         self.head_kv: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        # Compaction: the loop names rows 0..B-1 (logical); the caches hold them at physical rows. The layers run
+        # on the physical rows 0..A-1 only, and every row with a response in progress lives there: when most
+        # rows have ended and nothing refills them, the live rows' response KV moves to the front and A shrinks,
+        # so an ended sample costs nothing in the layers either.
+        self.phys = list(range(rows))  # logical -> physical
+        self.A = rows
+        self._moved: set[int] = set()  # logical rows started since the last set_rows (their KV is fresh)
         self.set_rows([0] * rows)
 
     def set_rows(self, row_slot: list[int]) -> None:
         """Which slot's prompt each row continues (-1: idle). Rows of a slot are grouped, padded to the
         largest group, so the prompt part of attention is one batched matmul against each slot's KV."""
-        S, B = self.slots, self.rows
+        busy = [r for r, s in enumerate(row_slot) if s >= 0]
+        self._place(busy)
+        A, S = self.A, self.slots
+        slot_of = [-1] * A  # per physical row of the compute set
+        for r in busy:
+            slot_of[self.phys[r]] = row_slot[r]
         groups: list[list[int]] = [[] for _ in range(S)]
-        for r, s in enumerate(row_slot):
+        for p, s in enumerate(slot_of):
             if s >= 0:
-                groups[s].append(r)
+                groups[s].append(p)
         self.Rmax = max(1, max(len(g) for g in groups))
-        qidx = torch.zeros((S, self.Rmax), dtype=torch.long)  # (S, Rmax) row id; padding repeats row 0
-        back = torch.zeros(B, dtype=torch.long)  # (B,) flat (slot, rank) of each row; idle rows: any
+        qidx = torch.zeros((S, self.Rmax), dtype=torch.long)  # (S, Rmax) physical row; padding repeats row 0
+        back = torch.zeros(A, dtype=torch.long)  # (A,) flat (slot, rank) of each row; idle rows: any
         for s, g in enumerate(groups):
-            for k, r in enumerate(g):
-                qidx[s, k] = r
-                back[r] = s * self.Rmax + k
+            for k, p in enumerate(g):
+                qidx[s, k] = p
+                back[p] = s * self.Rmax + k
         self.qidx, self.back = qidx.flatten().to(self.device), back.to(self.device)
         self.row_slot = torch.tensor([max(s, 0) for s in row_slot], dtype=torch.long, device=self.device)
+        self.phys_slot = torch.tensor([max(s, 0) for s in slot_of], dtype=torch.long, device=self.device)  # (A,)
+        logical = [0] * self.rows
+        for r, p in enumerate(self.phys):
+            logical[p] = r
+        self.logical = torch.tensor(logical[:A], dtype=torch.long, device=self.device)  # (A,) physical -> logical
+        self.phys_t = torch.tensor(self.phys, dtype=torch.long, device=self.device)  # (B,) logical -> physical
 
-    def start_rows(self, rows: list[int]) -> None:
-        """Rows that begin a new response: clear their response KV (masked keys still meet 0 * value in
-        attention, so a broken earlier sample's NaN must not stay behind)."""
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+    def _place(self, busy: list[int]) -> None:
+        """Keep every busy row inside the compute set 0..A-1, and shrink the set when at most half of it is
+        busy. A row started outside it takes the physical row of an idle one inside (its KV is cleared, as
+        start_rows would), or the set grows back to all rows."""
+        fresh, self._moved = self._moved, set()
+        if not self.compact:
+            return
+        inside = {self.phys[r] for r in busy if self.phys[r] < self.A}
+        free = [p for p in range(self.A) if p not in inside]
+        owner = {p: r for r, p in enumerate(self.phys)}
+        for r in busy:
+            if self.phys[r] < self.A:
+                continue
+            if not free or r not in fresh:  # (a row not fresh never leaves the set; kept as a guard)
+                self.A = self.rows
+                break
+            p = free.pop()
+            other = owner[p]
+            self.phys[r], self.phys[other] = p, self.phys[r]
+            owner[p], owner[self.phys[other]] = r, other
+            self._clear([p])
+        if busy and 2 * len(busy) <= self.A and self.A >= 4:
+            src = sorted(self.phys[r] for r in busy)
+            order = {p: j for j, p in enumerate(src)}
+            old = list(self.phys)
+            idx = torch.tensor(src, dtype=torch.long, device=self.device)
+            for i in range(len(self.layers)):  # gather first: the moves overlap
+                self.kr[i][:len(src)] = self.kr[i].index_select(0, idx)
+                self.vr[i][:len(src)] = self.vr[i].index_select(0, idx)
+            for r in range(self.rows):
+                self.phys[r] = order[old[r]] if old[r] in order else -1
+            taken = set(order.values())
+            rest = iter(p for p in range(self.rows) if p not in taken)
+            self.phys = [p if p >= 0 else next(rest) for p in self.phys]
+            self.A = len(src)
+
+    def _clear(self, physical: list[int]) -> None:
+        """Zero the response KV of these physical rows (masked keys still meet 0 * value in attention, so a
+        broken earlier sample's NaN must not stay behind)."""
+        idx = torch.tensor(physical, dtype=torch.long, device=self.device)
         for i in range(len(self.layers)):
             self.kr[i][idx] = 0
             self.vr[i][idx] = 0
+
+    def start_rows(self, rows: list[int]) -> None:
+        """Rows that begin a new response: clear their response KV."""
+        self._clear([self.phys[r] for r in rows])
+        self._moved |= set(rows)
 
     # ---- shared pieces -------------------------------------------------------------------------------
     def _qkv(self, i: int, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -362,11 +422,14 @@ class FastDecoder:
                     live: Tensor | None = None) -> Tensor:
         """Feed tokens (B,) at response index resp_pos (B,), width = 1 + max resp_pos; rows with fresh (B,)
         set start a new response instead (their prompt's state). Returns (B, V) next-token logits, or only those
-        of the rows `live` (A,) as (A, V): the output layer runs on them alone."""
-        B, W = self.rows, width
-        plen = self.prompt_len[self.row_slot]  # (B,)
-        pos = plen + resp_pos  # (B,) absolute position of the fed token
-        rows = torch.arange(B, device=self.device)
+        of the rows `live` (A,) as (A, V): the output layer runs on them alone. The layers run on the compute
+        set (set_rows), which holds every live row."""
+        A, W = self.A, width
+        lg = self.logical  # (A,) the logical row at each physical row of the compute set
+        tokens, resp_pos, fresh = tokens.index_select(0, lg), resp_pos.index_select(0, lg), fresh.index_select(0, lg)
+        plen = self.prompt_len[self.phys_slot]  # (A,)
+        pos = plen + resp_pos  # (A,) absolute position of the fed token
+        rows = torch.arange(A, device=self.device)
         # Masks over [prompt keys | response keys], one per window size.
         kp_idx = torch.arange(self.Lp, device=self.device)[None, :]  # (1, Lp)
         kr_idx = torch.arange(W, device=self.device)[None, :]  # (1, W)
@@ -377,42 +440,45 @@ class FastDecoder:
             if w is not None:
                 ok_p = ok_p & (kp_idx > pos[:, None] - w)
                 ok_r = ok_r & (kr_idx + plen[:, None] > pos[:, None] - w)
-            masks[w] = ~torch.cat([ok_p, ok_r], dim=-1)[:, None, None]  # (B, 1, 1, Lp + W) True = hidden
-        h = self.body.embed_tokens(tokens[:, None])  # (B, 1, H)
+            masks[w] = ~torch.cat([ok_p, ok_r], dim=-1)[:, None, None]  # (A, 1, 1, Lp + W) True = hidden
+        h = self.body.embed_tokens(tokens[:, None])  # (A, 1, H)
         rope = self._rope(h, pos[:, None])
 
         for i, layer in enumerate(self.layers):
             def attend(attn: Any, x: Tensor, i: int = i) -> Tensor:
-                q, k, v = self._qkv(i, attn, x[:, 0])  # (B, Hq, D), (B, Hkv, D), (B, Hkv, D)
+                q, k, v = self._qkv(i, attn, x[:, 0])  # (A, Hq, D), (A, Hkv, D), (A, Hkv, D)
                 cos, sin = rope[self.rope_keys[i]]
-                cos, sin = cos[:, 0, None], sin[:, 0, None]  # (B, 1, rot), broadcast over heads
+                cos, sin = cos[:, 0, None], sin[:, 0, None]  # (A, 1, rot), broadcast over heads
                 q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
                 self.kr[i][rows, :, resp_pos] = k
                 self.vr[i][rows, :, resp_pos] = v
-                o = self._decode_attention(attn, i, q, masks[self.windows[i]], W)  # (B, Hq * D)
-                return attn.o_proj(o)[:, None]  # (B, 1, H)
+                o = self._decode_attention(attn, i, q, masks[self.windows[i]], W)  # (A, Hq * D)
+                return attn.o_proj(o)[:, None]  # (A, 1, H)
             h = self._layer(i, layer, h, attend)
-        h = torch.where(fresh[:, None], self.last_hidden[self.row_slot], self.final_norm(h[:, 0]))  # (B, H)
-        return self._logits(h if live is None else h.index_select(0, live))  # (B or A, V)
+        h = torch.where(fresh[:, None], self.last_hidden[self.phys_slot], self.final_norm(h[:, 0]))  # (A, H)
+        out = self.phys_t if live is None else self.phys_t.index_select(0, live)  # physical rows, logical order
+        if live is None and A == self.rows and self.phys == sorted(self.phys):
+            return self._logits(h)  # (B, V)
+        return self._logits(h.index_select(0, out))  # (B or live, V)
 
     def _decode_attention(self, attn: Any, i: int, q: Tensor, mask: Tensor, W: int) -> Tensor:
-        B, S, Rm, Hkv, D, Lp = self.rows, self.slots, self.Rmax, self.Hkv, self.D, self.Lp
+        A, S, Rm, Hkv, D, Lp = self.A, self.slots, self.Rmax, self.Hkv, self.D, self.Lp
         g = self.Hq // Hkv
         # Prompt part: the rows of a slot (x g heads per kv head) are queries against its one prompt KV.
         qs = q[self.qidx].view(S, Rm, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, D)
         sp = torch.matmul(qs, self.kp[i].transpose(-1, -2))  # (S, Hkv, Rm*g, Lp)
         sp = sp.view(S, Hkv, Rm, g, Lp).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, Lp)[self.back]
         # Response part: each row against its own keys.
-        sr = torch.matmul(q.view(B, Hkv, g, D), self.kr[i][:, :, :W].transpose(-1, -2))  # (B, Hkv, g, W)
-        s = torch.cat([sp, sr], dim=-1).float() * attn.scaling  # (B, Hkv, g, Lp + W)
+        sr = torch.matmul(q.view(A, Hkv, g, D), self.kr[i][:A, :, :W].transpose(-1, -2))  # (A, Hkv, g, W)
+        s = torch.cat([sp, sr], dim=-1).float() * attn.scaling  # (A, Hkv, g, Lp + W)
         if self.softcap:
             s = torch.tanh(s / self.softcap) * self.softcap
         p = torch.softmax(s.masked_fill_(mask, float("-inf")), dim=-1).to(q.dtype)  # fill, not add: NaN-proof
         pp = p[..., :Lp][self.qidx].view(S, Rm, Hkv, g, Lp).permute(0, 2, 1, 3, 4).reshape(S, Hkv, Rm * g, Lp)
         op = torch.matmul(pp, self.vp[i])  # (S, Hkv, Rm*g, D)
         op = op.view(S, Hkv, Rm, g, D).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, D)[self.back]
-        orr = torch.matmul(p[..., Lp:], self.vr[i][:, :, :W])  # (B, Hkv, g, D)
-        return (op + orr).reshape(B, Hkv * g * D)
+        orr = torch.matmul(p[..., Lp:], self.vr[i][:A, :, :W])  # (A, Hkv, g, D)
+        return (op + orr).reshape(A, Hkv * g * D)
 
 
 class HFDecoder:

@@ -293,8 +293,8 @@ def test_shared_prefix_prefill_changes_no_sample(arch, monkeypatch):
     assert prefix.shared_prefix(prompts, 4) == head and prefix.shared_prefix(prompts[:1], 4) == []
     seen = []
     real = decoder.FastDecoder._prefill
-    monkeypatch.setattr(decoder.FastDecoder, "_prefill", lambda self, sl, ps, h=-1: (
-        seen.append(len(self.heads[h]) if h >= 0 else 0), real(self, sl, ps, h))[1])
+    monkeypatch.setattr(decoder.FastDecoder, "_prefill", lambda self, sl, ps, h=None, P=0: (
+        seen.append(P), real(self, sl, ps, h, P))[1])
     kw = dict(n=3, max_new_tokens=6, seed=4, max_rows=4, stats=False)
     shared = sample(m, prompts, **kw)
     assert seen and set(seen) == {len(head)}

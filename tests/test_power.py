@@ -193,3 +193,42 @@ def test_chains_reuse_their_prompts_prefill(monkeypatch):
         for s, t in zip(a, b, strict=True):
             assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
     assert [s.as_dict() for s in stats] == [s.as_dict() for s in stats2]
+
+
+@pytest.mark.parametrize("method", ["mh", "smc"])
+def test_redraws_reuse_the_kept_prefix(monkeypatch, method):
+    """Each chain's current response is a decoder head kept across calls (prefix.PrefixCache): over a whole run
+    the model is run on each prompt once, on each token a chain takes once, and on one token per redraw, never on
+    a kept prefix again; the draws are those of a run that prefills every request whole."""
+    from sharpen.engine import decoder, generate
+    from sharpen.engine.models import tiny_model
+    from sharpen.engine.power import power_mh, power_smc
+
+    m = tiny_model()
+    prompts = [[1, 5, 6, 7, 8, 9], [1, 9, 8, 7]]
+    run = (lambda: power_mh(m, prompts, alpha=2.0, chains=3, steps=3, max_new_tokens=12, block=4, seed=1,
+                            stop=None)) if method == "mh" else (
+        lambda: power_smc(m, prompts, alpha=2.0, particles=4, max_new_tokens=12, block=3, threshold=1.0, seed=1))
+    ran = []
+    real = decoder.FastDecoder._forward
+    monkeypatch.setattr(decoder.FastDecoder, "_forward", lambda self, ids, start, past: (
+        ran.append(ids.shape[0] * ids.shape[1]), real(self, ids, start, past))[1])
+    calls = []
+    real_sample = generate.sample
+    monkeypatch.setattr("sharpen.engine.power.sample", lambda *a, **k: (calls.append(len(a[1])),
+                                                                          real_sample(*a, **k))[1])
+    out, stats = run()
+    drawn = sum(s.tokens for s in stats)
+    # prompts + every drawn token (an upper bound on the tokens chains take) + one token per prefilled request
+    assert sum(ran) <= sum(map(len, prompts)) + drawn + sum(calls)
+    ran.clear()
+    monkeypatch.setattr("sharpen.engine.power.sample", lambda *a, **k: real_sample(*a, **{**k, "heads": []}))
+    whole, stats2 = run()
+    assert sum(ran) > sum(map(len, prompts)) + drawn + sum(calls)  # the bound is not loose: whole prefills exceed it
+    for a, b in zip(out, whole, strict=True):
+        assert [s.token_ids for s in a] == [s.token_ids for s in b]
+        for s, t in zip(a, b, strict=True):
+            assert s.token_logprobs == pytest.approx(t.token_logprobs, abs=1e-5)
+    for s, t in zip(stats, stats2, strict=True):  # weights (and so ESS) agree to float rounding
+        assert (s.tokens, s.proposals, s.accepted, s.resamples) == (t.tokens, t.proposals, t.accepted, t.resamples)
+        assert s.ess == pytest.approx(t.ess, rel=1e-6)

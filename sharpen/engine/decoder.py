@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import SharpenError
 from .arch import backbone, cache_keyword, causal_lm, lm_logits
-from .prefix import shared_prefix
+from .prefix import PrefixCache, common_prefix, shared_prefix
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
 _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (signature, cast copy)
@@ -38,10 +38,11 @@ _CAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (sig
 
 def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dtype: torch.dtype,
                  max_rows: int | None = None, backend: str = "auto", share_prefix: bool = True,
-                 heads: list[list[int]] | None = None) -> Any:
+                 heads: list[list[int]] | None = None, prefix_cache: PrefixCache | None = None) -> Any:
     """Pick the decoder and its batch shape for this call; `dtype` is the compute dtype (models.sampling_dtype).
     share_prefix: the fast decoder runs the prefix all prompts share once (`shared_prefix`). heads: token prefixes
-    to run once each instead (power sampling: each prompt, which its chains continue with their own prefixes)."""
+    to run once each instead (power sampling: each prompt and each chain, whose redraws share their prefixes);
+    prefix_cache: where the heads' KV is kept across calls (prefix.PrefixCache)."""
     dt = dtype
     lm = module_in_dtype(causal_lm(model.module), dt)
     kind = getattr(lm.config, "model_type", "")
@@ -63,7 +64,7 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
         # Enough prompt slots to keep every row busy while some prompts finish their last samples.
         S = max(1, min(len(prompts), B, -(-3 * B // (2 * n)) + 1))
         if max_rows or B == 1 or per_token * (B * max_new + S * L) <= budget:
-            return FastDecoder(lm, B, S, L, max_new, model.device, heads=heads)
+            return FastDecoder(lm, B, S, L, max_new, model.device, heads=heads, cache=prefix_cache)
         B = max(1, B * 3 // 4)
 
 
@@ -148,7 +149,8 @@ class FastDecoder:
     compact = True  # shrink the compute set when most rows have ended (off: every step runs all B rows)
 
     def __init__(self, lm: Any, rows: int, slots: int, max_prompt: int, max_new: int,
-                 device: torch.device, heads: list[list[int]] | None = None) -> None:
+                 device: torch.device, heads: list[list[int]] | None = None, cache: PrefixCache | None = None
+                 ) -> None:
         cfg = lm.config
         self.lm, self.body = lm, backbone(lm)
         self.device, self.rows, self.slots = device, rows, slots
@@ -181,11 +183,16 @@ class FastDecoder:
         self.vr = [torch.zeros(rows, self.Hkv, max_new, self.D, **kv) for _ in self.layers]
         self.prompt_len = torch.ones(slots, dtype=torch.long, device=device)  # (S,)
         self.last_hidden = torch.zeros(slots, cfg.hidden_size, **kv)  # (S, H) final state after each prompt
-        # Heads: token prefixes (the few-shot header all prompts of the call share, or power sampling's prompts)
-        # whose KV is computed once, when a prompt that continues one is first prefilled, and copied into each
-        # such prompt's slot, so a slot's prefill runs only the tokens after its longest head.
-        self.heads = [list(h) for h in heads or [] if h]
-        self.head_kv: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        # Heads: token sequences (the few-shot header all prompts of the call share; power sampling's prompts and
+        # chains) whose KV is computed once, when a prompt that shares tokens with one is first prefilled, and
+        # copied into each such prompt's slot up to the tokens they share (keys and values of a causal model at
+        # position j depend on tokens 0..j only), so a slot's prefill runs only the tokens after that. A head is
+        # itself computed after the longest prefix it shares with a head already computed. With a cache, the
+        # heads' KV outlives the call (prefix.PrefixCache).
+        self.heads = [tuple(h) for h in heads or [] if h]
+        sig = (id(lm), str(dt), tuple((p.data_ptr(), p._version) for p in lm.parameters())) if cache else None
+        self.head_kv: dict[tuple[int, ...], tuple[list[Tensor], list[Tensor]]] = (
+            cache.bind(sig) if cache is not None else {})
         # Compaction: the loop names rows 0..B-1 (logical); the caches hold them at physical rows. The layers run
         # on the physical rows 0..A-1 only, and every row with a response in progress lives there: when most
         # rows have ended and nothing refills them, the live rows' response KV moves to the front and A shrinks,
@@ -317,40 +324,54 @@ class FastDecoder:
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
         """Run prompts (one forward each, batched) into the prompt KV and final state of `slots`."""
-        by_head: dict[int, list[int]] = {}
+        by_head: dict[tuple, list[int]] = {}
         for j, p in enumerate(prompts):
             by_head.setdefault(self._head_of(p), []).append(j)
-        self._load_heads([h for h in by_head if h >= 0 and h not in self.head_kv])
-        for h, js in by_head.items():
+        for (h, P), js in by_head.items():
+            if h is not None:
+                self._load_head(h)
             per_call = max(1, 8192 // max(len(prompts[j]) for j in js))  # bounds the (k x T x (P + T)) scores
             for a in range(0, len(js), per_call):
                 part = js[a:a + per_call]
-                self._prefill([slots[j] for j in part], [prompts[j] for j in part], h)
+                self._prefill([slots[j] for j in part], [prompts[j] for j in part], h, P)
 
-    def _head_of(self, prompt: list[int]) -> int:
-        """The longest head `prompt` continues (leaving it a token of its own), or -1."""
-        best, size = -1, 0
-        for i, h in enumerate(self.heads):
-            if size < len(h) < len(prompt) and prompt[:len(h)] == h:
-                best, size = i, len(h)
-        return best
+    def _head_of(self, prompt: list[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The head sharing the most tokens with `prompt` (leaving it a token of its own) and that number: a
+        computed head before one still to compute; (None, 0) when none shares a token."""
+        t = tuple(prompt)
+        best, size = None, 0
+        for h in [*self.head_kv, *self.heads]:
+            n = min(common_prefix(h, t), len(t) - 1)
+            if n > size:
+                best, size = h, n
+        return best, size
 
-    def _load_heads(self, todo: list[int]) -> None:
-        """KV of the heads in `todo`, in one right-padded forward (causal: pads never reach real tokens)."""
-        if not todo:
+    def _load_head(self, head: tuple[int, ...]) -> None:
+        """KV of `head`, after the longest prefix it shares with a computed head (sliced when it is one's prefix)."""
+        if head in self.head_kv:
             return
-        T = max(len(self.heads[h]) for h in todo)
-        ids = torch.zeros(len(todo), T, dtype=torch.long)
-        for j, h in enumerate(todo):
-            ids[j, :len(self.heads[h])] = torch.tensor(self.heads[h])
-        _, ks, vs = self._forward(ids.to(self.device), 0, None)
-        for j, h in enumerate(todo):
-            n = len(self.heads[h])
-            self.head_kv[h] = ([k[j:j + 1, :, :n] for k in ks], [v[j:j + 1, :, :n] for v in vs])
+        base, P = None, 0
+        for h in self.head_kv:
+            n = common_prefix(h, head)
+            if n > P:
+                base, P = h, n
+        past = ([k[:, :, :P] for k in self.head_kv[base][0]], [v[:, :, :P] for v in self.head_kv[base][1]]) \
+            if base is not None else None
+        if P == len(head):
+            self.head_kv[head] = past  # type: ignore[assignment]
+            return
+        ids = torch.tensor([head[P:]], device=self.device)
+        _, ks, vs = self._forward(ids, P, past)
+        if past is not None:
+            ks = [torch.cat([a, b], dim=2) for a, b in zip(past[0], ks, strict=True)]
+            vs = [torch.cat([a, b], dim=2) for a, b in zip(past[1], vs, strict=True)]
+        self.head_kv[head] = (ks, vs)
 
-    def _prefill(self, slots: list[int], prompts: list[list[int]], head: int = -1) -> None:
-        P = len(self.heads[head]) if head >= 0 else 0
-        kc, vc = self.head_kv[head] if head >= 0 else ([], [])
+    def _prefill(self, slots: list[int], prompts: list[list[int]], head: tuple[int, ...] | None = None,
+                 P: int = 0) -> None:
+        """Prompts that share their first P tokens with `head` (computed): copy its KV, run the rest."""
+        kc, vc = ([k[:, :, :P] for k in self.head_kv[head][0]], [v[:, :, :P] for v in self.head_kv[head][1]]) \
+            if head is not None and P else ([], [])
         own = [p[P:] for p in prompts]
         k, T = len(own), max(len(o) for o in own)
         ids = torch.zeros(k, T, dtype=torch.long)

@@ -43,6 +43,7 @@ from .arch import causal_lm
 from .confidence import DEFAULT_WINDOW, lowest_group
 from .decoder import make_decoder
 from .models import sampling_dtype
+from .prefix import PrefixCache
 from .sampler import TOKEN_STATS, draw, key_hash, token_stats, uniforms
 from .scoring import score
 
@@ -105,7 +106,8 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
            dtype: torch.dtype | str | None = None, max_rows: int | None = None,
            backend: str = "auto", stats: bool = True, early_stop: EarlyStop | None = None,
            first_index: int = 0, exact_logprobs: bool = True, record_draw: bool = False,
-           share_prefix: bool = True, heads: list[list[int]] | None = None) -> list[list[Sample]]:
+           share_prefix: bool = True, heads: list[list[int]] | None = None,
+           prefix_cache: PrefixCache | None = None) -> list[list[Sample]]:
     """Draw `n` responses per prompt; returns out[prompt][sample index].
 
     prompts: strings (encoded with BOS) or token-id lists. temperature 0 is greedy. keys: one string per prompt
@@ -123,13 +125,14 @@ def sample(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int,
     record_draw: also keep each token's log-prob under the tempered distribution it was drawn from
     (`Sample.draw_logprobs`, computed while sampling, never re-scored). share_prefix: the fast decoder prefills
     the token prefix all prompts share (few-shot examples) once (`prefix.shared_prefix`); the same values up to
-    float rounding, False runs every prompt whole. heads: token prefixes to prefill once each instead, every
-    prompt continuing the longest one it starts with (power sampling's chains continue their prompt).
+    float rounding, False runs every prompt whole. heads: token sequences to prefill once each instead, every
+    prompt starting after the longest prefix it shares with one (power sampling's prompts and chains);
+    prefix_cache: keeps the heads' KV across calls (prefix.PrefixCache), for callers that come back to them.
     """
     return _generate(model, prompts, n, max_new_tokens, temperature, seed, stop, keys, ignore_eos, progress,
                      dtype=dtype, max_rows=max_rows, backend=backend, stats=stats, early_stop=early_stop,
                      first_index=first_index, exact_logprobs=exact_logprobs, record_draw=record_draw,
-                     share_prefix=share_prefix, heads=heads, with_greedy=False)
+                     share_prefix=share_prefix, heads=heads, prefix_cache=prefix_cache, with_greedy=False)
 
 
 def sample_with_greedy(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: int, max_new_tokens: int,
@@ -150,7 +153,7 @@ def _generate(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: i
               max_rows: int | None = None, backend: str = "auto", stats: bool = True,
               early_stop: EarlyStop | None = None, first_index: int = 0, exact_logprobs: bool = True,
               record_draw: bool = False, share_prefix: bool = True, heads: list[list[int]] | None = None,
-              with_greedy: bool = False) -> list[list[Sample]]:
+              prefix_cache: PrefixCache | None = None, with_greedy: bool = False) -> list[list[Sample]]:
     """`sample`; with_greedy: each prompt also gets a greedy response, as its row index n."""
     if n < 1 or max_new_tokens < 1:
         raise SharpenError(f"n={n} and max_new_tokens={max_new_tokens} must both be at least 1")
@@ -176,7 +179,7 @@ def _generate(model: Any, prompts: Sequence[str] | Sequence[Sequence[int]], n: i
             dt = sampling_dtype(dtype, next(causal_lm(module).parameters()).dtype, model.device, exact_logprobs)
             rows = n + with_greedy
             decoder = make_decoder(model, ids, rows, max_new_tokens, dtype=dt, max_rows=max_rows, backend=backend,
-                                   share_prefix=share_prefix, heads=heads)
+                                   share_prefix=share_prefix, heads=heads, prefix_cache=prefix_cache)
             loop = _Loop(decoder, model.tokenizer, ids, key_ids, rows, max_new_tokens, temperature, seed,
                          eos, stops, progress, stats, early_stop, first_index, record_draw,
                          greedy_index=n if with_greedy else None)

@@ -21,10 +21,12 @@ each drawn token (the engine's raw log-prob and its draw log-prob), so no extra 
   (exact as P grows).
 
 Batched on the engine: every proposal of every chain of every prompt in one `sample` call per step, and
-continuations that share their prompt and prefix (SMC particles after resampling) share one prefill. Every
-prompt is prefilled once per call and its chains' continuations reuse that cache (the decoder's heads), so a
-suffix redraw runs only its kept prefix before decoding; the kept prefix itself is recomputed (the engine's
-cache lives for one call). Tokens spent count every drawn token, rejected proposals included.
+continuations that share their prompt and prefix (SMC particles after resampling) share one prefill. Each prompt
+and each chain's current response are decoder heads whose keys and values outlive the call (a
+`prefix.PrefixCache` per sampler run, pruned to the current chains after every step): a prompt is prefilled once
+per run, a chain's new tokens once when the chain takes them, and a suffix redraw from position t copies its kept
+prefix from its chain instead of recomputing it. Tokens spent count every drawn token, rejected proposals
+included.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .generate import Sample, response_text, sample
+from .prefix import PrefixCache
 from .sampler import key_hash
 
 
@@ -76,16 +79,17 @@ class PowerStats:
 
 
 def _continue(model: Any, requests: Sequence[tuple[list[int], list[int], str]], max_new: Sequence[int],
-              temperature: float, seed: int, stop: list[str] | None, dtype: Any) -> list[Sample]:
+              temperature: float, seed: int, stop: list[str] | None, dtype: Any, cache: PrefixCache | None = None,
+              chains: Sequence[list[int]] = ()) -> list[Sample]:
     """A continuation from q (the engine at `temperature`) of each (prompt, prefix, key) request, at most max_new[i]
     tokens, in as few engine calls as there are distinct group sizes. Requests with the same prompt, prefix and
     key share one prefill; their draws are samples 0, 1, ... of that key's stream. Log-probs are the model's own
     (`sample`'s exact_logprobs) and draw log-probs those of the distribution actually drawn from, so the weights
     alpha log pi - log q are exact importance ratios even when the draw computes in bf16. A call runs to its largest
     budget and each continuation is cut at its own: the same tokens a call with that budget would draw (token h
-    depends on (seed, key, index, h) only)."""
-    # Each prompt is a head of the decoder: prefilled once per call, its chains prefill only their own prefixes.
-    heads = [list(p) for p in {tuple(p): None for p, _, _ in requests}]
+    depends on (seed, key, index, h) only). chains: the chains' current sequences (prompt + response), heads of
+    the decoder beside the prompts, their KV kept in `cache` across calls."""
+    heads = [list(h) for h in {**{tuple(p): None for p, _, _ in requests}, **{tuple(c): None for c in chains}}]
     groups: dict[tuple, list[int]] = {}
     for i, (p, pre, key) in enumerate(requests):
         groups.setdefault((tuple(p) + tuple(pre), key), []).append(i)
@@ -97,10 +101,12 @@ def _continue(model: Any, requests: Sequence[tuple[list[int], list[int], str]], 
         budget = max(max_new[i] for g in gs for i in groups[g])
         drawn = sample(model, [list(g[0]) for g in gs], n=size, max_new_tokens=budget, temperature=temperature,
                        seed=seed, stop=stop, keys=[g[1] for g in gs], dtype=dtype, stats=False, record_draw=True,
-                       heads=heads)
+                       heads=heads, prefix_cache=cache)
         for g, ss in zip(gs, drawn, strict=True):
             for j, i in enumerate(groups[g]):
                 out[i] = _cut(ss[j], max_new[i])
+    if cache is not None:  # what the next call builds on: the prompts and these chains (a chain that moves
+        cache.keep(heads)  # is computed after the prefix it shares with its state here)
     return out  # type: ignore[return-value]
 
 
@@ -144,6 +150,10 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
     keys = list(keys) if keys is not None else [str(key_hash(list(p))) for p in prompts]
     state = [[Chain() for _ in range(chains)] for _ in prompts]
     stats = [PowerStats() for _ in prompts]
+    cache = PrefixCache()
+
+    def current() -> list[list[int]]:  # each chain's sequence: a head whose KV the calls reuse
+        return [list(prompts[p]) + ch.tokens for p in range(len(prompts)) for ch in state[p] if ch.tokens]
     for k, cap in enumerate(_caps(max_new_tokens, block)):
         # Grow every open chain to this stage's cap.
         todo = [(p, c) for p in range(len(prompts)) for c in range(chains) if state[p][c].open(cap)]
@@ -152,7 +162,7 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
             reqs = [(list(prompts[p]), state[p][c].tokens,
                      f"{keys[p]}/first" if not state[p][c].tokens else f"{keys[p]}/{c}") for p, c in todo]
             new = _continue(model, reqs, [cap - len(state[p][c].tokens) for p, c in todo], temp,
-                            seed * 1_000_003 + 7_919 * k, stop, dtype)
+                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache, current())
             for (p, c), s in zip(todo, new, strict=True):
                 ch = state[p][c]
                 state[p][c] = ch.with_suffix(len(ch.tokens), s, alpha)
@@ -173,7 +183,7 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
             if not todo:
                 break
             step_seed = seed * 1_000_003 + 7_919 * k + 104_729 * (m + 1)
-            new = _continue(model, reqs, [cap - t for t in pos], temp, step_seed, stop, dtype)
+            new = _continue(model, reqs, [cap - t for t in pos], temp, step_seed, stop, dtype, cache, current())
             for (p, c), t, u, s in zip(todo, pos, us, new, strict=True):
                 ch = state[p][c]
                 prop = ch.with_suffix(t, s, alpha)
@@ -200,6 +210,7 @@ def power_smc(model: Any, prompts: Sequence[Sequence[int]], alpha: float, partic
     logw = [np.zeros(particles) for _ in prompts]
     stats = [PowerStats() for _ in prompts]
     caps = _caps(max_new_tokens, block)
+    cache = PrefixCache()  # each particle's sequence is a head: a stage computes only its new block
     for k, cap in enumerate(caps):
         todo = [(p, i) for p in range(len(prompts)) for i in range(particles) if state[p][i].open(cap)]
         if todo:
@@ -208,7 +219,8 @@ def power_smc(model: Any, prompts: Sequence[Sequence[int]], alpha: float, partic
             reqs = [(list(prompts[p]), state[p][i].tokens,
                      f"{keys[p]}#{k}#{key_hash(state[p][i].tokens) if state[p][i].tokens else 0}") for p, i in todo]
             new = _continue(model, reqs, [cap - len(state[p][i].tokens) for p, i in todo], temp,
-                            seed * 1_000_003 + 7_919 * k, stop, dtype)
+                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache,
+                            [list(prompts[p]) + ch.tokens for p in range(len(prompts)) for ch in state[p] if ch.tokens])
             for (p, i), s in zip(todo, new, strict=True):
                 ch = state[p][i]
                 state[p][i] = ch.with_suffix(len(ch.tokens), s, alpha)

@@ -8,6 +8,9 @@ without (every row computed until the call ends). The reference: the same prompt
 batch (EOS ignored) for as many new tokens as the ragged job's mean response, so each row spends the whole call
 decoding. Throughput is response tokens per second of wall time; the ratio that matters is ragged (compacted) /
 full batch (the engine's target: at least 0.7). Samples of the two ragged runs are compared token by token.
+Hugging Face `generate` runs the same ragged job on the first --hf-prompts prompts (greedy, then N samples with
+`num_return_sequences`, EOS and stop strings honoured, per-token log-probs by `compute_transition_scores`), in the
+model's dtype, for the engine-to-generate ratio on a real job.
 
     python bench/ragged.py                                        # embedded model, ProntoQA, 16 x (greedy + 8), 160
     python bench/ragged.py --task gsm8k --tokens 256 --data-dir DIR
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=160)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hf-prompts", type=int, default=2, help="prompts for the generate side (0: skip it)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,6 +84,37 @@ def main() -> None:
     print(f"  full batch, {full_len} tokens {t_full:5.1f} s  {tok_full / t_full:7.1f} tok/s")
     print(f"ragged / full batch: compacted {tok_on / t_on / (tok_full / t_full):.2f}, "
           f"all rows {tok_off / t_off / (tok_full / t_full):.2f}; compaction speed-up {t_off / t_on:.2f}x")
+    if args.hf_prompts:
+        t_hf, tok_hf = hf_generate(model, ids[:args.hf_prompts], args, stop)
+        print(f"  HF generate, {args.hf_prompts} prompts {t_hf:6.1f} s  {tok_hf / t_hf:7.1f} tok/s   "
+              f"engine (ragged, compacted) / generate: {tok_on / t_on / (tok_hf / t_hf):.1f}x")
+
+
+def hf_generate(model, ids: list[list[int]], args: argparse.Namespace, stop: list[str]) -> tuple[float, int]:
+    """The same ragged job through `generate`, one prompt at a time: greedy, then N samples; response tokens
+    counted up to and including the end (pads after a finished sequence are not counted)."""
+    mod, tok = model.module, model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else model.eos_token_ids[0]
+    tokens, dt = 0, 0.0
+    for p in ids:
+        x = torch.tensor([p], device=model.device)
+        for n, sampled in ((1, False), (args.n, True)):
+            t = time.perf_counter()
+            with torch.inference_mode():
+                gen = mod.generate(x, attention_mask=torch.ones_like(x), do_sample=sampled,
+                                   temperature=args.temperature if sampled else None, top_k=0 if sampled else None,
+                                   top_p=1.0 if sampled else None, num_return_sequences=n,
+                                   max_new_tokens=args.tokens, output_scores=True, return_dict_in_generate=True,
+                                   pad_token_id=pad, eos_token_id=model.eos_token_ids, stop_strings=stop or None,
+                                   tokenizer=tok)
+                mod.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+            dt += time.perf_counter() - t
+            for row in gen.sequences[:, len(p):].tolist():
+                k = len(row)
+                while k and row[k - 1] == pad:
+                    k -= 1
+                tokens += k
+    return dt, tokens
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ logprobs (also timed without). Prints sampled tokens/s, peak memory added by eac
 
 `generate` is slow on CPU, so it runs on the first --hf-prompts prompts only (its tokens/s is per token).
 llama.cpp needs `pip install llama-cpp-python` (optional; skipped with a message when missing).
+
+Roofline: the benchmark times the model's own matrix multiplies (every linear layer of the decoder and the output
+layer, at the engine's rows per step, in each engine dtype), which gives the matmul FLOP/s this machine reaches on
+these shapes; the engine's share of it is tokens/s x the model's matmul FLOPs per token / that rate (attention,
+norms, the draw and all bookkeeping count against the engine).
 """
 
 from __future__ import annotations
@@ -194,6 +199,40 @@ def profile_engine(model: Model, ids: list[list[int]], args: argparse.Namespace,
     print(prof.key_averages().table(sort_by=key, row_limit=18))
 
 
+def matmul_roofline(model: Model, dtype: torch.dtype, rows: int, repeats: int = 3) -> tuple[float, float]:
+    """(FLOPs per token of the model's linear layers, the FLOP/s its own matmul shapes reach at `rows` rows):
+    each distinct (in, out) weight shape is timed as x (rows, in) @ W.T in `dtype`, best of `repeats`, and the
+    rate is total FLOPs over total time, each shape weighted by how often the model uses it."""
+    from sharpen.engine.arch import causal_lm
+
+    lm = causal_lm(model.module)
+    shapes: dict[tuple[int, int], int] = {}
+    for mod in lm.modules():
+        if isinstance(mod, torch.nn.Linear):
+            key = (mod.in_features, mod.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    dev = model.device
+    flops = seconds = 0.0
+    per_token = 0.0
+    for (i, o), count in shapes.items():
+        x = torch.randn(rows, i, dtype=dtype, device=dev)
+        w = torch.randn(o, i, dtype=dtype, device=dev)
+        out = torch.empty(rows, o, dtype=dtype, device=dev)
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is a warm-up
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            torch.mm(x, w.t(), out=out)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+        flops += 2.0 * rows * i * o * count
+        seconds += best * count
+        per_token += 2.0 * i * o * count
+    return per_token, flops / seconds
+
+
 def _line(name: str, r: dict, base: dict | None) -> str:
     tps = r["tokens"] / r["seconds"]
     ratio = f"  x{tps / (base['tokens'] / base['seconds']):.1f} vs generate" if base else ""
@@ -257,6 +296,13 @@ def main() -> None:
             print(_line(name, r, hf), flush=True)
             results.append((name, r))
     tps = {name: r["tokens"] / r["seconds"] for name, r in results}
+    rows = args.max_rows or min(256 if model.device.type == "cpu" else 1024, len(ids) * args.n)
+    for dt in dtypes:
+        per_token, rate = matmul_roofline(model, getattr(torch, dt), rows)
+        share = tps[f"engine {dt}"] * per_token / rate
+        print(f"roofline {dt}: {per_token / 1e9:.2f} GFLOP per token in linear layers; the model's matmul shapes "
+              f"at {rows} rows reach {rate / 1e9:.0f} GFLOP/s here; engine {tps[f'engine {dt}']:.1f} tokens/s = "
+              f"{tps[f'engine {dt}'] * per_token / 1e9:.0f} GFLOP/s = {share:.0%} of it")
     for eng in (n for n in tps if n.startswith("engine")):
         ratios = [f"x{tps[eng] / tps[other]:.1f} vs {other}" for other in tps if other.startswith("llama.cpp")]
         if ratios:

@@ -123,6 +123,15 @@ def test_auto_beta_is_the_median_reward_gap_of_base_pairs():
     pool = BasePool(dir=None, options={}, prompts=[{"id": "p"}], pools={"p": rows}, sampled=False)
     assert auto_beta(pool, DpoConfig(beta="auto")) == 3.0
     assert auto_beta(pool, DpoConfig(beta="auto", reward="logprob_mean")) == 1.5
+    # vote: pairs (x, x) tie and are left out; (x, y) and (x, z) differ by log(6/8) - log(1/8) = log 6
+    answers = ["x", "x", "x", "y", "x", "z", "x", "x"]
+    rows = [{"index": i, "logprob": -1.0, "num_tokens": 2, "answer": a, "correct": a == "x", "finish_reason": "eos"}
+            for i, a in enumerate(answers)]
+    pool = BasePool(dir=None, options={}, prompts=[{"id": "p"}], pools={"p": rows}, sampled=False)
+    assert auto_beta(pool, DpoConfig(beta="auto", reward="vote")) == pytest.approx(math.log(6 / 1))
+    tied = BasePool(dir=None, options={}, prompts=[{"id": "p"}], pools={"p": rows[:2]}, sampled=False)
+    with pytest.raises(SharpenError, match="rewards differ"):
+        auto_beta(tied, DpoConfig(beta="auto", reward="vote"))
     assert DpoConfig(beta="auto").validate() is None
     with pytest.raises(SharpenError, match="beta"):
         DpoConfig(beta="big").validate()

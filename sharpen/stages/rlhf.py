@@ -255,18 +255,20 @@ def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
 
 
 def auto_beta(pool: BasePool, cfg: RlhfConfig) -> float:
-    """--beta auto: the median |r(y) - r(y')| over disjoint pairs of (valid) base samples, under cfg.reward with the
-    samples' own log-probs for log pi_base. The square loss asks for a policy log-ratio gap of (r(y) - r(y'))/beta,
-    so this makes that gap 1 nat at the median pair instead of tens of nats (a small beta on raw sequence
-    log-probs, whose gaps are mostly length, drove the policy to the empty response)."""
+    """--beta auto: the median |r(y) - r(y')| over disjoint pairs of (valid) base samples whose rewards differ, under
+    cfg.reward with the samples' own log-probs for log pi_base. The square loss asks for a policy log-ratio gap of
+    (r(y) - r(y'))/beta, so this makes that gap 1 nat at the median informative pair instead of tens of nats (a
+    small beta on raw sequence log-probs, whose gaps are mostly length, drove the policy to the empty response).
+    Tied pairs carry no preference and are left out: under `vote` most pairs of a prompt share their answer, and
+    counting them put the median at 0."""
     gaps = []
     for p in pool.prompts:
         rows = [r for r in pool.pools[p["id"]] if valid_target(r) or not cfg.valid_only]
         scores = REWARDS[cfg.reward](Pool.from_rows(rows)) if rows else []
         gaps += [abs(float(scores[2 * j]) - float(scores[2 * j + 1])) for j in range(len(rows) // 2)]
-    gaps = [g for g in gaps if math.isfinite(g)]
+    gaps = [g for g in gaps if math.isfinite(g) and g > 0]
     if not gaps:
-        raise SharpenError("--beta auto found no pair of valid base samples with a finite reward: give --beta")
+        raise SharpenError("--beta auto found no pair of valid base samples whose rewards differ: give --beta")
     return max(float(statistics.median(gaps)), 1e-3)
 
 

@@ -150,3 +150,24 @@ def test_sft_weight_adds_the_preferred_responses_nll():
     # y has the higher reward (log pi_base): its per-token NLL under the policy enters with weight 2
     pol_y = m["logratio_y"] + pair["base_y"]
     assert float((with_sft - plain).detach()) == pytest.approx(2.0 * (-pol_y / 3), rel=1e-4)
+
+
+def test_held_out_j_beta_uses_the_runs_reward():
+    """J_beta = mean r(y) - beta * KL under the reward the run trains on: logprob reads log pi_base; vote the
+    answer's share among the base model's samples of the same prompt (the voters), by hand."""
+    from sharpen.stages.rlhf import held_out_metrics
+
+    def row(pid, ans, lp, lpb, kind="sample"):
+        return {"prompt_id": pid, "index": 0, "answer": ans, "correct": ans == "a", "logprob": lp, "logprob_base": lpb,
+                "num_tokens": 2, "finish_reason": "eos", "kind": kind, "text": ""}
+    pol = [row("p", "a", -1.0, -2.0), row("p", "b", -3.0, -3.5), row("q", "a", -2.0, -2.0)]
+    base = [row("p", "a", 0, 0), row("p", "a", 0, 0), row("p", "a", 0, 0), row("p", "b", 0, 0),
+            row("q", "b", 0, 0), row("q", "b", 0, 0), row("p", "b", 0, 0, kind="greedy")]  # greedy rows do not vote
+    kl = ((-1.0 + 2.0) + (-3.0 + 3.5) + 0.0) / 3
+    lp = held_out_metrics(pol, beta=0.5, reward="logprob")
+    assert lp["j_beta"] == pytest.approx((-2.0 - 3.5 - 2.0) / 3 - 0.5 * kl) and lp["kl"] == pytest.approx(kl)
+    vote = held_out_metrics(pol, beta=0.5, reward="vote", voters=base)
+    shares = [math.log(3 / 4), math.log(1 / 4), math.log(0.5 / 2)]  # "a" unseen among q's voters: half a vote
+    assert vote["j_beta"] == pytest.approx(sum(shares) / 3 - 0.5 * kl)
+    mean = held_out_metrics(pol, beta=0.5, reward="logprob_mean")
+    assert mean["j_beta"] == pytest.approx((-1.0 - 1.75 - 1.0) / 3 - 0.5 * kl)

@@ -149,20 +149,48 @@ def pair_loss(model: Model, batch: list[dict], kind: str, beta: float, alpha: fl
 
 # ---------------------------------------------------------------------------------------------- held-out J_beta
 
-def held_out_metrics(rows: Sequence[dict], beta: float) -> dict[str, float | None]:
+def held_out_metrics(rows: Sequence[dict], beta: float, reward: str = "logprob",
+                     voters: Sequence[dict] | None = None) -> dict[str, float | None]:
     """From `evaluate.respond` rows of the policy: greedy / sample accuracy, mean log pi_base of the samples,
-    and the sample estimates of KL(pi || pi_base) and J_beta = E_pi[log pi_base] - beta * KL."""
+    and the sample estimates of KL(pi || pi_base) and J_beta = E_pi[r(y)] - beta * KL under the run's reward r
+    (the objective the loss optimizes; `logprob`: r = log pi_base(y), the paper's). `vote` counts the answers of
+    the base model's samples of the same prompt (`voters`, rows of pi_base), as the training pairs do; without
+    voters, the policy's own samples."""
     st = summarize_responses(rows)
     g, s = st.get("greedy", {}), st.get("sample", {})
-    lps = [(r["logprob"], r["logprob_base"]) for r in rows if r.get("kind") == "sample"
-           and all(v is not None and math.isfinite(v) for v in (r.get("logprob"), r.get("logprob_base")))]
+    ok = [r for r in rows if r.get("kind") == "sample"
+          and all(v is not None and math.isfinite(v) for v in (r.get("logprob"), r.get("logprob_base")))]
     j = kl = None
-    if lps:
-        pol, base = torch.tensor(lps, dtype=torch.float64).T  # (K,), (K,)
-        j, kl = float(j_beta_estimate(pol, base, beta)), float((pol - base).mean())
+    if ok:
+        pol, base = torch.tensor([(r["logprob"], r["logprob_base"]) for r in ok], dtype=torch.float64).T  # (K,)
+        kl = float((pol - base).mean())
+        if reward == "logprob":
+            j = float(j_beta_estimate(pol, base, beta))
+        else:
+            r_y = sample_rewards(ok, reward, voters)
+            r_y = r_y[torch.isfinite(r_y)]
+            j = float(r_y.mean()) - beta * kl if len(r_y) else None
     return {"j_beta": j, "kl": kl, "accuracy": g.get("accuracy"), "sample_accuracy": s.get("accuracy"),
             "logprob_base": s.get("mean_logprob_base"), "greedy_logprob_base": g.get("mean_logprob_base"),
             "accuracy_ci": g.get("accuracy_ci"), "sample_accuracy_ci": s.get("accuracy_ci")}
+
+
+def sample_rewards(rows: Sequence[dict], reward: str, voters: Sequence[dict] | None = None) -> torch.Tensor:
+    """(K,) r(y) of each policy sample row under `reward`, with log pi_base(y) as the log-prob the rewards read
+    (a row's own `logprob` is the policy's); `vote`: the share among `voters`' samples of the row's prompt."""
+    by_voter: dict[str, list] = {}
+    for v in voters or []:
+        if v.get("kind", "sample") == "sample":
+            by_voter.setdefault(v["prompt_id"], []).append(v.get("answer"))
+    out = torch.empty(len(rows), dtype=torch.float64)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r["prompt_id"], []).append(i)
+    for pid, idx in groups.items():
+        rs = [{**rows[i], "logprob": rows[i]["logprob_base"]} for i in idx]
+        vals = rewards_of(reward, rs, by_voter.get(pid) if reward == "vote" and voters is not None else None)
+        out[idx] = torch.as_tensor(vals, dtype=torch.float64)
+    return out
 
 
 def j_beta_key(metrics: dict) -> float:
@@ -178,7 +206,7 @@ def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]
         rows = base_rows if adapter_is_identity(model.module) else respond(
             model, task, items, prompt_ids, cfg.eval_samples, cfg.max_new_tokens, seed=seed,
             dtype=cfg.sample_dtype, chat=cfg.chat, exact_logprobs=cfg.exact_logprobs)
-        return {**held_out_metrics(rows, cfg.beta), "guard": guard_stats(rows, base_rows)}
+        return {**held_out_metrics(rows, cfg.beta, cfg.reward, base_rows), "guard": guard_stats(rows, base_rows)}
 
     return fn
 
@@ -212,7 +240,8 @@ def build_summary(out: Path, cfg: Any, task: Any, algorithm: str, base_rows: Seq
     """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
     step 0 = pi_base; xpo: rounds, round 0 = pi_base)."""
     sampling = runs.read_json(out / "sampling.json")
-    jb, js = held_out_metrics(base_rows, cfg.beta), held_out_metrics(sharp_rows, cfg.beta)
+    jb = held_out_metrics(base_rows, cfg.beta, cfg.reward, base_rows)
+    js = held_out_metrics(sharp_rows, cfg.beta, cfg.reward, base_rows)
     return {
         "algorithm": algorithm, "loss": getattr(cfg, "loss", "xpo"), "task": cfg.task, "model": cfg.model,
         "beta": cfg.beta, "sft_weight": cfg.sft_weight, "reward": cfg.reward,
@@ -378,7 +407,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     hist_path = out / "rounds.jsonl"
     history = runs.repair_jsonl(hist_path, keep=lambda r: r["round"] <= cfg.rounds)
     if not history:
-        history = [{"round": 0, "steps": 0, "num_pairs": 0, **held_out_metrics(val_base, cfg.beta)}]
+        history = [{"round": 0, "steps": 0, "num_pairs": 0, **held_out_metrics(val_base, cfg.beta, cfg.reward,
+                                                                                     val_base)}]
         runs.write_jsonl(hist_path, history)
     done = {r["round"] for r in history}
     data_path = out / "xpo_data.jsonl"
@@ -399,7 +429,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         # c) The validation J_beta of the new iterate.
         rows = eval_rows(rdir / "val.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
         reason = guard_reason(guard_stats(rows, val_base), tcfg)  # a collapsed iterate is never returned
-        row = {"round": t, "steps": result.steps, "num_pairs": len(data), **held_out_metrics(rows, cfg.beta),
+        row = {"round": t, "steps": result.steps, "num_pairs": len(data),
+               **held_out_metrics(rows, cfg.beta, cfg.reward, val_base),
                **({"guard_stop": reason} if reason else {})}
         runs.append_jsonl(hist_path, [row])
         history.append(row)

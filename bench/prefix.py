@@ -13,34 +13,20 @@ their ratio.
 
 from __future__ import annotations
 
-import argparse
 import time
 
+import realjob
 import torch
 
-from sharpen.engine.generate import encode_prompts, sample
-from sharpen.engine.models import load_model
+from sharpen.engine.generate import sample
 from sharpen.engine.prefix import shared_prefix
-from sharpen.tasks import load_task
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--task", default="prontoqa")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=96)
+    ap = realjob.parser(__doc__, prompts=32, n=4, tokens=96)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    task = load_task(args.task, data_dir=args.data_dir, limit=args.prompts)
-    ids = encode_prompts(model, [it.prompt for it in task.items])
-    stop = task.stops(False)
+    model, task, ids, stop = realjob.load(args)
     head = shared_prefix(ids)
     print(f"{model.name}, {args.task}: {len(ids)} prompts of {sum(map(len, ids)) / len(ids):.0f} tokens on average, "
           f"{len(head)} shared; greedy + {args.n} samples, up to {args.tokens} new tokens; "

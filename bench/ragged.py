@@ -21,32 +21,19 @@ from __future__ import annotations
 import argparse
 import time
 
+import realjob
 import torch
 
 from sharpen.engine import decoder
-from sharpen.engine.generate import encode_prompts, sample, sample_with_greedy
-from sharpen.engine.models import load_model
-from sharpen.tasks import load_task
+from sharpen.engine.generate import sample, sample_with_greedy
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--task", default="prontoqa")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=160)
+    ap = realjob.parser(__doc__, prompts=16, n=8, tokens=160)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--hf-prompts", type=int, default=2, help="prompts for the generate side (0: skip it)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    task = load_task(args.task, data_dir=args.data_dir, limit=args.prompts)
-    ids = encode_prompts(model, [it.prompt for it in task.items])
-    stop = task.stops(False)
+    model, task, ids, stop = realjob.load(args)
     rows = len(ids) * (args.n + 1)
     print(f"{model.name}, {args.task}: {len(ids)} prompts of {sum(map(len, ids)) / len(ids):.0f} tokens on average; "
           f"greedy + {args.n} samples each ({rows} rows), up to {args.tokens} new tokens, T = {args.temperature}; "

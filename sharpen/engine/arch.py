@@ -1,4 +1,4 @@
-"""Where the parts of a Hugging Face causal LM are: its body, its LM head, its cache keyword.
+"""Where the parts of a Hugging Face causal LM are (its body, LM head, cache keyword) and its attention shapes.
 
 Shared by the decoders and the scoring primitive; imports nothing of the package, so both can use it.
 """
@@ -43,3 +43,24 @@ def backbone(module: Any) -> Any:
 def cache_keyword(module: Any) -> str:
     """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache."""
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def kv_heads(cfg: Any) -> int:
+    """Key/value heads per layer (grouped-query attention; all heads when the config does not say)."""
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+def head_dim(cfg: Any) -> int:
+    """Width of one attention head."""
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def attention_windows(cfg: Any) -> list[int | None]:
+    """Sliding-window size per layer (None = full attention), as the Hugging Face masks apply it."""
+    n, sw = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [sw if t == "sliding_attention" else None for t in types[:n]]
+    if cfg.model_type in ("mistral", "phi3"):  # these apply the window to every layer
+        return [sw] * n
+    return [None] * n

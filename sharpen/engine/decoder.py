@@ -13,8 +13,7 @@ model's own modules (projections, norms, MLPs, rotary embedding), so LoRA adapte
 attention and the cache are written here. A row can restart at response position 0 at any step, which the
 engine uses to start the prompt's next sample in a finished row.
 
-HFDecoder works for any causal LM: it prefills one prompt, repeats its cache for the rows, and calls the
-model's forward; its rows cannot restart (refill_rows = False).
+The generic fallback for any other causal LM is `hf_decoder.HFDecoder`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import SharpenError
-from .arch import backbone, cache_keyword, causal_lm, lm_logits
+from .arch import attention_windows, backbone, cache_keyword, causal_lm, head_dim, kv_heads, lm_logits
+from .hf_decoder import HFDecoder
 from .prefix import PrefixCache, common_prefix, shared_prefix
 
 FAST_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"}
@@ -56,7 +56,7 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
     budget, cap = _budget(model.device)
     if not fast:  # B copies of prompt + response in the model's own cache
         B = max_rows or max(1, min(cap, n, budget // max(1, per_token * (L + max_new))))
-        return HFDecoder(lm, max(1, min(B, n)), model.device)
+        return HFDecoder(lm, max(1, min(B, n)), model.device, cache_keyword(lm))
     B = min(max_rows or cap, len(prompts) * n)
     if heads is None:
         heads = [h for h in [shared_prefix(prompts)] if h] if share_prefix else []
@@ -69,7 +69,7 @@ def make_decoder(model: Any, prompts: list[list[int]], n: int, max_new: int, dty
 
 
 def _kv_bytes_per_token(cfg: Any, dtype: torch.dtype) -> int:
-    return 2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * dtype.itemsize
+    return 2 * cfg.num_hidden_layers * kv_heads(cfg) * head_dim(cfg) * dtype.itemsize
 
 
 def _budget(device: torch.device) -> tuple[int, int]:
@@ -98,25 +98,6 @@ def module_in_dtype(lm: Any, dtype: torch.dtype) -> Any:
     cast = copy.deepcopy(lm).to(dtype).eval()
     _CAST[lm] = (sig, cast)
     return cast
-
-
-def _kv_heads(cfg: Any) -> int:
-    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-
-
-def _head_dim(cfg: Any) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
-def _windows(cfg: Any) -> list[int | None]:
-    """Sliding-window size per layer (None = full attention), as the Hugging Face masks apply it."""
-    n, sw = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None)
-    if types:
-        return [sw if t == "sliding_attention" else None for t in types[:n]]
-    if cfg.model_type in ("mistral", "phi3"):  # these apply the window to every layer
-        return [sw] * n
-    return [None] * n
 
 
 _LLAMA_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm"}
@@ -155,8 +136,8 @@ class FastDecoder:
         self.lm, self.body = lm, backbone(lm)
         self.device, self.rows, self.slots = device, rows, slots
         self.layers = list(self.body.layers)[: cfg.num_hidden_layers]
-        self.Hq, self.Hkv, self.D = cfg.num_attention_heads, _kv_heads(cfg), _head_dim(cfg)
-        self.windows = _windows(cfg)
+        self.Hq, self.Hkv, self.D = cfg.num_attention_heads, kv_heads(cfg), head_dim(cfg)
+        self.windows = attention_windows(cfg)
         types = getattr(cfg, "layer_types", None)
         takes_type = "layer_type" in inspect.signature(self.body.rotary_emb.forward).parameters
         self.rope_keys = [types[i] if takes_type else None for i in range(len(self.layers))]
@@ -199,7 +180,7 @@ class FastDecoder:
         # so an ended sample costs nothing in the layers either.
         self.phys = list(range(rows))  # logical -> physical
         self.A = rows
-        self._moved: set[int] = set()  # logical rows started since the last set_rows (their KV is fresh)
+        self._started: set[int] = set()  # logical rows started since the last set_rows (their KV is fresh)
         self.set_rows([0] * rows)
 
     def set_rows(self, row_slot: list[int]) -> None:
@@ -235,7 +216,7 @@ class FastDecoder:
         """Keep every busy row inside the compute set 0..A-1, and shrink the set when at most half of it is
         busy. A row started outside it takes the physical row of an idle one inside (its KV is cleared, as
         start_rows would), or the set grows back to all rows."""
-        fresh, self._moved = self._moved, set()
+        fresh, self._started = self._started, set()
         if not self.compact:
             return
         inside = {self.phys[r] for r in busy if self.phys[r] < self.A}
@@ -278,7 +259,7 @@ class FastDecoder:
     def start_rows(self, rows: list[int]) -> None:
         """Rows that begin a new response: clear their response KV."""
         self._clear([self.phys[r] for r in rows])
-        self._moved |= set(rows)
+        self._started |= set(rows)
 
     # ---- shared pieces -------------------------------------------------------------------------------
     def _qkv(self, i: int, attn: Any, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -500,38 +481,3 @@ class FastDecoder:
         op = op.view(S, Hkv, Rm, g, D).permute(0, 2, 1, 3, 4).reshape(S * Rm, Hkv, g, D)[self.back]
         orr = torch.matmul(p[..., Lp:], self.vr[i][:A, :, :W])  # (A, Hkv, g, D)
         return (op + orr).reshape(A, Hkv * g * D)
-
-
-class HFDecoder:
-    """Generic fallback through the model's own forward and cache: one prompt at a time, its cache repeated
-    for the rows after a single prefill. Rows cannot restart on their own (refill_rows = False)."""
-    refill_rows = False
-    slots = 1
-
-    def __init__(self, lm: Any, rows: int, device: torch.device) -> None:
-        self.lm, self.rows, self.device = lm, rows, device
-        self.prompt: list[int] = []
-        self.cache: Any = None
-        self.cache_kw = cache_keyword(lm)
-
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:
-        (self.prompt,) = prompts  # run by start_logits, when the rows (re)start on it
-
-    def set_rows(self, row_slot: list[int]) -> None:
-        pass
-
-    def start_rows(self, rows: list[int]) -> None:
-        pass
-
-    def start_logits(self, live: Tensor | None = None) -> Tensor:
-        out = self.lm(input_ids=torch.tensor([self.prompt], device=self.device), use_cache=True)
-        self.cache = getattr(out, self.cache_kw)
-        self.cache.batch_repeat_interleave(self.rows)  # (1, ...) -> (B, ...): no second prefill
-        return out.logits[:, -1].expand(self.rows if live is None else len(live), -1)  # (B or A, V)
-
-    def decode_step(self, tokens: Tensor, resp_pos: Tensor, width: int, fresh: Tensor,
-                    live: Tensor | None = None) -> Tensor:
-        out = self.lm(input_ids=tokens[:, None], use_cache=True, **{self.cache_kw: self.cache})
-        self.cache = getattr(out, self.cache_kw)
-        logits = out.logits[:, -1]  # (B, V)
-        return logits if live is None else logits.index_select(0, live)

@@ -110,6 +110,11 @@ def _continue(model: Any, requests: Sequence[tuple[list[int], list[int], str]], 
     return out  # type: ignore[return-value]
 
 
+def _sequences(prompts: Sequence[Sequence[int]], state: Sequence[Sequence[Chain]]) -> list[list[int]]:
+    """Each started chain's (particle's) prompt + response: the decoder heads whose KV the calls reuse."""
+    return [list(prompts[p]) + ch.tokens for p in range(len(prompts)) for ch in state[p] if ch.tokens]
+
+
 def _cut(s: Sample, budget: int) -> Sample:
     """The first `budget` tokens of a continuation (finish 'length' when that cuts it)."""
     if len(s.token_ids) <= budget:
@@ -151,9 +156,6 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
     state = [[Chain() for _ in range(chains)] for _ in prompts]
     stats = [PowerStats() for _ in prompts]
     cache = PrefixCache()
-
-    def current() -> list[list[int]]:  # each chain's sequence: a head whose KV the calls reuse
-        return [list(prompts[p]) + ch.tokens for p in range(len(prompts)) for ch in state[p] if ch.tokens]
     for k, cap in enumerate(_caps(max_new_tokens, block)):
         # Grow every open chain to this stage's cap.
         todo = [(p, c) for p in range(len(prompts)) for c in range(chains) if state[p][c].open(cap)]
@@ -162,7 +164,7 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
             reqs = [(list(prompts[p]), state[p][c].tokens,
                      f"{keys[p]}/first" if not state[p][c].tokens else f"{keys[p]}/{c}") for p, c in todo]
             new = _continue(model, reqs, [cap - len(state[p][c].tokens) for p, c in todo], temp,
-                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache, current())
+                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache, _sequences(prompts, state))
             for (p, c), s in zip(todo, new, strict=True):
                 ch = state[p][c]
                 state[p][c] = ch.with_suffix(len(ch.tokens), s, alpha)
@@ -183,7 +185,8 @@ def power_mh(model: Any, prompts: Sequence[Sequence[int]], alpha: float, chains:
             if not todo:
                 break
             step_seed = seed * 1_000_003 + 7_919 * k + 104_729 * (m + 1)
-            new = _continue(model, reqs, [cap - t for t in pos], temp, step_seed, stop, dtype, cache, current())
+            new = _continue(model, reqs, [cap - t for t in pos], temp, step_seed, stop, dtype, cache,
+                            _sequences(prompts, state))
             for (p, c), t, u, s in zip(todo, pos, us, new, strict=True):
                 ch = state[p][c]
                 prop = ch.with_suffix(t, s, alpha)
@@ -219,8 +222,7 @@ def power_smc(model: Any, prompts: Sequence[Sequence[int]], alpha: float, partic
             reqs = [(list(prompts[p]), state[p][i].tokens,
                      f"{keys[p]}#{k}#{key_hash(state[p][i].tokens) if state[p][i].tokens else 0}") for p, i in todo]
             new = _continue(model, reqs, [cap - len(state[p][i].tokens) for p, i in todo], temp,
-                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache,
-                            [list(prompts[p]) + ch.tokens for p in range(len(prompts)) for ch in state[p] if ch.tokens])
+                            seed * 1_000_003 + 7_919 * k, stop, dtype, cache, _sequences(prompts, state))
             for (p, i), s in zip(todo, new, strict=True):
                 ch = state[p][i]
                 state[p][i] = ch.with_suffix(len(ch.tokens), s, alpha)

@@ -164,12 +164,9 @@ def held_out_metrics(rows: Sequence[dict], beta: float, reward: str = "logprob",
     if ok:
         pol, base = torch.tensor([(r["logprob"], r["logprob_base"]) for r in ok], dtype=torch.float64).T  # (K,)
         kl = float((pol - base).mean())
-        if reward == "logprob":
-            j = float(j_beta_estimate(pol, base, beta))
-        else:
-            r_y = sample_rewards(ok, reward, voters)
-            r_y = r_y[torch.isfinite(r_y)]
-            j = float(r_y.mean()) - beta * kl if len(r_y) else None
+        r_y = sample_rewards(ok, reward, voters)  # logprob: log pi_base(y), the paper's J_beta
+        fin = torch.isfinite(r_y)
+        j = float(j_beta_estimate(pol[fin], base[fin], beta, r_y[fin])) if fin.any() else None
     return {"j_beta": j, "kl": kl, "accuracy": g.get("accuracy"), "sample_accuracy": s.get("accuracy"),
             "logprob_base": s.get("mean_logprob_base"), "greedy_logprob_base": g.get("mean_logprob_base"),
             "accuracy_ci": g.get("accuracy_ci"), "sample_accuracy_ci": s.get("accuracy_ci")}
@@ -187,7 +184,7 @@ def sample_rewards(rows: Sequence[dict], reward: str, voters: Sequence[dict] | N
     for i, r in enumerate(rows):
         groups.setdefault(r["prompt_id"], []).append(i)
     for pid, idx in groups.items():
-        rs = [{**rows[i], "logprob": rows[i]["logprob_base"]} for i in idx]
+        rs = [{"index": j, **rows[i], "logprob": rows[i]["logprob_base"]} for j, i in enumerate(idx)]
         vals = rewards_of(reward, rs, by_voter.get(pid) if reward == "vote" and voters is not None else None)
         out[idx] = torch.as_tensor(vals, dtype=torch.float64)
     return out

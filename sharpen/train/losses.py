@@ -164,11 +164,14 @@ def j_beta_exact(pi_probs: torch.Tensor, base_probs: torch.Tensor, beta: float) 
     return ((1 + beta) * cross - beta * neg_entropy).sum(-1)
 
 
-def j_beta_estimate(policy_logp: torch.Tensor, base_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """Sample estimate of J_beta from log-probs of y ~ pi: mean(log pi_base) - beta * mean(log pi - log pi_base)."""
+def j_beta_estimate(policy_logp: torch.Tensor, base_logp: torch.Tensor, beta: float,
+                    reward: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample estimate of J_beta from log-probs of y ~ pi: mean(r(y)) - beta * mean(log pi - log pi_base), with the
+    paper's self-reward r = log pi_base unless `reward` (one value per sample) is given."""
     _check_beta(beta)
-    _check_shapes(policy_logp, base_logp)
-    return base_logp.mean() - beta * (policy_logp - base_logp).mean()
+    r = base_logp if reward is None else reward
+    _check_shapes(policy_logp, base_logp, r)
+    return r.mean() - beta * (policy_logp - base_logp).mean()
 
 
 def sharpened_distribution(base_probs: torch.Tensor, beta: float) -> torch.Tensor:

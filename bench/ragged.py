@@ -32,8 +32,13 @@ def main() -> None:
     ap = realjob.parser(__doc__, prompts=16, n=8, tokens=160)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--hf-prompts", type=int, default=2, help="prompts for the generate side (0: skip it)")
+    ap.add_argument("--step-costs", action="store_true",
+                    help="only time one decode step at 144, 36 and 9 rows (the first 9 prompts, EOS ignored)")
     args = ap.parse_args()
     model, task, ids, stop = realjob.load(args)
+    if args.step_costs:
+        step_costs(model, ids[:9])
+        return
     rows = len(ids) * (args.n + 1)
     print(f"{model.name}, {args.task}: {len(ids)} prompts of {sum(map(len, ids)) / len(ids):.0f} tokens on average; "
           f"greedy + {args.n} samples each ({rows} rows), up to {args.tokens} new tokens, T = {args.temperature}; "
@@ -75,6 +80,17 @@ def main() -> None:
         t_hf, tok_hf = hf_generate(model, ids[:args.hf_prompts], args, stop)
         print(f"  HF generate, {args.hf_prompts} prompts {t_hf:6.1f} s  {tok_hf / t_hf:7.1f} tok/s   "
               f"engine (ragged, compacted) / generate: {tok_on / t_on / (tok_hf / t_hf):.1f}x")
+
+
+def step_costs(model, ids: list[list[int]]) -> None:
+    """Seconds per decode step at 16, 4 and 1 rows per prompt: a 12-token call minus a 2-token call, over 10."""
+    for per in (16, 4, 1):
+        t = time.perf_counter()
+        sample(model, ids, n=per, max_new_tokens=2, ignore_eos=True, stats=False)
+        t0 = time.perf_counter() - t
+        t = time.perf_counter()
+        sample(model, ids, n=per, max_new_tokens=12, ignore_eos=True, stats=False)
+        print(f"  {len(ids) * per:4d} rows: {(time.perf_counter() - t - t0) / 10:.2f} s per decode step", flush=True)
 
 
 def hf_generate(model, ids: list[list[int]], args: argparse.Namespace, stop: list[str]) -> tuple[float, int]:

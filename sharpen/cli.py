@@ -150,12 +150,13 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "its 95% interval, balanced accuracy, majority-label baseline, lift over "
                                    "greedy; writes PREFIX.md, PREFIX.csv and PREFIX.png.")
     p.add_argument("run_dir", nargs="+", help="run directories written by sharpen bon / sft / dpo / xpo / grpo / "
-                                               "power / eval (with --paired: sft / dpo / xpo / grpo)")
+                                               "power / eval (with --paired: sft / dpo / xpo / grpo / power)")
     p.add_argument("--out", default="compare", help="output prefix (default: compare, in the current directory)")
     p.add_argument("--paired", metavar="BON_DIR", default=None,
                    help="instead: the base model's bon run on the held-out items; writes PREFIX_paired.md, where "
                         "base greedy, base best-of-N and every trained run's greedy answers are compared item by "
-                        "item with base greedy, the majority label and base majority@N")
+                        "item with base greedy, the majority label and base majority@N; power runs also with base "
+                        "best-of-k at the response tokens they spent")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")

@@ -78,6 +78,51 @@ def test_paired_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (tmp_path / "t_paired.md").exists() and "base majority@3" in capsys.readouterr().out
     with pytest.raises(SharpenError, match="not a finished bon run"):
         paired_rows(sft, [sft])
-    with pytest.raises(SharpenError, match="not a finished sft / dpo / xpo / grpo run"):
+    with pytest.raises(SharpenError, match="not a finished sft / dpo / xpo / grpo / power run"):
         paired_rows(bon, [bon])
     assert main(["compare", str(bon), "--paired", str(bon), "--out", str(tmp_path / "t")]) == 2
+
+
+def _power(tmp: Path, chains: dict[int, list[str]], tokens: float) -> Path:
+    d = tmp / "power"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"command": "power", "options": {"n": 2, "alpha": 4.0}}))
+    (d / "summary.json").write_text(json.dumps({"power": {"alpha": 4.0, "method": "mh", "acceptance_rate": 0.5}}))
+    _jsonl(d / "samples.jsonl", [_row(p, a, -2.0, index=j) for p, ans in chains.items() for j, a in enumerate(ans)])
+    # A crash repeated item 0's statistics: the last copy counts.
+    _jsonl(d / "power_stats.jsonl", [{"prompt_id": "q0", "tokens": 99.0}] +
+           [{"prompt_id": f"q{p}", "tokens": tokens} for p in chains])
+    return d
+
+
+def test_power_rows_meet_best_of_k_at_equal_tokens(tmp_path: Path) -> None:
+    bon = _bon(tmp_path)  # base samples: 3 tokens each, 3 per item
+    # Chain 0 is right on items 0, 1, 3; chain 1 answers "False" everywhere. 6 tokens per item: 2 base samples.
+    power = _power(tmp_path, {0: ["True", "False"], 1: ["True", "False"], 2: ["False", "False"],
+                              3: ["False", "False"]}, tokens=6.0)
+    rows = {r["method"]: r for r in paired_rows(bon, [power], resamples=200)}
+    one, both = rows["power pi^4 (mh), one draw"], rows["power pi^4 (mh), majority@2"]
+    assert one["accuracy"] == 0.75 and one["spent_tokens"] == 3.0  # 6 tokens over 2 chains
+    # One draw spends one base sample's tokens: base majority@1 is sample 0, right on every item.
+    k1 = rows["base majority@1 (T=0.7), tokens of power pi^4 (mh), one draw"]
+    assert k1["accuracy"] == 1.0 and k1["spent_tokens"] == 3.0
+    assert one["vs_equal_tokens"]["diff"] == pytest.approx(-0.25)
+    # All chains spend 6 tokens: base best-of-2 on samples 0 and 1 ("True", "True" on items 0-2).
+    k2 = rows["base majority@2 (T=0.7), tokens of power pi^4 (mh), 2 chains"]
+    assert k2["accuracy"] == 1.0 and k2["spent_tokens"] == 6.0
+    assert both["spent_tokens"] == 6.0 and both["vs_equal_tokens"]["diff"] == pytest.approx(both["accuracy"] - 1.0)
+    assert both["note"] == "2 chains, acceptance 0.50" and rows["base majority@3 (T=0.7)"]["spent_tokens"] == 9.0
+    assert rows["base greedy"]["vs_equal_tokens"] is None
+    assert "| power pi^4 (mh), one draw | 75.0 [" in render_paired(list(rows.values()))
+    # A budget beyond the bon run's pool (30 tokens = 10 base samples of 3) takes all of it, and says so.
+    (tmp_path / "more").mkdir()
+    dear = _power(tmp_path / "more", {i: ["True", "True"] for i in range(4)}, tokens=30.0)
+    notes = {r["method"]: r["note"] for r in paired_rows(bon, [dear], resamples=50)}
+    assert notes["base majority@3 (T=0.7), tokens of power pi^4 (mh), 2 chains"].endswith("(capped: the bon "
+                                                                                          "run drew 3)")
+
+
+def test_equal_budget_n() -> None:
+    from sharpen.report.paired import equal_budget_n
+
+    assert [equal_budget_n(t, 20.0, 8) for t in (1.0, 29.0, 31.0, 1000.0)] == [1, 1, 2, 8]

@@ -5,7 +5,9 @@ The question it answers is the one amortized sharpening asks: does a trained mod
 response per prompt), beat the base model's greedy answer and the label prior, and how much of the gap to
 inference-time majority@N does it close? Base rows come from a bon run on the held-out items (greedy.jsonl,
 samples.jsonl: the full pool of N, no subsampling), trained rows from sft / dpo / xpo / grpo run directories
-(eval_sharpened.jsonl, whose greedy rows answer the same items). Reads files only; never loads a model.
+(eval_sharpened.jsonl, whose greedy rows answer the same items). Power-sampling runs (`sharpen power` on the
+same items) add their draws and, beside them, base best-of-N at the response-token budget they spent, so power
+sampling is compared with Best-of-N at equal tokens. Reads files only; never loads a model.
 """
 
 from __future__ import annotations
@@ -41,9 +43,18 @@ def wall_seconds(run_dir: Path) -> float | None:
 
 
 def _policy(name: str, picks: Mapping[str, Mapping[str, Any]], sample_acc: float | None = None,
-            wall: float | None = None, note: str = "") -> dict:
-    """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows."""
-    return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note}
+            wall: float | None = None, note: str = "", spent: Mapping[str, float] | None = None,
+            budget: str | None = None, matched: bool = False) -> dict:
+    """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows. spent: response
+    tokens the method spent per item (default: its answer's); budget: the group of rows that spend the same
+    tokens, where `matched` marks the base best-of-k rows the others are compared with."""
+    return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note,
+            "spent": dict(spent) if spent is not None else None, "budget": budget, "matched": matched}
+
+
+def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
+    """Response tokens of each item's whole pool."""
+    return {pid: float(sum(r["num_tokens"] for r in rs)) for pid, rs in pools.items()}
 
 
 def base_policies(bon_dir: Path) -> tuple[list[dict], dict[str, str], list[str] | None, int]:
@@ -64,8 +75,60 @@ def base_policies(bon_dir: Path) -> tuple[list[dict], dict[str, str], list[str] 
     for name in BASE_SELECTORS:
         picks = {pid: rs[select(name, rs)] for pid, rs in pools.items()}
         out.append(_policy(f"base {name}@{n} (T={temp:g})", picks, sample_acc, wall_seconds(bon_dir),
-                           note=f"{n} responses per prompt"))
+                           note=f"{n} responses per prompt", spent=_spent(pools)))
     return out, gold, labels, n
+
+
+def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
+    """Best-of-k at a budget of `tokens` response tokens per prompt, for samples of `per_sample` tokens on average:
+    the nearest k, at least 1 and at most the n the bon run drew."""
+    return int(min(n, max(1, round(tokens / per_sample)))) if per_sample > 0 else n
+
+
+def power_policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
+    """A power run's draws (one chain's, and its selectors over all n chains), each followed by base best-of-k on
+    the bon run's first k samples, k chosen so that the base spends the response tokens the power run spent
+    (rejected proposals included; `equal_budget_n`)."""
+    conf, s = _config(run_dir), read_json(run_dir / "summary.json")
+    power = s.get("power") or {}
+    n = int(conf["options"]["n"])
+    pools, _ = complete_pools(load_jsonl(run_dir / "samples.jsonl"), n)
+    stats = {r["prompt_id"]: float(r["tokens"]) for r in load_jsonl(run_dir / "power_stats.jsonl")}  # last wins
+    pools = {pid: rs for pid, rs in pools.items() if pid in stats}
+    spent = {pid: stats[pid] for pid in pools}
+    if not spent:
+        raise SharpenError(f"{run_dir} has no power statistics for its draws: finish it with its own command")
+    base_pools, _ = complete_pools(load_jsonl(bon_dir / "samples.jsonl"), n_bon)
+    per_sample = float(np.mean([r["num_tokens"] for rs in base_pools.values() for r in rs])) if base_pools else 0.0
+    temp = read_json(bon_dir / "config.json")["options"].get("temperature")
+    name = f"power pi^{power.get('alpha', conf['options'].get('alpha')):g} ({power.get('method', 'mh')})"
+    wall = wall_seconds(run_dir)
+    acc = float(np.mean([r["correct"] for rs in pools.values() for r in rs]))
+    rate = power.get("acceptance_rate")
+    note = f"{n} chains" + (f", acceptance {rate:.2f}" if rate is not None else "")
+    out = []
+    one = {pid: t / n for pid, t in spent.items()}  # a chain's share
+    groups = (("one draw", [("one draw", {pid: rs[0] for pid, rs in pools.items()})], one),
+              (f"{n} chains", [(f"{sel}@{n}", {pid: rs[select(sel, rs)] for pid, rs in pools.items()})
+                               for sel in BASE_SELECTORS], spent))
+    for group, picks, cost in groups:
+        key = f"{name}, {group}"
+        out += [_policy(f"{name}, {what}", ps, acc, wall, note, spent=cost, budget=key) for what, ps in picks]
+        budget = float(np.mean(list(cost.values())))
+        k = equal_budget_n(budget, per_sample, n_bon)
+        firsts = {pid: rs[:k] for pid, rs in base_pools.items()}
+        capped = f" (capped: the bon run drew {n_bon})" if per_sample and budget / per_sample > n_bon + 0.5 else ""
+        for sel in BASE_SELECTORS:
+            out.append(_policy(f"base {sel}@{k} (T={temp:g}), tokens of {key}",
+                               {pid: rs[select(sel, rs)] for pid, rs in firsts.items()}, spent=_spent(firsts),
+                               note=f"first {k} of the bon run's samples{capped}", budget=key, matched=True))
+    return out
+
+
+def _policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
+    """The rows a run directory adds: a trained model's greedy answers, or a power run's draws."""
+    return (power_policies(run_dir, bon_dir, n_bon) if _config(run_dir).get("command") == "power" else
+            [trained_policy(run_dir)])
 
 
 def trained_policy(run_dir: Path) -> dict:
@@ -74,7 +137,8 @@ def trained_policy(run_dir: Path) -> dict:
     conf = _config(run_dir)
     command = conf.get("command")
     if command not in TRAINED or not (run_dir / "summary.json").exists():
-        raise SharpenError(f"{run_dir} is not a finished {' / '.join(TRAINED)} run: finish it with its command")
+        raise SharpenError(f"{run_dir} is not a finished {' / '.join(TRAINED)} / power run: finish it with its "
+                           "command")
     s, o = read_json(run_dir / "summary.json"), conf.get("options", {})
     rows = load_jsonl(run_dir / "eval_sharpened.jsonl")
     picks = {str(r["prompt_id"]): r for r in rows if r.get("kind") == "greedy"}
@@ -95,7 +159,7 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     answered: accuracy with a bootstrap interval, balanced accuracy and answer rate, mean tokens and mean
     log pi_base of the answers, and paired differences with base greedy, the majority label and majority@N."""
     base, gold, labels, n = base_policies(Path(bon_dir))
-    pols = base + [trained_policy(Path(d)) for d in run_dirs]
+    pols = base + [p for d in run_dirs for p in _policies(Path(d), Path(bon_dir), n)]
     ids = sorted(set(gold).intersection(*(p["picks"] for p in pols)))
     if not ids:
         raise SharpenError(f"the runs share no held-out item with {bon_dir}: give runs evaluated on its items")
@@ -108,6 +172,10 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     out = []
     for p in pols:
         c = correct[p["method"]]
+        # The base best-of-k spending the tokens this method spent: its majority pick (power rows only;
+        # `power_policies`).
+        matched = next((q["method"] for q in pols if q["matched"] and q["budget"] == p["budget"]
+                        and q["method"].startswith("base majority")), None) if not p["matched"] else None
         rows = [p["picks"][i] for i in ids]
         lab = policy_label_stats(g, [r.get("answer") for r in rows], labels) if labels else None
         gap = float(majority.mean() - greedy.mean())
@@ -122,6 +190,9 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
             "balanced_accuracy": lab["balanced_accuracy"] if lab else None,
             "answer_rate": float(np.mean([r.get("answer") is not None for r in rows])),
             "mean_tokens": float(np.mean([r["num_tokens"] for r in rows])),
+            "spent_tokens": float(np.mean([p["spent"][i] if p["spent"] else r["num_tokens"]
+                                           for i, r in zip(ids, rows, strict=True)])),
+            "vs_equal_tokens": paired_bootstrap(c, correct[matched], resamples=resamples) if matched else None,
             "mean_logprob_base": finite_mean(logp),
             "sample_accuracy": p["sample_accuracy"], "wall_seconds": p["wall_seconds"], "note": p["note"],
             "label": label, "label_accuracy": float(always.mean()) if always is not None else None,
@@ -152,9 +223,10 @@ def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
     r0 = rows[0]
     lab = (f"always answering \"{r0['label']}\" (the most common gold label) scores {_pct(r0['label_accuracy'])}%"
            if r0["label"] is not None else "answers are open: no label baseline")
-    head = ["| method | greedy acc. % | vs base greedy | vs majority label | vs base majority@N | gap closed | "
-            "balanced acc. % | answer rate % | sample acc. % | tokens | mean log pi_base | wall time | kept |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = ["| method | accuracy % | vs base greedy | vs majority label | vs base majority@N | gap closed | "
+            "balanced acc. % | answer rate % | sample acc. % | tokens | tokens spent | vs base majority at equal "
+            "tokens | mean log pi_base | wall time | kept |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     for r in rows:
         lo, hi = r["accuracy_ci"]
@@ -163,6 +235,7 @@ def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
         body.append(f"| {r['method']} | {_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {_diff(r['vs_greedy'])} | "
                     f"{_diff(r['vs_label'])} | {_diff(r['vs_majority'])} | {gap} | {_pct(r['balanced_accuracy'])} | "
                     f"{_pct(r['answer_rate'])} | {_pct(r['sample_accuracy'])} | {r['mean_tokens']:.1f} | "
+                    f"{r['spent_tokens']:.1f} | {_diff(r['vs_equal_tokens']) if r['vs_equal_tokens'] else ''} | "
                     f"{'n/a' if lp is None or not math.isfinite(lp) else f'{lp:.2f}'} | {_time(r['wall_seconds'])} | "
                     f"{r['note']} |")
     legend = (f"{r0['items']} held-out items; {lab}. Accuracy: the method's one answer per item (base best-of-N: "
@@ -170,8 +243,12 @@ def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
               "are paired differences in points on the same items with their 95% paired bootstrap interval, "
               "starred when it excludes zero. Gap closed: (accuracy - base greedy) / (base majority@N - base "
               "greedy). Sample acc.: temperature-1 samples of the same model (base best-of-N rows: the bon run's "
-              "samples). Tokens and mean log pi_base: of the answers in the accuracy column. Wall time: the run's "
-              "own (trained rows include their evaluations; base best-of-N: the bon run).")
+              "samples). Tokens and mean log pi_base: of the answers in the accuracy column; tokens spent: response "
+              "tokens per item to reach that answer (best-of-N: all N samples; power sampling: every proposal, "
+              "rejected ones included; one draw: the run's tokens over its chains). Power rows are followed by base "
+              "best-of-k on the bon run's first k samples, k set so that they spend the same tokens; the equal-"
+              "tokens column is the paired difference with that base majority@k. Wall time: the run's own (trained "
+              "rows include their evaluations; base best-of-N: the bon run).")
     return "\n".join([*head, *body, "", legend]) + "\n"
 
 

@@ -247,21 +247,3 @@ def test_headed_sequence_logprobs_share_a_head_with_equal_values_and_gradients(m
     torch.testing.assert_close(out.detach(), ref.detach(), atol=1e-5, rtol=0)
     for a, b in zip(g_out, g_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_head_matmul_is_the_head_product() -> None:
-    """The LM head's product, formed with the weight on the left on CPU, is h @ W.T whatever the rows, into a
-    buffer or not; a stale scratch buffer larger than needed changes nothing."""
-    from sharpen.engine.arch import head_matmul
-
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(1000, 24, generator=g)
-    scratch = torch.full((64 * 1000,), float("nan"))
-    for m in (1, 2, 9, 64):
-        h = torch.randn(m, 24, generator=g)
-        want = h.double() @ w.double().t()
-        out = torch.empty(m, 1000)
-        assert torch.allclose(head_matmul(h, w).double(), want, atol=1e-4)
-        got = head_matmul(h, w, out=out, scratch=scratch)
-        assert got.data_ptr() == out.data_ptr() and torch.allclose(out.double(), want, atol=1e-4)
-        assert got.is_contiguous()

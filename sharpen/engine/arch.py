@@ -19,30 +19,10 @@ def causal_lm(module: Any) -> Any:
     return module
 
 
-def head_matmul(h: Tensor, weight: Tensor, out: Tensor | None = None, scratch: Tensor | None = None) -> Tensor:
-    """h (M, H) @ weight.T for an LM head's (V, H) weight -> (M, V) logits, into `out` if given.
-
-    On CPU the product is formed as (weight @ h.T).T: the head's weight (670 MB for Gemma 3's 262k x 640 in
-    float32) is streamed once per call, and BLAS streams it much faster as the left operand of a product with
-    few columns (measured 1.2-1.9x for 4 to 144 rows on an AMD EPYC with MKL; `python bench/head.py` measures
-    both on any machine). The same values up to the float rounding of the accumulation order. scratch: a flat
-    buffer of at least V * M elements for the (V, M) product, reused across calls by the decoder (a fresh one
-    per decode step costs page faults).
-    """
-    m = h.shape[0]
-    if h.device.type != "cpu" or h.dim() != 2 or m < 2:
-        return h @ weight.t() if out is None else torch.mm(h, weight.t(), out=out)
-    v = weight.shape[0]
-    t = weight @ h.t() if scratch is None else torch.mm(weight, h.t(), out=scratch[:v * m].view(v, m))  # (V, M)
-    return t.t().contiguous() if out is None else out.copy_(t.t())
-
-
 def lm_logits(module: Any, hidden: Tensor) -> Tensor:
     """Final hidden states (..., H) -> logits (..., V), with the model's final logit soft-capping if any."""
     lm = causal_lm(module)
-    head = lm.get_output_embeddings()
-    plain = type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2
-    logits = head_matmul(hidden, head.weight) if plain else head(hidden)
+    logits = lm.get_output_embeddings()(hidden)
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import SharpenError
-from .arch import attention_windows, backbone, cache_keyword, causal_lm, head_dim, head_matmul, kv_heads, lm_logits
+from .arch import attention_windows, backbone, cache_keyword, causal_lm, head_dim, kv_heads, lm_logits
 from .hf_decoder import HFDecoder
 from .prefix import PrefixCache, common_prefix, shared_prefix
 
@@ -153,7 +153,6 @@ class FastDecoder:
         plain = type(head) is torch.nn.Linear and head.bias is None
         self.head_w = head.weight if plain and not getattr(cfg, "final_logit_softcapping", None) else None
         self.logits_buf: Tensor | None = None
-        self.head_scratch: Tensor | None = None
         dt = next(lm.parameters()).dtype
         kv = dict(dtype=dt, device=device)
         self.Lp, self.Lr = max_prompt, max_new
@@ -301,9 +300,7 @@ class FastDecoder:
             return lm_logits(self.lm, h)
         if self.logits_buf is None or self.logits_buf.shape[0] < h.shape[0]:
             self.logits_buf = h.new_empty(h.shape[0], self.head_w.shape[0])
-            self.head_scratch = h.new_empty(h.shape[0] * self.head_w.shape[0]) if h.device.type == "cpu" else None
-        # The first rows of the buffer: contiguous.
-        return head_matmul(h, self.head_w, out=self.logits_buf[:h.shape[0]], scratch=self.head_scratch)
+        return torch.mm(h, self.head_w.t(), out=self.logits_buf[:h.shape[0]])  # the first rows: contiguous
 
     # ---- phase 1: prefill ----------------------------------------------------------------------------
     def prefill(self, slots: list[int], prompts: list[list[int]]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,12 +44,12 @@ def wall_seconds(run_dir: Path) -> float | None:
 
 def _policy(name: str, picks: Mapping[str, Mapping[str, Any]], sample_acc: float | None = None,
             wall: float | None = None, note: str = "", spent: Mapping[str, float] | None = None,
-            budget: str | None = None, matched: bool = False) -> dict:
+            equal_tokens: str | None = None) -> dict:
     """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows. spent: response
-    tokens the method spent per item (default: its answer's); budget: the group of rows that spend the same
-    tokens, where `matched` marks the base best-of-k rows the others are compared with."""
+    tokens the method spent per item (default: its answer's); equal_tokens: the method spending as many tokens
+    that it is compared with (power rows: base majority@k)."""
     return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note,
-            "spent": dict(spent) if spent is not None else None, "budget": budget, "matched": matched}
+            "spent": dict(spent) if spent is not None else None, "equal_tokens": equal_tokens}
 
 
 def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
@@ -57,8 +57,19 @@ def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]
     return {pid: float(sum(r["num_tokens"] for r in rs)) for pid, rs in pools.items()}
 
 
-def base_policies(bon_dir: Path) -> tuple[list[dict], dict[str, str], list[str] | None, int]:
-    """Base greedy and base best-of-N (full pool) picks of a bon run, its gold answers, label set and N."""
+class BaseRun(NamedTuple):
+    """What a bon run gives the paired table: base greedy and best-of-N rows, gold answers, label set, N, each
+    item's N samples in index order and the sampling temperature."""
+    policies: list[dict]
+    gold: dict[str, str]
+    labels: list[str] | None
+    n: int
+    pools: dict[str, list[Any]]
+    temperature: float
+
+
+def base_policies(bon_dir: Path) -> BaseRun:
+    """Base greedy and base best-of-N (full pool) picks of a bon run, with what the other rows need of it."""
     conf = _config(bon_dir)
     if conf.get("command") != "bon" or not (bon_dir / "summary.json").exists():
         raise SharpenError(f"{bon_dir} is not a finished bon run: --paired needs the base model's bon run on the "
@@ -76,7 +87,7 @@ def base_policies(bon_dir: Path) -> tuple[list[dict], dict[str, str], list[str] 
         picks = {pid: rs[select(name, rs)] for pid, rs in pools.items()}
         out.append(_policy(f"base {name}@{n} (T={temp:g})", picks, sample_acc, wall_seconds(bon_dir),
                            note=f"{n} responses per prompt", spent=_spent(pools)))
-    return out, gold, labels, n
+    return BaseRun(out, gold, labels, n, pools, temp)
 
 
 def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
@@ -85,7 +96,7 @@ def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
     return int(min(n, max(1, round(tokens / per_sample)))) if per_sample > 0 else n
 
 
-def power_policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
+def power_policies(run_dir: Path, base: BaseRun) -> list[dict]:
     """A power run's draws (one chain's, and its selectors over all n chains), each followed by base best-of-k on
     the bon run's first k samples, k chosen so that the base spends the response tokens the power run spent
     (rejected proposals included; `equal_budget_n`)."""
@@ -98,9 +109,8 @@ def power_policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
     spent = {pid: stats[pid] for pid in pools}
     if not spent:
         raise SharpenError(f"{run_dir} has no power statistics for its draws: finish it with its own command")
-    base_pools, _ = complete_pools(load_jsonl(bon_dir / "samples.jsonl"), n_bon)
-    per_sample = float(np.mean([r["num_tokens"] for rs in base_pools.values() for r in rs])) if base_pools else 0.0
-    temp = read_json(bon_dir / "config.json")["options"].get("temperature")
+    n_bon = base.n
+    per_sample = float(np.mean([r["num_tokens"] for rs in base.pools.values() for r in rs])) if base.pools else 0.0
     name = f"power pi^{power.get('alpha', conf['options'].get('alpha')):g} ({power.get('method', 'mh')})"
     wall = wall_seconds(run_dir)
     acc = float(np.mean([r["correct"] for rs in pools.values() for r in rs]))
@@ -112,22 +122,21 @@ def power_policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
               (f"{n} chains", [(f"{sel}@{n}", {pid: rs[select(sel, rs)] for pid, rs in pools.items()})
                                for sel in BASE_SELECTORS], spent))
     for group, picks, cost in groups:
-        key = f"{name}, {group}"
-        out += [_policy(f"{name}, {what}", ps, acc, wall, note, spent=cost, budget=key) for what, ps in picks]
         budget = float(np.mean(list(cost.values())))
         k = equal_budget_n(budget, per_sample, n_bon)
-        firsts = {pid: rs[:k] for pid, rs in base_pools.items()}
+        firsts = {pid: rs[:k] for pid, rs in base.pools.items()}
         capped = f" (capped: the bon run drew {n_bon})" if per_sample and budget / per_sample > n_bon + 0.5 else ""
-        for sel in BASE_SELECTORS:
-            out.append(_policy(f"base {sel}@{k} (T={temp:g}), tokens of {key}",
-                               {pid: rs[select(sel, rs)] for pid, rs in firsts.items()}, spent=_spent(firsts),
-                               note=f"first {k} of the bon run's samples{capped}", budget=key, matched=True))
+        matched = {sel: f"base {sel}@{k} (T={base.temperature:g}), tokens of {name}, {group}" for sel in BASE_SELECTORS}
+        out += [_policy(f"{name}, {what}", ps, acc, wall, note, spent=cost, equal_tokens=matched["majority"])
+                for what, ps in picks]
+        out += [_policy(m, {pid: rs[select(sel, rs)] for pid, rs in firsts.items()}, spent=_spent(firsts),
+                        note=f"first {k} of the bon run's samples{capped}") for sel, m in matched.items()]
     return out
 
 
-def _policies(run_dir: Path, bon_dir: Path, n_bon: int) -> list[dict]:
+def _policies(run_dir: Path, base: BaseRun) -> list[dict]:
     """The rows a run directory adds: a trained model's greedy answers, or a power run's draws."""
-    return (power_policies(run_dir, bon_dir, n_bon) if _config(run_dir).get("command") == "power" else
+    return (power_policies(run_dir, base) if _config(run_dir).get("command") == "power" else
             [trained_policy(run_dir)])
 
 
@@ -158,8 +167,9 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     """One row per method (base greedy, base best-of-N, each trained run's greedy), over the items all of them
     answered: accuracy with a bootstrap interval, balanced accuracy and answer rate, mean tokens and mean
     log pi_base of the answers, and paired differences with base greedy, the majority label and majority@N."""
-    base, gold, labels, n = base_policies(Path(bon_dir))
-    pols = base + [p for d in run_dirs for p in _policies(Path(d), Path(bon_dir), n)]
+    base = base_policies(Path(bon_dir))
+    gold, labels, n = base.gold, base.labels, base.n
+    pols = base.policies + [p for d in run_dirs for p in _policies(Path(d), base)]
     ids = sorted(set(gold).intersection(*(p["picks"] for p in pols)))
     if not ids:
         raise SharpenError(f"the runs share no held-out item with {bon_dir}: give runs evaluated on its items")
@@ -168,14 +178,10 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     label = label_controls(g, labels=labels)["majority_baseline"]["label"] if labels else None
     always = np.array([float(x == label) for x in g]) if label is not None else None
     correct = {p["method"]: np.array([float(bool(p["picks"][i]["correct"])) for i in ids]) for p in pols}
-    greedy, majority = correct["base greedy"], correct[base[2]["method"]]
+    greedy, majority = correct["base greedy"], correct[base.policies[2]["method"]]
     out = []
     for p in pols:
         c = correct[p["method"]]
-        # The base best-of-k spending the tokens this method spent: its majority pick (power rows only;
-        # `power_policies`).
-        matched = next((q["method"] for q in pols if q["matched"] and q["budget"] == p["budget"]
-                        and q["method"].startswith("base majority")), None) if not p["matched"] else None
         rows = [p["picks"][i] for i in ids]
         lab = policy_label_stats(g, [r.get("answer") for r in rows], labels) if labels else None
         gap = float(majority.mean() - greedy.mean())
@@ -192,7 +198,8 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
             "mean_tokens": float(np.mean([r["num_tokens"] for r in rows])),
             "spent_tokens": float(np.mean([p["spent"][i] if p["spent"] else r["num_tokens"]
                                            for i, r in zip(ids, rows, strict=True)])),
-            "vs_equal_tokens": paired_bootstrap(c, correct[matched], resamples=resamples) if matched else None,
+            "vs_equal_tokens": (paired_bootstrap(c, correct[p["equal_tokens"]], resamples=resamples)
+                                if p["equal_tokens"] else None),
             "mean_logprob_base": finite_mean(logp),
             "sample_accuracy": p["sample_accuracy"], "wall_seconds": p["wall_seconds"], "note": p["note"],
             "label": label, "label_accuracy": float(always.mean()) if always is not None else None,

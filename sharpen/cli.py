@@ -156,7 +156,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="instead: the base model's bon run on the held-out items; writes PREFIX_paired.md, where "
                         "base greedy, base best-of-N and every trained run's greedy answers are compared item by "
                         "item with base greedy, the majority label and base majority@N; power runs also with base "
-                        "best-of-k at the response tokens they spent")
+                        "best-of-k at the response tokens they spent; and PREFIX_paired.png, accuracy against "
+                        "tokens spent beside the base best-of-k curve")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")

@@ -76,6 +76,8 @@ def test_paired_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str
     bon, sft = _bon(tmp_path), _trained(tmp_path, ["True", None, None, None])
     assert main(["compare", str(sft), "--paired", str(bon), "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t_paired.md").exists() and "base majority@3" in capsys.readouterr().out
+    png = (tmp_path / "t_paired.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "(t_paired.png)" in (tmp_path / "t_paired.md").read_text()
     with pytest.raises(SharpenError, match="not a finished bon run"):
         paired_rows(sft, [sft])
     with pytest.raises(SharpenError, match="not a finished sft / dpo / xpo / grpo / power run"):
@@ -126,3 +128,18 @@ def test_equal_budget_n() -> None:
     from sharpen.report.paired import equal_budget_n
 
     assert [equal_budget_n(t, 20.0, 8) for t in (1.0, 29.0, 31.0, 1000.0)] == [1, 1, 2, 8]
+
+
+def test_base_curve_runs_through_the_best_of_n_rows(tmp_path: Path) -> None:
+    from sharpen.report.paired import base_curve, base_policies
+
+    base = base_policies(_bon(tmp_path))
+    curve = base_curve(base, resamples=100)
+    assert [c["k"] for c in curve] == [1, 2, 3] and [c["tokens"] for c in curve] == [3.0, 6.0, 9.0]
+    # k = 1: sample 0 ("True", "True", "True", "False") is right everywhere; k = 3: the full pool's picks.
+    assert curve[0]["majority"]["accuracy"] == 1.0 and curve[0]["logprob"]["accuracy"] == 1.0
+    rows = {r["method"]: r for r in paired_rows(tmp_path / "bon", [], resamples=100)}
+    for sel in ("majority", "logprob"):
+        assert curve[-1][sel]["accuracy"] == rows[f"base {sel}@3 (T=0.7)"]["accuracy"]
+    assert curve[-1]["tokens"] == rows["base majority@3 (T=0.7)"]["spent_tokens"]
+    assert [c["tokens"] for c in base_curve(base, ["q0", "q9"], resamples=50)] == [3.0, 6.0, 9.0]  # q9: unknown

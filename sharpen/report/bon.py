@@ -28,6 +28,7 @@ from .kit import (
     label_lines,
     read_run,
     save_png,
+    tokens_axes,
 )
 
 COLORS = {"logprob": "tab:blue", "logprob_mean": "tab:orange", "majority": "tab:green",
@@ -149,14 +150,7 @@ def plot_accuracy_vs_tokens(summary: Mapping[str, Any]) -> Any:
         ax.errorbar([a["response_tokens_per_prompt"]], [100 * a["accuracy"]],
                     yerr=[[100 * (a["accuracy"] - lo)], [100 * (hi - a["accuracy"])]], fmt="D", color="tab:green",
                     mfc="white", capsize=3, label="majority, adaptive N")
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("response tokens per prompt")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
+    tokens_axes(ax, "response tokens per prompt")
     ax.set_title(f"{_title(summary)}: accuracy vs tokens"
                  + (" (early stopping on)" if summary.get("early_stop") else ""), fontsize=10)
     ax.legend(fontsize=7, ncol=2)

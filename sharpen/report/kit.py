@@ -56,6 +56,18 @@ def figure(width: float = 6.4, height: float = 4.2) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def tokens_axes(ax: Any, xlabel: str) -> None:
+    """Accuracy (%) against response tokens on a log x axis with plain tick labels (the token plots' axes)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+
+
 def save_png(fig: Any, path: Path) -> None:
     # Atomic: a reader never sees a half-written PNG.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

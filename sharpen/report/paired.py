@@ -24,6 +24,7 @@ from ..rows import complete_pools, finite_mean
 from ..runs import atomic_write_text, load_jsonl, read_json
 from ..selection import select
 from ..stats import bootstrap_ci, label_controls, paired_bootstrap, policy_label_stats
+from .kit import figure, save_png, tokens_axes
 
 TRAINED = ("sft", "dpo", "xpo", "grpo")
 BASE_SELECTORS = ("logprob", "majority")
@@ -44,12 +45,13 @@ def wall_seconds(run_dir: Path) -> float | None:
 
 def _policy(name: str, picks: Mapping[str, Mapping[str, Any]], sample_acc: float | None = None,
             wall: float | None = None, note: str = "", spent: Mapping[str, float] | None = None,
-            equal_tokens: str | None = None) -> dict:
+            equal_tokens: str | None = None, kind: str = "base") -> dict:
     """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows. spent: response
     tokens the method spent per item (default: its answer's); equal_tokens: the method spending as many tokens
-    that it is compared with (power rows: base majority@k)."""
+    that it is compared with (power rows: base majority@k); kind: base, equal (base best-of-k at another row's
+    tokens), trained or power."""
     return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note,
-            "spent": dict(spent) if spent is not None else None, "equal_tokens": equal_tokens}
+            "spent": dict(spent) if spent is not None else None, "equal_tokens": equal_tokens, "kind": kind}
 
 
 def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
@@ -59,13 +61,14 @@ def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]
 
 class BaseRun(NamedTuple):
     """What a bon run gives the paired table: base greedy and best-of-N rows, gold answers, label set, N, each
-    item's N samples in index order and the sampling temperature."""
+    item's N samples in index order, the sampling temperature and the run's directory."""
     policies: list[dict]
     gold: dict[str, str]
     labels: list[str] | None
     n: int
     pools: dict[str, list[Any]]
     temperature: float
+    path: Path
 
 
 def base_policies(bon_dir: Path) -> BaseRun:
@@ -87,7 +90,7 @@ def base_policies(bon_dir: Path) -> BaseRun:
         picks = {pid: rs[select(name, rs)] for pid, rs in pools.items()}
         out.append(_policy(f"base {name}@{n} (T={temp:g})", picks, sample_acc, wall_seconds(bon_dir),
                            note=f"{n} responses per prompt", spent=_spent(pools)))
-    return BaseRun(out, gold, labels, n, pools, temp)
+    return BaseRun(out, gold, labels, n, pools, temp, bon_dir)
 
 
 def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
@@ -127,10 +130,10 @@ def power_policies(run_dir: Path, base: BaseRun) -> list[dict]:
         firsts = {pid: rs[:k] for pid, rs in base.pools.items()}
         capped = f" (capped: the bon run drew {n_bon})" if per_sample and budget / per_sample > n_bon + 0.5 else ""
         matched = {sel: f"base {sel}@{k} (T={base.temperature:g}), tokens of {name}, {group}" for sel in BASE_SELECTORS}
-        out += [_policy(f"{name}, {what}", ps, acc, wall, note, spent=cost, equal_tokens=matched["majority"])
-                for what, ps in picks]
+        out += [_policy(f"{name}, {what}", ps, acc, wall, note, spent=cost, equal_tokens=matched["majority"],
+                        kind="power") for what, ps in picks]
         out += [_policy(m, {pid: rs[select(sel, rs)] for pid, rs in firsts.items()}, spent=_spent(firsts),
-                        note=f"first {k} of the bon run's samples{capped}") for sel, m in matched.items()]
+                        note=f"first {k} of the bon run's samples{capped}", kind="equal") for sel, m in matched.items()]
     return out
 
 
@@ -160,19 +163,23 @@ def trained_policy(run_dir: Path) -> dict:
     name = f"{command} ({reward}" + (f", beta={beta:.3g}" if beta is not None and command != "sft" else "") + ")"
     stopped = (s.get("guards") or {}).get("stopped")
     note = kept + (f"; guard stopped: {(s.get('guards') or {}).get('reason')}" if stopped else "")
-    return _policy(name, picks, float(np.mean(samples)) if samples else None, wall_seconds(run_dir), note)
+    return _policy(name, picks, float(np.mean(samples)) if samples else None, wall_seconds(run_dir), note,
+                   kind="trained")
 
 
 def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: int = 2000) -> list[dict]:
     """One row per method (base greedy, base best-of-N, each trained run's greedy), over the items all of them
     answered: accuracy with a bootstrap interval, balanced accuracy and answer rate, mean tokens and mean
     log pi_base of the answers, and paired differences with base greedy, the majority label and majority@N."""
-    base = base_policies(Path(bon_dir))
+    return _paired_rows(base_policies(Path(bon_dir)), run_dirs, resamples)
+
+
+def _paired_rows(base: BaseRun, run_dirs: Sequence[str | Path], resamples: int) -> list[dict]:
     gold, labels, n = base.gold, base.labels, base.n
     pols = base.policies + [p for d in run_dirs for p in _policies(Path(d), base)]
     ids = sorted(set(gold).intersection(*(p["picks"] for p in pols)))
     if not ids:
-        raise SharpenError(f"the runs share no held-out item with {bon_dir}: give runs evaluated on its items")
+        raise SharpenError(f"the runs share no held-out item with {base.path}: give runs evaluated on its items")
     g = [gold[i] for i in ids]
     # The majority label as the label controls pick it (ties: the label listed first).
     label = label_controls(g, labels=labels)["majority_baseline"]["label"] if labels else None
@@ -203,9 +210,60 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
             "mean_logprob_base": finite_mean(logp),
             "sample_accuracy": p["sample_accuracy"], "wall_seconds": p["wall_seconds"], "note": p["note"],
             "label": label, "label_accuracy": float(always.mean()) if always is not None else None,
-            "n": n,
+            "n": n, "kind": p["kind"], "ids": ids,
         })
     return out
+
+
+def base_curve(base: BaseRun, ids: Sequence[str] | None = None, resamples: int = 2000) -> list[dict]:
+    """Base best-of-k on the bon run's first k samples for k = 1..N, over the items `ids` (default: all): response
+    tokens per item and each selector's accuracy with its 95% bootstrap interval. The curve power and trained
+    rows are read against."""
+    ids = sorted(base.pools) if ids is None else [i for i in ids if i in base.pools]
+    out = []
+    for k in range(1, base.n + 1):
+        firsts = [base.pools[i][:k] for i in ids]
+        row: dict[str, Any] = {"k": k, "tokens": float(np.mean([sum(r["num_tokens"] for r in rs) for rs in firsts]))}
+        for sel in BASE_SELECTORS:
+            c = np.array([float(bool(rs[select(sel, rs)]["correct"])) for rs in firsts])
+            row[sel] = {"accuracy": float(c.mean()), "accuracy_ci": bootstrap_ci(c, resamples=resamples)}
+        out.append(row)
+    return out
+
+
+def plot_paired(rows: Sequence[Mapping[str, Any]], curve: Sequence[Mapping[str, Any]]) -> Any:
+    """Accuracy against response tokens spent per item: base best-of-k for every k (majority with its 95% band),
+    base greedy, each trained model's greedy answers and each power row, with their intervals, and the majority
+    label as a line. What lies above the base majority curve at its own tokens beats Best-of-N at equal cost."""
+    fig = figure(7.2, 4.6)
+    ax = fig.add_subplot()
+    xs = [c["tokens"] for c in curve]
+    for sel, color in (("majority", "tab:blue"), ("logprob", "tab:orange")):
+        ax.plot(xs, [100 * c[sel]["accuracy"] for c in curve], marker=".", color=color, lw=1,
+                label=f"base {sel}@k, k = 1..{len(curve)}")
+        if sel == "majority" and all(c[sel]["accuracy_ci"] for c in curve):
+            ax.fill_between(xs, [100 * c[sel]["accuracy_ci"][0] for c in curve],
+                            [100 * c[sel]["accuracy_ci"][1] for c in curve], color=color, alpha=0.12)
+    shown = [r for r in rows if r["kind"] in ("trained", "power") or r["method"] == "base greedy"]
+    markers = {"trained": "s", "power": "D", "base": "*"}
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors  # distinct colours for up to 20 rows, none of them the curves' two
+    colors = [c for j, c in enumerate(colors) if j not in (0, 2)]
+    for i, r in enumerate(shown):
+        lo, hi = r["accuracy_ci"] or (r["accuracy"], r["accuracy"])
+        ax.errorbar([r["spent_tokens"]], [100 * r["accuracy"]],
+                    yerr=[[100 * (r["accuracy"] - lo)], [100 * (hi - r["accuracy"])]], fmt=markers[r["kind"]],
+                    ms=9 if r["kind"] == "base" else 5, capsize=2,
+                    color="black" if r["kind"] == "base" else colors[i % len(colors)], label=r["method"],
+                    zorder=3 if r["kind"] == "base" else 2)
+    if rows and rows[0]["label"] is not None:
+        ax.axhline(100 * rows[0]["label_accuracy"], color="gray", ls="--", lw=1,
+                   label=f"always \"{rows[0]['label']}\"")
+    tokens_axes(ax, "response tokens spent per item (log scale)")
+    ax.set_title(f"{rows[0]['items'] if rows else 0} held-out items: accuracy vs tokens (95% intervals)", fontsize=10)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
 
 
 def _pct(x: float | None) -> str:
@@ -223,8 +281,8 @@ def _time(s: float | None) -> str:
     return "" if s is None else f"{s / 60:.1f} min"
 
 
-def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table of `paired_rows`, with the legend it needs to be read alone."""
+def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None) -> str:
+    """The Markdown table of `paired_rows`, with the legend it needs to be read alone (and the plot's link)."""
     if not rows:
         return ""
     r0 = rows[0]
@@ -256,17 +314,20 @@ def render_paired(rows: Sequence[Mapping[str, Any]]) -> str:
               "best-of-k on the bon run's first k samples, k set so that they spend the same tokens; the equal-"
               "tokens column is the paired difference with that base majority@k. Wall time: the run's own (trained "
               "rows include their evaluations; base best-of-N: the bon run).")
-    return "\n".join([*head, *body, "", legend]) + "\n"
+    plot = ["", f"![accuracy vs tokens spent]({png_name})"] if png_name else []
+    return "\n".join([*head, *body, "", legend, *plot]) + "\n"
 
 
 
 def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], prefix: str | Path = "compare") -> Path:
-    """Write PREFIX_paired.md; returns its path."""
-    path = Path(f"{prefix}_paired.md")
-    text = render_paired(paired_rows(bon_dir, run_dirs))
+    """Write PREFIX_paired.md and PREFIX_paired.png (accuracy vs tokens spent); returns the Markdown's path."""
+    path, png = Path(f"{prefix}_paired.md"), Path(f"{prefix}_paired.png")
+    base = base_policies(Path(bon_dir))
+    rows = _paired_rows(base, run_dirs, 2000)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SharpenError(f"cannot create {path.parent} ({e.strerror}): choose another --out") from e
-    atomic_write_text(path, text)
+    save_png(plot_paired(rows, base_curve(base, rows[0]["ids"] if rows else None)), png)
+    atomic_write_text(path, render_paired(rows, png.name))
     return path

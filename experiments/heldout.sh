@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The README's held-out table for one setting, end to end: the base pool and the base best-of-N, then SFT, DPO,
+# XPO and GRPO with the paper's `logprob` reward and with `vote`, then `sharpen compare --paired`.
+#
+#   experiments/heldout.sh TASK TEMPERATURE MAX_NEW_TOKENS OUT [more sharpen options, e.g. --model F.gguf --chat]
+#
+# JOBS=2 (default) runs two queues side by side, each with one torch thread per core it owns; re-running the
+# script resumes every unfinished run (each stage resumes on its own). The base model's evaluation rows are the
+# same in every trained run (same model, items, seed and options), so the first trained run computes them and
+# the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
+set -euo pipefail
+if [ $# -lt 4 ]; then
+  echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2
+  exit 2
+fi
+TASK=$1 T=$2 M=$3 OUT=$4
+shift 4
+EXTRA=("$@")
+JOBS=${JOBS:-2} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-128} N=${N:-8} EVAL_SAMPLES=${EVAL_SAMPLES:-2}
+SHARPEN=${SHARPEN:-sharpen}
+THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
+export OMP_NUM_THREADS=$THREADS
+mkdir -p "$OUT/.locks" "$OUT/logs"
+
+B=(--task "$TASK" --max-new-tokens "$M" "${EXTRA[@]}")
+C=("${B[@]}" --train-limit "$TRAIN" --val-limit "$VAL" --eval-limit "$EVAL" --eval-samples "$EVAL_SAMPLES")
+P=(--from-run "$OUT/pool" --temperature "$T" --n "$N")
+X=(--from-run "$OUT/pool" --temperature "$T" --beta auto --rounds 2 --pairs 2 --batch-size 4 --max-steps 16)
+G=(--group "$N" --batch-size 4 --max-steps 16 --eval-every 8)
+
+# name | what it waits for | command (the run directory is $OUT/name)
+job() {
+  case $1 in
+    pool) $SHARPEN bon "${B[@]}" --split train --limit "$TRAIN" --n "$N" --seeds 1 --temperature "$T" --out "$OUT/pool" ;;
+    bon) $SHARPEN bon "${B[@]}" --limit "$EVAL" --n "$N" --seeds 10 --temperature "$T" --out "$OUT/bon" ;;
+    sft-vote) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --epochs 1 --eval-every 8 --out "$OUT/sft-vote" ;;
+    sft-logprob) $SHARPEN sft "${C[@]}" "${P[@]}" --reward logprob --epochs 1 --eval-every 8 --out "$OUT/sft-logprob" ;;
+    dpo-vote) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward vote --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-vote" ;;
+    dpo-logprob) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward logprob --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-logprob" ;;
+    grpo-vote) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward vote --out "$OUT/grpo-vote" ;;
+    grpo-logprob) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward logprob --out "$OUT/grpo-logprob" ;;
+    xpo-vote) $SHARPEN xpo "${C[@]}" "${X[@]}" --reward vote --out "$OUT/xpo-vote" ;;
+    xpo-logprob) $SHARPEN xpo "${C[@]}" "${X[@]}" --reward logprob --out "$OUT/xpo-logprob" ;;
+  esac
+}
+ALL=(pool bon sft-vote grpo-vote sft-logprob dpo-vote grpo-logprob dpo-logprob xpo-vote xpo-logprob)
+
+done_() { [ -f "$OUT/$1/summary.json" ]; }
+lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
+# The first trained run's base evaluation is complete: greedy + samples for every validation and evaluation item.
+base_ready() {
+  local d=$OUT/sft-vote per=$(( 1 + EVAL_SAMPLES ))
+  [ "$(lines "$d/eval_base.jsonl")" -ge $(( EVAL * per )) ] && [ "$(lines "$d/val_base.jsonl")" -ge $(( VAL * per )) ]
+}
+ready() {
+  case $1 in
+    pool|bon) true ;;
+    sft-vote) done_ pool ;;
+    grpo-*) base_ready ;;
+    *) done_ pool && base_ready ;;
+  esac
+}
+share() {  # start from the first trained run's base evaluation rows (a run resumes from such files)
+  [ "$1" = sft-vote ] && return 0
+  case $1 in pool|bon) return 0 ;; esac
+  mkdir -p "$OUT/$1"
+  for f in eval_base.jsonl val_base.jsonl; do [ -f "$OUT/$1/$f" ] || cp "$OUT/sft-vote/$f" "$OUT/$1/$f"; done
+}
+
+worker() {
+  while :; do
+    local left=0 ran=0
+    for j in "${ALL[@]}"; do
+      done_ "$j" && continue
+      left=1
+      ready "$j" || continue
+      mkdir "$OUT/.locks/$j" 2>/dev/null || continue
+      share "$j"
+      echo "$(date -u +%FT%TZ) start $j (worker $1)" >> "$OUT/logs/queue.log"
+      if job "$j" > "$OUT/logs/$j.log" 2>&1; then
+        echo "$(date -u +%FT%TZ) done $j" >> "$OUT/logs/queue.log"
+      else
+        echo "$(date -u +%FT%TZ) FAILED $j (see $OUT/logs/$j.log)" >> "$OUT/logs/queue.log"
+        touch "$OUT/.locks/$j/failed"
+        continue
+      fi
+      rmdir "$OUT/.locks/$j" 2>/dev/null || true
+      ran=1
+    done
+    [ $left = 0 ] && return 0
+    # Stop when every unfinished job is failed or held by another queue and nothing can start.
+    if [ $ran = 0 ]; then
+      for f in pool sft-vote; do [ -e "$OUT/.locks/$f/failed" ] && return 1; done  # the rest needs them
+      local waiting=0
+      for j in "${ALL[@]}"; do
+        done_ "$j" || [ -e "$OUT/.locks/$j/failed" ] || waiting=1
+      done
+      [ $waiting = 0 ] && return 1
+      sleep 30
+    fi
+  done
+}
+
+rm -rf "$OUT/.locks"/*  # locks of a killed earlier invocation: its runs resume
+pids=()
+for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+$SHARPEN compare "$OUT"/sft-vote "$OUT"/sft-logprob "$OUT"/dpo-vote "$OUT"/dpo-logprob "$OUT"/xpo-vote \
+  "$OUT"/xpo-logprob "$OUT"/grpo-vote "$OUT"/grpo-logprob --paired "$OUT/bon" --out "$OUT/table" || status=$?
+exit $status

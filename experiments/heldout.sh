@@ -28,7 +28,7 @@ P=(--from-run "$OUT/pool" --temperature "$T" --n "$N")
 X=(--from-run "$OUT/pool" --temperature "$T" --beta auto --rounds 2 --pairs 2 --batch-size 4 --max-steps 16)
 G=(--group "$N" --batch-size 4 --max-steps 16 --eval-every 8)
 
-# name | what it waits for | command (the run directory is $OUT/name)
+# The command of each run; its directory is $OUT/NAME (`ready` below says what each waits for).
 job() {
   case $1 in
     pool) $SHARPEN bon "${B[@]}" --split train --limit "$TRAIN" --n "$N" --seeds 1 --temperature "$T" --out "$OUT/pool" ;;
@@ -61,8 +61,7 @@ ready() {
   esac
 }
 share() {  # start from the first trained run's base evaluation rows (a run resumes from such files)
-  [ "$1" = sft-vote ] && return 0
-  case $1 in pool|bon) return 0 ;; esac
+  case $1 in pool|bon|sft-vote) return 0 ;; esac
   mkdir -p "$OUT/$1"
   for f in eval_base.jsonl val_base.jsonl; do [ -f "$OUT/$1/$f" ] || cp "$OUT/sft-vote/$f" "$OUT/$1/$f"; done
 }

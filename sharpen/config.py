@@ -40,6 +40,8 @@ class RunConfig:
     out: str | None = opt("runs/run", "run directory (re-running the same command resumes it)")
     data_dir: str | None = opt(None, "benchmark data directory (default: $SHARPEN_DATA_DIR, else the hub)")
     subject: str | None = opt(None, "MMLU subject(s), comma separated (default: the paper's three college ones)")
+    level: str | None = opt(None, "arith difficulty: a preset 1-4 or a template like 'aa*b-cc' (letter runs are "
+                                  "operands of that many digits; default: 1)")
     max_new_tokens: int = opt(512, "maximum response tokens; longer responses are cut and flagged")
     chat: bool = opt(False, "wrap prompts in the model's chat template (default: raw completion prompt)")
     device: str = opt("auto", "cpu, cuda, cuda:1 or auto")
@@ -53,8 +55,8 @@ class RunConfig:
                                   "(default: about 1024 responses per call, enough to keep every row busy)")
 
     # Options that change results: a run directory refuses to resume with other values for them.
-    IDENTITY = ("task", "model", "subject", "max_new_tokens", "chat", "dtype", "sample_dtype", "exact_logprobs",
-                "chunk")
+    IDENTITY = ("task", "model", "subject", "level", "max_new_tokens", "chat", "dtype", "sample_dtype",
+                "exact_logprobs", "chunk")
     # Integer options that must be at least 1 when given (None means "all" or "auto").
     POSITIVE = ("max_new_tokens", "chunk")
 
@@ -75,7 +77,7 @@ class RunConfig:
     @property
     def task_options(self) -> dict[str, Any]:
         """Keyword options of `load_task` beyond name, data dir, split and limit."""
-        return {"subject": self.subject} if self.subject else {}
+        return {k: v for k, v in (("subject", self.subject), ("level", self.level)) if v}
 
 
 def _check_temperature(t: float, positive: bool) -> None:
@@ -91,7 +93,8 @@ ADAPTIVE = ("off", "majority", "appd")
 class BonConfig(RunConfig):
     out: str | None = opt("runs/bon", "run directory (re-running the same command resumes it)")
     limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
-    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts (used by sft)")
+    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts (used by sft); "
+                             "validation: arith's validation items")
     n: int = opt(50, "samples per prompt (the paper: 50)")
     seeds: int = opt(10, "subsampling seeds for accuracy at each N (the paper: 10)")
     seed: int = opt(0, "sampling seed: samples depend only on (seed, prompt id, sample index)")
@@ -439,7 +442,7 @@ class PowerConfig(RunConfig):
     """`sharpen power`: draws from pi^alpha by MCMC (mh) or sequential Monte Carlo (smc), in the bon format."""
     out: str | None = opt("runs/power", "run directory (re-running the same command resumes it)")
     limit: int | None = opt(None, "evaluate the first LIMIT items of the paper's subset (default: all of it)")
-    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts")
+    split: str = opt("test", "test: the paper's evaluation subset; train: training prompts; validation: arith's")
     alpha: float = opt(4.0, "the power: draws target pi^alpha, the RLHF-sharpening optimum of beta = 1/(alpha - 1)")
     method: str = opt("mh", "mh: block-wise Metropolis-Hastings with suffix resampling (Karan & Du 2025); smc: "
                             "sequential Monte Carlo with resampling (Power-SMC)")
@@ -474,7 +477,8 @@ class PowerConfig(RunConfig):
     def bon_config(self) -> BonConfig:
         """The bon options of the run directory's samples: its layout, the selectors, the summary."""
         return BonConfig(task=self.task, model=self.model, out=self.out, data_dir=self.data_dir, subject=self.subject,
-                         max_new_tokens=self.max_new_tokens, chat=self.chat, device=self.device, dtype=self.dtype,
+                         level=self.level, max_new_tokens=self.max_new_tokens, chat=self.chat, device=self.device,
+                         dtype=self.dtype,
                          sample_dtype=self.sample_dtype, exact_logprobs=self.exact_logprobs, chunk=self.chunk,
                          limit=self.limit, split=self.split, n=self.n, seeds=self.seeds, seed=self.seed,
                          temperature=self.proposal_temperature or 1.0 / self.alpha, confidence=False)

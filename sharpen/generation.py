@@ -30,7 +30,7 @@ from .progress import bar
 from .rows import complete_pools, group_by_prompt, sample_rows
 from .scaleout import RayChunks
 from .selection import appd_decided, majority_decided
-from .tasks import load_task
+from .tasks import VALIDATION, load_task
 
 # Responses per engine call when --chunk is not given. Rows that finish are refilled only from the samples of the
 # same call, so a call needs many more pending responses than decode rows (up to 256) or its tail runs nearly empty.
@@ -338,11 +338,12 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
     Writes DIR/sampling.json, with the overlap of the training prompts with the evaluated ones."""
     if cfg.from_run:
         bon_dir = Path(cfg.from_run)
-        options = runs.check_source_run(bon_dir, "bon", {"task": cfg.task, "model": cfg.model, "chat": cfg.chat}, n,
-                                        temperature=require_temperature)
+        match = {"task": cfg.task, "model": cfg.model, "chat": cfg.chat, "level": cfg.level}
+        options = runs.check_source_run(bon_dir, "bon", match, n, temperature=require_temperature)
     else:
         bon = BonConfig(task=cfg.task, model=cfg.model, out=str(out / "bon"), data_dir=cfg.data_dir,
-                        subject=cfg.subject, limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
+                        subject=cfg.subject, level=cfg.level,
+                        limit=cfg.eval_limit if cfg.train_on_eval else cfg.train_limit,
                         n=n, seed=seed, max_new_tokens=cfg.max_new_tokens, temperature=temperature, chat=cfg.chat,
                         device=cfg.device, dtype=cfg.dtype, sample_dtype=cfg.sample_dtype,
                         exact_logprobs=cfg.exact_logprobs, chunk=cfg.chunk, workers=cfg.workers,
@@ -375,18 +376,20 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
 def validation_split(cfg: AmortizedConfig, train_prompts: Sequence[dict], eval_items: Sequence[Any]
                      ) -> tuple[Any, list[Any], dict[str, Any]]:
     """The validation prompts of a training stage, on which checkpoints (SFT) or iterates (DPO, XPO) are chosen:
-    the first cfg.val_limit items of the task's train split that are neither training nor evaluated prompts
-    (the training prompts are the first items of that split, so these come after them). Returns the task (to
-    grade them), the items and what summary.json records about them."""
-    skip = 0 if cfg.train_on_eval else len(train_prompts)
-    task = load_task(cfg.task, data_dir=cfg.data_dir, split="train", limit=skip + cfg.val_limit, **cfg.task_options)
+    the first cfg.val_limit items of the task's own validation split where it has one (arith), else the first items
+    of its train split that are neither training nor evaluated prompts (the training prompts are the first items of
+    that split, so these come after them). Returns the task (to grade them), the items and what summary.json
+    records about them."""
+    split = "validation" if cfg.task in VALIDATION else "train"
+    skip = 0 if cfg.train_on_eval or split == "validation" else len(train_prompts)
+    task = load_task(cfg.task, data_dir=cfg.data_dir, split=split, limit=skip + cfg.val_limit, **cfg.task_options)
     train_text, eval_text = {p["prompt"] for p in train_prompts}, {it.prompt for it in eval_items}
     items = [it for it in task.items if it.prompt not in train_text and it.prompt not in eval_text][:cfg.val_limit]
     if not items:
         raise SharpenError(f"no validation prompt left in the train split of {cfg.task}: lower --train-limit or "
                            "raise --val-limit")
     texts = {it.prompt for it in items}
-    info = {"split": "train", "num_prompts": len(items), "overlap_with_eval": len(texts & eval_text),
+    info = {"split": split, "num_prompts": len(items), "overlap_with_eval": len(texts & eval_text),
             "overlap_with_train": len(texts & train_text)}
     return task, items, info
 

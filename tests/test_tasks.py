@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sharpen.errors import SharpenError
-from sharpen.tasks import TASKS, load_task, prontoqa_gen
+from sharpen.tasks import TASKS, VALIDATION, load_task, prontoqa_gen
 from sharpen.tasks.data import ENV_VAR
 
 DATA = os.environ.get(ENV_VAR)
@@ -28,8 +28,8 @@ def no_data(monkeypatch):
 
 
 def test_task_names_and_unknown_task():
-    assert TASKS == ("gsm8k", "math", "prontoqa", "mmlu", "game24")
-    with pytest.raises(SharpenError, match="gsm8k, math, prontoqa, mmlu, game24"):
+    assert TASKS == ("gsm8k", "math", "prontoqa", "mmlu", "game24", "arith")
+    with pytest.raises(SharpenError, match="gsm8k, math, prontoqa, mmlu, game24, arith"):
         load_task("gsm9k")
 
 
@@ -94,7 +94,7 @@ def test_unknown_subject_lists_the_choices():
 @pytest.mark.parametrize("name", TASKS)
 def test_bad_split_option_and_limit(name):
     with pytest.raises(SharpenError, match="unknown split"):
-        load_task(name, split="validation")
+        load_task(name, split="dev" if name in VALIDATION else "validation")
     with pytest.raises(SharpenError, match="unknown option"):
         load_task(name, temperature=1.0)
     with pytest.raises(SharpenError, match="limit"):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import sharpen
 from sharpen.tasks import Item, mathcheck
+from sharpen.tasks.arith import Arith
 from sharpen.tasks.game24 import Game24, evaluate
 from sharpen.tasks.gsm8k import GSM8K
 from sharpen.tasks.hendrycks_math import MATH
@@ -22,7 +23,7 @@ from sharpen.tasks.mmlu import MMLU
 from sharpen.tasks.prontoqa import ProntoQA
 
 TASKS = [(GSM8K([]), "18"), (MATH([]), "4"), (ProntoQA([]), "True"), (MMLU([], ()), "B"),
-         (Game24([]), "4 9 10 13")]
+         (Game24([]), "4 9 10 13"), (Arith([]), "18")]
 DEEP = 100_000
 MB = 1_000_000
 HOSTILE = {

@@ -386,7 +386,7 @@ def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
     """The task whose items the training prompts are (to grade the policy's samples)."""
     return load_task(cfg.task, data_dir=bon_opts.get("data_dir") or cfg.data_dir,
                      split=bon_opts.get("split", "test"), limit=bon_opts.get("limit"),
-                     **({"subject": bon_opts["subject"]} if bon_opts.get("subject") else {}))
+                     **{k: bon_opts[k] for k in ("subject", "level") if bon_opts.get(k)})
 
 
 def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:

@@ -9,11 +9,14 @@ from ..errors import SharpenError
 from .base import Item, Task
 from .data import take
 
-__all__ = ["TASKS", "Item", "Task", "load_task"]
+__all__ = ["TASKS", "VALIDATION", "Item", "Task", "load_task"]
 
 # task name -> module; each module has `load(data_dir, split, limit, **options) -> Task`
-_MODULES = {"gsm8k": "gsm8k", "math": "hendrycks_math", "prontoqa": "prontoqa", "mmlu": "mmlu", "game24": "game24"}
+_MODULES = {"gsm8k": "gsm8k", "math": "hendrycks_math", "prontoqa": "prontoqa", "mmlu": "mmlu", "game24": "game24",
+            "arith": "arith"}
 TASKS = tuple(_MODULES)
+# Tasks with a validation split of their own (a disjoint generator); the others' validation prompts are train items.
+VALIDATION = ("arith",)
 
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None, split: str = "test", limit: int | None = None,
@@ -23,7 +26,8 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, split: str =
     `data_dir` (else $SHARPEN_DATA_DIR) holds the benchmark files; without one, GSM8K, MATH and MMLU are
     downloaded from the Hugging Face hub (needs `datasets`), ProntoQA items are generated and Game of 24
     puzzles enumerated. `limit` keeps the first `limit` items. Options: mmlu `subject` (a name or a
-    comma-separated list), prontoqa `hops` and `seed` (generated items only).
+    comma-separated list), prontoqa `hops` and `seed` (generated items only),
+    arith `level` (a preset or a template) and `seed`; arith also has split="validation".
     """
     if name not in _MODULES:
         raise SharpenError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")

@@ -50,6 +50,9 @@ def _trained(tmp: Path, answers: list[str | None]) -> Path:
     rows = [{**_row(i, a, -9.0), "kind": "greedy", "logprob_base": -3.0} for i, a in enumerate(answers)]
     rows += [{**_row(i, "True", -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
     _jsonl(d / "eval_sharpened.jsonl", rows)
+    # the base model's own evaluation samples: right on items 0 and 1 only (no answer on 2 and 3)
+    _jsonl(d / "eval_base.jsonl", [{**_row(i, "True" if i < 2 else None, -9.0, index=0), "kind": "sample"}
+                                   for i in range(4)])
     return d
 
 
@@ -67,6 +70,8 @@ def test_paired_rows_hand_values(tmp_path: Path) -> None:
     assert t["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
     assert t["mean_logprob_base"] == -3.0 and g["mean_logprob_base"] == -1.5
     assert t["sample_accuracy"] == 0.75 and t["note"] == "step 16" and t["wall_seconds"] is None
+    # per item, trained samples ("True") right on 0, 1, 2 against base samples right on 0, 1
+    assert t["sample_vs_base"]["diff"] == pytest.approx(0.25) and g["sample_vs_base"] is None
     assert lp["wall_seconds"] == 90.0 and t["label"] == "True" and t["label_accuracy"] == 0.75
     md = render_paired(list(rows.values()))
     assert "| sft (vote) | 75.0 [" in md and "always answering \"True\"" in md and "67%" in md

@@ -45,13 +45,25 @@ def wall_seconds(run_dir: Path) -> float | None:
 
 def _policy(name: str, picks: Mapping[str, Mapping[str, Any]], sample_acc: float | None = None,
             wall: float | None = None, note: str = "", spent: Mapping[str, float] | None = None,
-            equal_tokens: str | None = None, kind: str = "base") -> dict:
+            equal_tokens: str | None = None, kind: str = "base",
+            item_samples: tuple[Mapping[str, float], Mapping[str, float]] | None = None) -> dict:
     """A method's per-item picks (prompt id -> row) with the numbers every row of the table shows. spent: response
     tokens the method spent per item (default: its answer's); equal_tokens: the method spending as many tokens
     that it is compared with (power rows: base majority@k); kind: base, equal (base best-of-k at another row's
-    tokens), trained or power."""
+    tokens), trained or power; item_samples: (this model's, the base model's) per-item accuracy of their
+    temperature-1 evaluation samples (trained rows), for the paired sample-accuracy difference."""
     return {"method": name, "picks": dict(picks), "sample_accuracy": sample_acc, "wall_seconds": wall, "note": note,
-            "spent": dict(spent) if spent is not None else None, "equal_tokens": equal_tokens, "kind": kind}
+            "spent": dict(spent) if spent is not None else None, "equal_tokens": equal_tokens, "kind": kind,
+            "item_samples": item_samples}
+
+
+def item_sample_accuracy(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per prompt id, the mean correctness of its evaluation rows of kind "sample"."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("kind") == "sample":
+            by.setdefault(str(r["prompt_id"]), []).append(float(bool(r["correct"])))
+    return {pid: float(np.mean(v)) for pid, v in by.items()}
 
 
 def _spent(pools: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, float]:
@@ -163,8 +175,11 @@ def trained_policy(run_dir: Path) -> dict:
     name = f"{command} ({reward}" + (f", beta={beta:.3g}" if beta is not None and command != "sft" else "") + ")"
     stopped = (s.get("guards") or {}).get("stopped")
     note = kept + (f"; guard stopped: {(s.get('guards') or {}).get('reason')}" if stopped else "")
+    base_path = run_dir / "eval_base.jsonl"
+    mine = item_sample_accuracy(rows)
+    base = item_sample_accuracy(load_jsonl(base_path)) if base_path.exists() else {}
     return _policy(name, picks, float(np.mean(samples)) if samples else None, wall_seconds(run_dir), note,
-                   kind="trained")
+                   kind="trained", item_samples=(mine, base) if mine and base else None)
 
 
 def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: int = 2000) -> list[dict]:
@@ -208,11 +223,22 @@ def _paired_rows(base: BaseRun, run_dirs: Sequence[str | Path], resamples: int) 
             "vs_equal_tokens": (paired_bootstrap(c, correct[p["equal_tokens"]], resamples=resamples)
                                 if p["equal_tokens"] else None),
             "mean_logprob_base": finite_mean(logp),
-            "sample_accuracy": p["sample_accuracy"], "wall_seconds": p["wall_seconds"], "note": p["note"],
+            "sample_accuracy": p["sample_accuracy"], "sample_vs_base": _sample_diff(p, ids, resamples),
+            "wall_seconds": p["wall_seconds"], "note": p["note"],
             "label": label, "label_accuracy": float(always.mean()) if always is not None else None,
             "n": n, "kind": p["kind"], "ids": ids,
         })
     return out
+
+
+def _sample_diff(p: Mapping[str, Any], ids: Sequence[str], resamples: int) -> dict | None:
+    """Paired difference of a trained model's per-item sample accuracy with its base's (same items, both at
+    temperature 1, from the run's own before/after evaluation); None for rows without evaluation samples."""
+    if not p.get("item_samples"):
+        return None
+    mine, base = p["item_samples"]
+    common = [i for i in ids if i in mine and i in base]
+    return paired_bootstrap([mine[i] for i in common], [base[i] for i in common], resamples=resamples)
 
 
 def base_curve(base: BaseRun, ids: Sequence[str] | None = None, resamples: int = 2000) -> list[dict]:
@@ -289,9 +315,9 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
     lab = (f"always answering \"{r0['label']}\" (the most common gold label) scores {_pct(r0['label_accuracy'])}%"
            if r0["label"] is not None else "answers are open: no label baseline")
     head = ["| method | accuracy % | vs base greedy | vs majority label | vs base majority@N | gap closed | "
-            "balanced acc. % | answer rate % | sample acc. % | tokens | tokens spent | vs base majority at equal "
-            "tokens | mean log pi_base | wall time | kept |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "balanced acc. % | answer rate % | sample acc. % | sample acc. vs base | tokens | tokens spent | "
+            "vs base majority at equal tokens | mean log pi_base | wall time | kept |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     body = []
     for r in rows:
         lo, hi = r["accuracy_ci"]
@@ -299,7 +325,8 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
         lp = r["mean_logprob_base"]
         body.append(f"| {r['method']} | {_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {_diff(r['vs_greedy'])} | "
                     f"{_diff(r['vs_label'])} | {_diff(r['vs_majority'])} | {gap} | {_pct(r['balanced_accuracy'])} | "
-                    f"{_pct(r['answer_rate'])} | {_pct(r['sample_accuracy'])} | {r['mean_tokens']:.1f} | "
+                    f"{_pct(r['answer_rate'])} | {_pct(r['sample_accuracy'])} | {_diff(r['sample_vs_base'])} | "
+                    f"{r['mean_tokens']:.1f} | "
                     f"{r['spent_tokens']:.1f} | {_diff(r['vs_equal_tokens']) if r['vs_equal_tokens'] else ''} | "
                     f"{'n/a' if lp is None or not math.isfinite(lp) else f'{lp:.2f}'} | {_time(r['wall_seconds'])} | "
                     f"{r['note']} |")
@@ -308,7 +335,9 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
               "are paired differences in points on the same items with their 95% paired bootstrap interval, "
               "starred when it excludes zero. Gap closed: (accuracy - base greedy) / (base majority@N - base "
               "greedy). Sample acc.: temperature-1 samples of the same model (base best-of-N rows: the bon run's "
-              "samples). Tokens and mean log pi_base: of the answers in the accuracy column; tokens spent: response "
+              "samples); sample acc. vs base: trained rows, the paired difference of the trained model's temperature-1 "
+              "sample accuracy with the base model's on the same items (the run's before/after evaluation). "
+              "Tokens and mean log pi_base: of the answers in the accuracy column; tokens spent: response "
               "tokens per item to reach that answer (best-of-N: all N samples; power sampling: every proposal, "
               "rejected ones included; one draw: the run's tokens over its chains). Power rows are followed by base "
               "best-of-k on the bon run's first k samples, k set so that they spend the same tokens; the equal-"

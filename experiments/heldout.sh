@@ -8,6 +8,11 @@
 # script resumes every unfinished run (each stage resumes on its own). The base model's evaluation rows are the
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
+# JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob dpo-vote dpo-logprob
+# xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the default is
+# the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound and grpo-random (a
+# coin flip) the control that must not help; power-a4 draws from pi^4 on the held-out items (compared with base
+# best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2
@@ -41,29 +46,30 @@ job() {
     grpo-logprob) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward logprob --out "$OUT/grpo-logprob" ;;
     xpo-vote) $SHARPEN xpo "${C[@]}" "${X[@]}" --reward vote --out "$OUT/xpo-vote" ;;
     xpo-logprob) $SHARPEN xpo "${C[@]}" "${X[@]}" --reward logprob --out "$OUT/xpo-logprob" ;;
+    grpo-self_certainty|grpo-gold|grpo-random) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward "${1#grpo-}" --out "$OUT/$1" ;;
+    power-a4) $SHARPEN power "${B[@]}" --limit "$EVAL" --alpha 4 --method mh --n 2 --block 32 --mh-steps 1 \
+                --out "$OUT/power-a4" ;;
   esac
 }
-ALL=(pool bon sft-vote grpo-vote sft-logprob dpo-vote grpo-logprob dpo-logprob xpo-vote xpo-logprob)
+read -r -a ALL <<< "${JOBLIST:-pool bon sft-vote grpo-vote sft-logprob dpo-vote grpo-logprob dpo-logprob xpo-vote xpo-logprob}"
+FIRST=$(for j in "${ALL[@]}"; do case $j in pool|bon|power-a4) ;; *) echo "$j"; break ;; esac; done)
 
 done_() { [ -f "$OUT/$1/summary.json" ]; }
 lines() { [ -f "$1" ] && wc -l < "$1" || echo 0; }
 # The first trained run's base evaluation is complete: greedy + samples for every validation and evaluation item.
 base_ready() {
-  local d=$OUT/sft-vote per=$(( 1 + EVAL_SAMPLES ))
+  local d=$OUT/$FIRST per=$(( 1 + EVAL_SAMPLES ))
   [ "$(lines "$d/eval_base.jsonl")" -ge $(( EVAL * per )) ] && [ "$(lines "$d/val_base.jsonl")" -ge $(( VAL * per )) ]
 }
 ready() {
-  case $1 in
-    pool|bon) true ;;
-    sft-vote) done_ pool ;;
-    grpo-*) base_ready ;;
-    *) done_ pool && base_ready ;;
-  esac
+  case $1 in pool|bon|power-a4) return 0 ;; esac
+  if [ "$1" = "$FIRST" ]; then case $1 in grpo-*) return 0 ;; *) done_ pool; return ;; esac; fi
+  case $1 in grpo-*) base_ready ;; *) done_ pool && base_ready ;; esac
 }
 share() {  # start from the first trained run's base evaluation rows (a run resumes from such files)
-  case $1 in pool|bon|sft-vote) return 0 ;; esac
+  case $1 in pool|bon|power-a4|"$FIRST") return 0 ;; esac
   mkdir -p "$OUT/$1"
-  for f in eval_base.jsonl val_base.jsonl; do [ -f "$OUT/$1/$f" ] || cp "$OUT/sft-vote/$f" "$OUT/$1/$f"; done
+  for f in eval_base.jsonl val_base.jsonl; do [ -f "$OUT/$1/$f" ] || cp "$OUT/$FIRST/$f" "$OUT/$1/$f"; done
 }
 
 worker() {
@@ -89,7 +95,7 @@ worker() {
     [ $left = 0 ] && return 0
     # Stop when every unfinished job is failed or held by another queue and nothing can start.
     if [ $ran = 0 ]; then
-      for f in pool sft-vote; do [ -e "$OUT/.locks/$f/failed" ] && return 1; done  # the rest needs them
+      for f in pool "$FIRST"; do [ -e "$OUT/.locks/$f/failed" ] && return 1; done  # the rest needs them
       local waiting=0
       for j in "${ALL[@]}"; do
         done_ "$j" || [ -e "$OUT/.locks/$j/failed" ] || waiting=1
@@ -105,6 +111,7 @@ pids=()
 for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
-$SHARPEN compare "$OUT"/sft-vote "$OUT"/sft-logprob "$OUT"/dpo-vote "$OUT"/dpo-logprob "$OUT"/xpo-vote \
-  "$OUT"/xpo-logprob "$OUT"/grpo-vote "$OUT"/grpo-logprob --paired "$OUT/bon" --out "$OUT/table" || status=$?
+finished=()
+for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$OUT/$j") ;; esac; done
+$SHARPEN compare "${finished[@]}" --paired "$OUT/bon" --out "$OUT/table" || status=$?
 exit $status

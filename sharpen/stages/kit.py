@@ -49,7 +49,7 @@ def eval_rows(path: Path | None, model: Model, task: Task, items: Sequence[Item]
     return sorted(rows, key=lambda r: (order[r["prompt_id"]], r["kind"] != "greedy", r["index"]))
 
 
-# ---------------------------------------------------------------------------------------------- the base pool
+# ---------------------------------------------------------------------------------------------- the bon run loop
 
 Sampler = Callable[[Model, list[list[int]], list[str]], list[list[Any]]]
 
@@ -194,6 +194,8 @@ def _valid(logprob: float | None) -> bool:
     return logprob is not None and not math.isnan(logprob) and logprob != math.inf
 
 
+# ---------------------------------------------------------------------------------------------- the base pool
+
 @dataclass
 class BasePool:
     """The base samples of an amortized-sharpening stage (see `base_pool`)."""
@@ -245,6 +247,8 @@ def base_pool(cfg: SharpenConfig, n: int, seed: int, out: Path, eval_items: Sequ
                                                    "num_train_prompts": len(prompts), "overlap": overlap})
     return BasePool(bon_dir, options, prompts, pools, sampled=not cfg.from_run)
 
+
+# ---------------------------------------------------------------------------------------------- validation
 
 def validation_split(cfg: AmortizedConfig, train_prompts: Sequence[dict], eval_items: Sequence[Item]
                      ) -> tuple[Task, list[Item], dict[str, Any]]:

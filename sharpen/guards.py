@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def guard_stats(rows: Sequence[dict], base_rows: Sequence[dict]) -> dict[str, float]:
@@ -45,7 +48,7 @@ def guard_stats(rows: Sequence[dict], base_rows: Sequence[dict]) -> dict[str, fl
 GUARD_MARGIN = 0.1
 
 
-def guard_reason(stats: Mapping[str, float], cfg: Any) -> str | None:
+def guard_reason(stats: Mapping[str, float], cfg: TrainConfig) -> str | None:
     """The first collapse-guard limit of `cfg` (TrainConfig guard_*) that `stats` (guard_stats) crosses, said in
     words; None when none is crossed. The empty, truncated and repetition shares must pass the limit and exceed
     the base's own share by GUARD_MARGIN."""
@@ -68,6 +71,6 @@ def guard_reason(stats: Mapping[str, float], cfg: Any) -> str | None:
 GUARDS = ("guard_empty", "guard_truncated", "guard_length", "guard_repetition", "guard_answer_drop", "guard_kl")
 
 
-def guards(stopped: str | None, cfg: Any) -> dict[str, Any]:
+def guards(stopped: str | None, cfg: TrainConfig) -> dict[str, Any]:
     """The `guards` section of a training stage's summary: whether a collapse guard stopped it, why, the limits."""
     return {"stopped": stopped is not None, "reason": stopped, "limits": {k: getattr(cfg, k) for k in GUARDS}}

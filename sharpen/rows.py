@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine.confidence import summarize_token_stats
 
+if TYPE_CHECKING:  # reports read rows without loading the tasks
+    from .tasks import Item, Task
 
-def sample_rows(task: Any, item: Any, samples: Sequence[Any], start: int = 0) -> list[dict]:
+
+def sample_rows(task: Task, item: Item, samples: Sequence[Any], start: int = 0) -> list[dict]:
     """Rows for `samples` (engine Samples, sample indices start, start + 1, ...) of one task item: extracted
     answer and grade, and the per-sample confidence summaries of the engine's per-token statistics
     (confidence.summarize_token_stats) when it recorded them."""

@@ -4,7 +4,7 @@ The driver (the `sharpen` process) keeps everything that touches the run directo
 prompts are left (resume), sends them as a dataset of prompt-id lists through `map_batches` to a pool of K actors
 (`compute=ActorPoolStrategy(size=K)`, `num_gpus=1` per actor on GPUs, an equal share of `num_cpus` otherwise),
 and appends each chunk's rows as it comes back, in chunk order. Each actor loads the task and the model once and
-draws with the same `generation.PoolDraws` as a single process (built by `generation.worker_draw`), so the rows
+draws with the same `stages.kit.PoolDraws` as a single process (built by `stages.kit.worker_draw`), so the rows
 are the same: a sample depends only on (seed, prompt, index), never on which process or batch drew it. A run
 killed mid-way loses the chunks in flight, as a single process loses the chunk it was drawing.
 
@@ -23,7 +23,7 @@ from .errors import SharpenError
 
 class _Worker:
     """A Ray actor: one engine, loaded once, drawing the rows of the chunks it is given (it writes nothing).
-    build(options, kind) -> (task items by id, draw): `generation.worker_draw`, passed in by reference."""
+    build(options, kind) -> (task items by id, draw): `stages.kit.worker_draw`, passed in by reference."""
 
     def __init__(self, options: dict[str, Any], kind: str, threads: int | None, build: Callable[..., Any]) -> None:
         if threads:
@@ -54,7 +54,7 @@ class RayChunks:
     """The actor pool of one run (Ray started here, or joined at cfg.ray_address)."""
 
     def __init__(self, cfg: Any, build: Callable[..., Any]) -> None:
-        """cfg: the run's BonConfig; build: what each actor calls once to get its draw (`generation.worker_draw`)."""
+        """cfg: the run's BonConfig; build: what each actor calls once to get its draw (`stages.kit.worker_draw`)."""
         try:
             import ray
         except ImportError as e:

@@ -154,9 +154,9 @@ def test_bon_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path, refer
 
 def test_resume_samples_only_unfinished_chunks(tmp_path, monkeypatch, one_thread):
     """Counted at the engine: a re-run calls it for the unfinished chunks only, with their whole composition."""
-    from sharpen import generation
     from sharpen.config import BonConfig
     from sharpen.engine import generate as engine
+    from sharpen.stages import kit
     from sharpen.stages.bon import run_bon
 
     calls: list[tuple[str, list[str]]] = []
@@ -167,7 +167,7 @@ def test_resume_samples_only_unfinished_chunks(tmp_path, monkeypatch, one_thread
         return real_sample(model, prompts, n, *args, keys=keys, **kw)
 
     monkeypatch.setattr(engine, "sample", counting_sample)  # greedy() calls it too
-    monkeypatch.setattr(generation, "sample", counting_sample)
+    monkeypatch.setattr(kit, "sample", counting_sample)
     monkeypatch.setattr("sharpen.report.bon.write_report", lambda run_dir: None)  # not under test here
     cfg = BonConfig(model="tiny-random", task="game24", limit=6, chunk=2, n=3, max_new_tokens=8, seeds=1,
                     out=str(tmp_path / "run"))

@@ -146,14 +146,14 @@ def test_majority_and_appd_rules_by_hand():
 
 
 def test_adaptive_bon_draws_fewer_samples_and_resumes(tmp_path, monkeypatch):
-    from sharpen import generation
     from sharpen.cli import main
     from sharpen.runs import load_jsonl
+    from sharpen.stages import kit
     from sharpen.tasks import load_task
 
     # A stand-in rule: the first prompt is decided after its first round, the others never.
     first = load_task("game24", limit=1).items[0].id
-    monkeypatch.setattr(generation, "_decided", lambda rows, cfg: rows[0]["prompt_id"] == first)
+    monkeypatch.setattr(kit, "_decided", lambda rows, cfg: rows[0]["prompt_id"] == first)
     common = ["--model", "tiny-random", "--task", "game24", "--limit", "3", "--n", "6", "--seeds", "1",
               "--max-new-tokens", "6", "--sample-dtype", "float32"]
     assert main(["bon", *common, "--out", str(tmp_path / "full")]) == 0
@@ -171,8 +171,8 @@ def test_adaptive_bon_draws_fewer_samples_and_resumes(tmp_path, monkeypatch):
 
 
 def test_sft_adaptive_samples_its_base_pool_with_the_appendix_d_rule(tmp_path, monkeypatch):
-    from sharpen import generation
     from sharpen.config import SftConfig
+    from sharpen.stages import kit
 
     seen = {}
 
@@ -180,8 +180,8 @@ def test_sft_adaptive_samples_its_base_pool_with_the_appendix_d_rule(tmp_path, m
         seen["bon"] = bon
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(generation, "run_pool", fake_run_pool)
+    monkeypatch.setattr(kit, "run_pool", fake_run_pool)
     cfg = SftConfig(task="game24", train_limit=2, n=8, adaptive=True, adaptive_delta=0.2, out=str(tmp_path))
     with pytest.raises(RuntimeError):
-        generation.base_pool(cfg, cfg.n, 0, tmp_path, [], temperature=1.0)
+        kit.base_pool(cfg, cfg.n, 0, tmp_path, [], temperature=1.0)
     assert (seen["bon"].adaptive, seen["bon"].adaptive_delta, seen["bon"].n) == ("appd", 0.2, 8)

@@ -4,9 +4,10 @@ Layers, lowest first (README "Code map"):
   errors
   engine/*, tasks/*                      the model and the benchmarks; they know nothing of each other or above
   core: config, runs, rows, selection, metrics, stats, guards, progress, generation, scaleout
+                                         only config knows the stages' configs (RunConfig and its subclasses)
   train/*                                losses, LoRA, the training loop
   report/*                               reads run directories; never the engine, training or torch
-  stages/*                               peers: none imports another
+  stages/*                               peers: none imports another; what they share is stages/kit.py
   cli                                    parses and dispatches
 """
 
@@ -34,7 +35,7 @@ ALLOWED = {
 }
 # Report modules run where torch may be missing: the core modules they may read.
 REPORT_CORE = {"runs", "rows", "selection", "metrics", "stats"}
-MAX_CHAIN = 6
+MAX_CHAIN = 7  # cli -> a stage -> stages.kit -> generation -> the engine's three levels
 
 
 def module_name(path: Path) -> str:
@@ -118,8 +119,8 @@ def violations(graph: dict[str, list[tuple[str, str]]]) -> list[str]:
             lt = layer(t)
             if lt != lm and lt not in ALLOWED[lm]:
                 bad.append(f"{m} -> {t}: layer {lm} may not import {lt}")
-            if lm == lt == "stages" and t not in (m, "sharpen.stages"):
-                bad.append(f"{m} -> {t}: a stage imports another stage (move the shared piece down a layer)")
+            if lm == lt == "stages" and t not in (m, "sharpen.stages", "sharpen.stages.kit"):
+                bad.append(f"{m} -> {t}: a stage imports another stage (move the shared piece to stages/kit.py)")
             if lm == lt == "report" and t not in (m, "sharpen.report.kit"):
                 bad.append(f"{m} -> {t}: reports share only report.kit")
             if lm == "report" and lt == "core" and t.split(".")[1] not in REPORT_CORE:
@@ -129,6 +130,39 @@ def violations(graph: dict[str, list[tuple[str, str]]]) -> list[str]:
             if w == "function" and not (m == "sharpen.cli" and lt == "stages"):
                 bad.append(f"{m} -> {t}: imported inside a function (package imports stand at the top)")
     return bad
+
+
+@functools.cache
+def stage_configs() -> frozenset[str]:
+    """The stages' config classes, read from config.py: RunConfig and every class derived from it."""
+    tree = ast.parse((PKG / "config.py").read_text())
+    found = {"RunConfig"}
+    classes = [c for c in tree.body if isinstance(c, ast.ClassDef)]
+    while new := {c.name for c in classes if c.name not in found and any(ast.unparse(b) in found for b in c.bases)}:
+        found |= new
+    return frozenset(found)
+
+
+def config_names(mod: str, path: Path) -> set[str]:
+    """The names `mod` imports from sharpen.config, anywhere in it (type-checking imports included); the whole
+    module imported counts as every stage config."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            targets = _resolve(mod, node, path.name == "__init__.py")
+            if "sharpen.config" in targets:
+                names |= set(stage_configs()) if node.module is None else {a.name for a in node.names}
+        elif isinstance(node, ast.Import) and any(a.name == "sharpen.config" for a in node.names):
+            names |= set(stage_configs())
+    return names
+
+
+def config_violations(names: dict[str, set[str]]) -> list[str]:
+    """Core modules (module -> names imported from sharpen.config) that know a stage's config: what reads one
+    belongs next to the stages (stages/kit.py)."""
+    return [f"{m} -> sharpen.config.{n}: the core knows no stage config (move what reads it to stages/kit.py)"
+            for m, ns in sorted(names.items()) if layer(m) == "core" and m != "sharpen.config"
+            for n in sorted(ns & stage_configs())]
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -159,17 +193,28 @@ def test_imports_follow_the_layers():
     assert not bad, "\n".join(bad)
 
 
+def test_the_core_knows_no_stage_config():
+    assert {"RunConfig", "BonConfig", "SftConfig", "XpoConfig", "GrpoConfig"} <= stage_configs()
+    assert "TrainConfig" not in stage_configs()  # the training core's options, not a stage's
+    bad = config_violations({m: config_names(m, p) for m, p in modules().items()})
+    assert not bad, "\n".join(bad)
+
+
 def test_no_import_cycles():
     found = cycle(runtime_graph())
     assert found is None, "import cycle: " + " -> ".join(found or [])
 
 
 def test_the_checks_catch_violations():
-    fake = {"sharpen.stages.a": [("sharpen.stages.b", "top")],
+    fake = {"sharpen.stages.a": [("sharpen.stages.b", "top"), ("sharpen.stages.kit", "top")],
             "sharpen.report.x": [("sharpen.engine.models", "top"), ("sharpen.generation", "top")],
             "sharpen.engine.models": [("sharpen.config", "top")],
             "sharpen.train.loop": [("sharpen.runs", "function")]}
     assert len(violations(fake)) == 5
+    fake_names = {"sharpen.generation": {"BonConfig", "TrainConfig"}, "sharpen.guards": {"TrainConfig"},
+                  "sharpen.stages.kit": {"SftConfig"}, "sharpen.config": {"RunConfig"}}
+    assert config_violations(fake_names) == ["sharpen.generation -> sharpen.config.BonConfig: the core knows no "
+                                             "stage config (move what reads it to stages/kit.py)"]
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sharpen.config import SftConfig
-from sharpen.generation import validation_split
 from sharpen.metrics import before_after, compare_responses, summarize, summarize_responses
+from sharpen.stages.kit import validation_split
 from sharpen.tasks import load_task
 
 DATA = os.environ.get("SHARPEN_DATA_DIR")
@@ -149,10 +149,10 @@ def _chat_model():
 
 
 def test_chat_bon_samples_without_stop_strings_and_ends_at_end_of_turn(tmp_path, monkeypatch):
-    from sharpen import generation
     from sharpen.cli import main
     from sharpen.engine import generate
     from sharpen.engine.models import prompt_token_ids
+    from sharpen.stages import kit
 
     model = _chat_model()
     assert 120 in model.eos_token_ids  # the end of turn ends a response
@@ -164,9 +164,9 @@ def test_chat_bon_samples_without_stop_strings_and_ends_at_end_of_turn(tmp_path,
         seen.append(list(stop or []))
         return real(*a, stop=stop, **kw)
 
-    monkeypatch.setattr(generation, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(kit, "load_model", lambda *a, **k: model)
     monkeypatch.setattr(generate, "sample", spy)
-    monkeypatch.setattr(generation, "sample", spy)
+    monkeypatch.setattr(kit, "sample", spy)
     for chat, out in ((True, "chat"), (False, "raw")):
         seen.clear()
         argv = ["bon", "--task", "game24", "--limit", "2", "--n", "2", "--seeds", "1", "--max-new-tokens", "6",

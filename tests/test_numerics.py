@@ -97,14 +97,14 @@ def test_fp16_overflow_is_flagged():
 
 
 def test_bon_stores_null_counts_warns_and_never_selects_invalid(tmp_path, monkeypatch, capsys):
-    from sharpen import generation
     from sharpen.cli import main
+    from sharpen.stages import kit
     from sharpen.tasks import load_task
 
     # Break a character found in some prompts (whole prompts invalid) and drawn inside some responses.
     items = load_task("game24", limit=4).items
     char = next(c for c in "9876543210" if 0 < sum(c in it.prompt for it in items) < len(items))
-    monkeypatch.setattr(generation, "load_model", lambda *a, **k: nan_char_model(char)[0])
+    monkeypatch.setattr(kit, "load_model", lambda *a, **k: nan_char_model(char)[0])
     out = tmp_path / "run"
     code = main(["bon", "--model", "tiny-random", "--task", "game24", "--limit", "4", "--n", "4",
                  "--max-new-tokens", "12", "--seeds", "2", "--out", str(out)])

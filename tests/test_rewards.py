@@ -115,7 +115,7 @@ def test_a_missing_reward_makes_the_pair_unusable_and_bad_options_are_refused():
 
 
 def test_auto_beta_is_the_median_reward_gap_of_base_pairs():
-    from sharpen.generation import BasePool
+    from sharpen.stages.kit import BasePool
     from sharpen.stages.rlhf import auto_beta
 
     rows = [{"index": i, "logprob": lp, "num_tokens": 2, "answer": "x", "correct": True, "finish_reason": "eos"}

@@ -13,10 +13,10 @@ from sharpen.config import SftConfig, TrainConfig
 from sharpen.engine.models import tiny_model
 from sharpen.engine.scoring import score
 from sharpen.errors import SharpenError
-from sharpen.generation import accuracy_key as best_key
 from sharpen.generation import base_logprobs
 from sharpen.metrics import summarize_responses, table1
 from sharpen.rows import complete_pools
+from sharpen.stages.kit import accuracy_key as best_key
 from sharpen.stages.sft import best_responses
 from sharpen.train.lora import adapter_is_identity, attach_lora
 

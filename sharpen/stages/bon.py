@@ -1,7 +1,7 @@
 """The best-of-N stage (`sharpen bon`): sample once, store raw samples, compute every selector offline.
 
 Steps: 1) check options, 2) load the task, 3) sample into the run directory and summarize every selector
-(`generation.run_pool`: prompts, greedy, n samples with their raw log-probs, summary.json), 4) write report.md.
+(`kit.run_pool`: prompts, greedy, n samples with their raw log-probs, summary.json), 4) write report.md.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import BonConfig
-from ..generation import run_pool
 from ..report.bon import write_report
 from ..tasks import load_task
+from .kit import run_pool
 
 
 def run_bon(cfg: BonConfig, progress: bool = True) -> dict:

@@ -16,10 +16,10 @@ from typing import Any
 from .. import runs
 from ..config import EvalConfig
 from ..engine.models import load_model, prompt_token_ids
-from ..generation import eval_rows
 from ..metrics import label_summary, summarize_responses
 from ..tasks import load_task
 from ..train.lora import load_adapter
+from .kit import eval_rows
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

@@ -33,16 +33,17 @@ from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import grouped_token_logprobs
 from ..errors import SharpenError
-from ..generation import accuracy_key, base_token_logprobs, eval_rows, greedy_validation, validation_split
+from ..generation import base_token_logprobs
 from ..guards import guards
 from ..metrics import before_after
 from ..report.grpo import write_grpo_report
 from ..rows import sample_rows, valid_target
 from ..selection import Pool, reward_gold, reward_random, rewards_of
-from ..tasks import load_task
+from ..tasks import Task, load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter
 from ..train.losses import group_advantages, grpo_loss, k3_kl
+from .kit import accuracy_key, eval_rows, greedy_validation, validation_split
 
 ROLLOUTS = "rollouts.jsonl"
 
@@ -89,7 +90,7 @@ class GroupLoss:
     """loss_fn of the training core: sample each prompt's group from the policy, reward, advantages, GRPO loss.
     `step` is set by the core before every optimizer step (`at_step`); sampled rows go to DIR/rollouts.jsonl."""
 
-    def __init__(self, cfg: GrpoConfig, task: Any, seed: int, out: Path) -> None:
+    def __init__(self, cfg: GrpoConfig, task: Task, seed: int, out: Path) -> None:
         self.cfg, self.task, self.seed, self.path = cfg, task, seed, out / ROLLOUTS
         self.by_id = {it.id: it for it in task.items}
         self.step = 0

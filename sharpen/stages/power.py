@@ -1,7 +1,7 @@
 """Power sampling (`sharpen power`): draws from pi^alpha, the RLHF-sharpening optimum of beta = 1/(alpha - 1), with
 no training (engine.power: block-wise MH with suffix resampling, or SMC).
 
-Steps: 1) check options, 2) load the task, 3) through the bon run loop (`generation.run_pool`: prompts, greedy, the
+Steps: 1) check options, 2) load the task, 3) through the bon run loop (`kit.run_pool`: prompts, greedy, the
 n draws per prompt with their raw temperature-1 log-probs, every selector over them, summary.json), with the power
 sampler in place of plain sampling; each chunk's per-prompt chain statistics go to power_stats.jsonl, 4) add the
 sampler's cost and mixing to the summary (`power`), 5) write report.md. Resumes by chunks like bon.
@@ -17,9 +17,9 @@ import numpy as np
 from .. import runs
 from ..config import PowerConfig
 from ..engine.power import power_mh, power_smc
-from ..generation import run_pool
 from ..report.bon import write_report
 from ..tasks import load_task
+from .kit import run_pool
 
 STATS = "power_stats.jsonl"
 

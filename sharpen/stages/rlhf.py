@@ -28,7 +28,7 @@ import dataclasses
 import functools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,18 @@ from ..engine.generate import sample
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import grouped_sequence_logprobs
 from ..errors import SharpenError
-from ..generation import BasePool, base_logprobs, base_pool, eval_rows, respond, run_chunked, validation_split
+from ..generation import base_logprobs, respond, run_chunked
 from ..guards import guard_reason, guard_stats, guards
 from ..metrics import accuracy_ci, before_after, summarize_responses
 from ..report.bon import write_report
 from ..report.rlhf import write_rlhf_report
 from ..rows import finite_mean, sample_rows, valid_target
 from ..selection import REWARDS, Pool, as_float, rewards_of
-from ..tasks import load_task
+from ..tasks import Item, Task, load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
 from ..train.losses import j_beta_estimate, logistic_dpo_loss, reward_dpo_loss, xpo_loss
+from .kit import BasePool, base_pool, eval_rows, validation_split
 
 # ---------------------------------------------------------------------------------------------- pairs and loss
 
@@ -196,8 +197,8 @@ def j_beta_key(metrics: dict) -> float:
     return -math.inf if j is None else float(j)
 
 
-def j_beta_eval(task: Any, items: Sequence[Any], prompt_ids: dict[str, list[int]], cfg: RlhfConfig, seed: int,
-                base_rows: Sequence[dict]) -> Any:
+def j_beta_eval(task: Task, items: Sequence[Item], prompt_ids: dict[str, list[int]], cfg: RlhfConfig, seed: int,
+                base_rows: Sequence[dict]) -> Callable[[Model], dict[str, Any]]:
     """eval_fn for `train`: held_out_metrics of fresh responses, with the same sampling seed as the base's."""
     def fn(model: Model) -> dict[str, Any]:
         rows = base_rows if adapter_is_identity(model.module) else respond(
@@ -231,7 +232,7 @@ def pair_stats(pairs: Sequence[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def build_summary(out: Path, cfg: Any, task: Any, algorithm: str, base_rows: Sequence[dict],
+def build_summary(out: Path, cfg: RlhfConfig, task: Task, algorithm: str, base_rows: Sequence[dict],
                   sharp_rows: Sequence[dict], pairs: Sequence[dict], training: dict, history: Sequence[dict]
                   ) -> dict[str, Any]:
     """summary.json of a dpo / xpo run. `history`: held-out metrics at every evaluation (dpo: training steps,
@@ -258,7 +259,7 @@ def build_summary(out: Path, cfg: Any, task: Any, algorithm: str, base_rows: Seq
 
 # ---------------------------------------------------------------------------------------------- shared steps
 
-def _start(cfg: Any, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
+def _start(cfg: RlhfConfig, tcfg: TrainConfig, command: str, progress: bool) -> tuple:
     """Steps 1-2 and the model: validate, held-out task, run directory, base samples, model and prompt ids."""
     cfg.validate()
     tcfg.validate()
@@ -298,7 +299,7 @@ def auto_beta(pool: BasePool, cfg: RlhfConfig) -> float:
     return max(float(statistics.median(gaps)), 1e-3)
 
 
-def _finish(out: Path, model: Model, cfg: Any, summary: dict, validation: dict) -> dict:
+def _finish(out: Path, model: Model, cfg: RlhfConfig, summary: dict, validation: dict) -> dict:
     summary["validation"] = validation
     runs.atomic_write_json(out / "summary.json", summary)
     write_rlhf_report(out)
@@ -359,7 +360,7 @@ def round_seed(seed: int, t: int) -> int:
     return seed * 1_000_003 + 7_919 * t
 
 
-def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoConfig, seed: int, t: int,
+def collect_round(path: Path, model: Model, task: Task, pool: BasePool, cfg: XpoConfig, seed: int, t: int,
                   progress: bool) -> list[dict]:
     """D_t (Algorithm 1): the pairs of rounds 1..t-1 in `path` plus round t's, drawn here chunk by chunk:
     y ~ pi_t (the model as it is, adapter on) and y' = the round's unused base sample, both scored under pi_base."""
@@ -382,7 +383,7 @@ def collect_round(path: Path, model: Model, task: Any, pool: BasePool, cfg: XpoC
                        earlier=lambda r: r["round"] < t)
 
 
-def _train_task(cfg: XpoConfig, bon_opts: dict) -> Any:
+def _train_task(cfg: XpoConfig, bon_opts: dict) -> Task:
     """The task whose items the training prompts are (to grade the policy's samples)."""
     return load_task(cfg.task, data_dir=bon_opts.get("data_dir") or cfg.data_dir,
                      split=bon_opts.get("split", "test"), limit=bon_opts.get("limit"),

@@ -25,17 +25,17 @@ from ..config import SFT_LR, SftConfig, TrainConfig
 from ..engine.models import Model, load_model, prompt_token_ids
 from ..engine.scoring import headed_sequence_logprobs
 from ..errors import SharpenError
-from ..generation import accuracy_key, base_pool, eval_rows, greedy_validation, validation_split
 from ..guards import guards
 from ..metrics import accuracy_ci, before_after
 from ..report.bon import write_report
 from ..report.sft import write_sft_report
 from ..rows import finite_mean, valid_target
 from ..selection import select
-from ..tasks import load_task
-from ..train.loop import accelerator, process_device, train
+from ..tasks import Task, load_task
+from ..train.loop import TrainResult, accelerator, process_device, train
 from ..train.lora import attach_lora, merge_adapter, restore_adapter
 from ..train.losses import sft_loss
+from .kit import accuracy_key, base_pool, eval_rows, greedy_validation, validation_split
 
 # ---------------------------------------------------------------------------------------------- loss
 
@@ -70,8 +70,8 @@ def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]],
 
 # ---------------------------------------------------------------------------------------------- summary
 
-def build_summary(out: Path, cfg: Any, task: Any, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
-                  data: Sequence[dict], result: Any) -> dict[str, Any]:
+def build_summary(out: Path, cfg: SftConfig, task: Task, base_rows: Sequence[dict], sharp_rows: Sequence[dict],
+                  data: Sequence[dict], result: TrainResult) -> dict[str, Any]:
     """summary.json of an sft run from its evaluation rows, training set and training result."""
     sampling = runs.read_json(out / "sampling.json")
     bon_dir = Path(sampling["bon_dir"])

@@ -90,3 +90,51 @@ def test_archived_pages_say_so_at_the_top():
         head = path.read_text()[:600]
         assert path.name == "README.md" or "<!-- written by a script" in head or "**Archived from the README" in head, \
             f"{path.name}: neither stamped by a script nor marked archived"
+
+
+FAKE_SHARPEN = r"""#!/usr/bin/env bash
+# Stands in for `sharpen`: records the call, makes the run directory look finished, writes compare's tables.
+echo "$*" >> "$CALLS"
+out=""; paired=""; cmd=$1
+while [ $# -gt 0 ]; do
+  case $1 in --out) out=$2; shift ;; --paired) paired=$2; shift ;; esac
+  shift
+done
+if [ "$cmd" = compare ]; then
+  [ -n "$paired" ] && f="${out}_paired.md" || f="${out}.md"
+  printf '| method | accuracy %% |\n|---|---|\n| base greedy | 1.0 |\n' > "$f"
+elif [ "$cmd" = demo ]; then
+  echo "selector   accuracy % [95% CI]"
+else
+  mkdir -p "$out" && echo '{}' > "$out/summary.json"
+  echo '{}' > "$out/eval_base.jsonl" && echo '{}' > "$out/val_base.jsonl"
+fi
+"""
+
+
+@pytest.mark.parametrize("script,args,calls", [
+    ("heldout.sh", ["prontoqa", "0.7", "96"], 11),
+    ("power.sh", [], 8),
+    ("confidence.sh", [], 6),
+    ("headroom_tasks.sh", [], 7),
+    ("demo.sh", [], 1),
+])
+def test_experiment_scripts_end_by_writing_their_page(tmp_path, script, args, calls):
+    """The scripts' plumbing, with a stand-in for `sharpen` (no model runs): each runs its commands, then writes
+    its page with the stamp, the command it was given and the tables `sharpen compare` wrote."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "sharpen"
+    fake.write_text(FAKE_SHARPEN)
+    fake.chmod(0o755)
+    out, page_path = tmp_path / "runs", tmp_path / "page.md"
+    env = {**os.environ, "SHARPEN": str(fake), "PYTHON": sys.executable, "PAGE": str(page_path),
+           "CALLS": str(tmp_path / "calls"), "EVAL": "1", "VAL": "1", "EVAL_SAMPLES": "0", "JOBS": "1"}
+    res = subprocess.run(["bash", str(ROOT / "experiments" / script), *args, str(out)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == calls
+    text = page_path.read_text()
+    assert "<!-- written by a script" in text and f"- command: `{ROOT / 'experiments' / script}" in text
+    assert ("| base greedy | 1.0 |" in text) or ("selector   accuracy" in text)

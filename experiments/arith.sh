@@ -7,17 +7,13 @@
 # (results/headroom.md says which). Runs, on 256 held-out test items: base greedy and best-of-N (N = 16), SFT,
 # DPO and XPO with the `logprob` and `vote` rewards, GRPO with `vote`, `logprob`, `self_certainty` and the
 # controls `gold` (upper bound) and `random` (must not help), power sampling at alpha 4; then writes
-# results/arith-heldout.md. Sizes as experiments/heldout.sh (TRAIN VAL EVAL N EVAL_SAMPLES JOBS).
+# results/arith-heldout.md (through heldout.sh). Sizes as experiments/heldout.sh (TRAIN VAL EVAL N EVAL_SAMPLES JOBS).
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
 export TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
 export JOBLIST=${JOBLIST:-"pool bon sft-logprob grpo-logprob grpo-random sft-vote grpo-vote grpo-self_certainty grpo-gold dpo-logprob dpo-vote xpo-logprob xpo-vote power-a4"}
-status=0
-"$HERE/heldout.sh" arith "$T" "${M:-128}" "$OUT" --model "$MODEL" --level "$LEVEL" "$@" || status=$?
-${PYTHON:-python3} "$HERE/heldout_page.py" "$OUT" "$HERE/../results/arith-heldout.md" \
-  --title "Amortized sharpening on arith: held-out table" \
-  --command "experiments/arith.sh $OUT $(basename "$MODEL") $LEVEL $T $*" \
-  --intro "Setting chosen on validation items in [headroom.md](headroom.md): level $LEVEL, T = $T $*; $EVAL held-out test items, pools of N = $N, $TRAIN training prompts, $VAL validation prompts." || status=$?
-exit $status
+export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
+export TITLE="Amortized sharpening on arith (level $LEVEL, T $T $*, $(basename "$MODEL")): held-out table"
+exec "$HERE/heldout.sh" arith "$T" "${M:-128}" "$OUT" --model "$MODEL" --level "$LEVEL" "$@"

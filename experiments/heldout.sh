@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's held-out table for one setting, end to end: the base pool and the base best-of-N, then SFT, DPO,
+# The held-out table of one setting, end to end: the base pool and the base best-of-N, then SFT, DPO,
 # XPO and GRPO with the paper's `logprob` reward and with `vote`, then `sharpen compare --paired`.
 #
 #   experiments/heldout.sh TASK TEMPERATURE MAX_NEW_TOKENS OUT [more sharpen options, e.g. --model F.gguf --chat]
@@ -13,16 +13,18 @@
 # the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound and grpo-random (a
 # coin flip) the control that must not help; power-a4 draws from pi^4 on the held-out items (compared with base
 # best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share.
+# Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2
   exit 2
 fi
-TASK=$1 T=$2 M=$3 OUT=$4
+TASK=$1 T=$2 M=$3 OUT=$4 ARGS="$*"
 shift 4
 EXTRA=("$@")
 JOBS=${JOBS:-2} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-128} N=${N:-8} EVAL_SAMPLES=${EVAL_SAMPLES:-2}
-SHARPEN=${SHARPEN:-sharpen}
+SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")" && pwd) PAGE=${PAGE:-$(cd "$(dirname "$0")/.." && pwd)/results/heldout-$TASK.md}
 THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT/.locks" "$OUT/logs"
@@ -114,4 +116,11 @@ for p in "${pids[@]}"; do wait "$p" || status=$?; done
 finished=()
 for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$OUT/$j") ;; esac; done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" --out "$OUT/table" || status=$?
+if [ $status = 0 ]; then
+  "$PYTHON" "$HERE/page.py" "$PAGE" --title "${TITLE:-Held-out table: $TASK, base samples at temperature $T}" \
+    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table_paired.md" --note "The base model and its \
+best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
+items (checkpoints chosen on $VAL validation items); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
+EVAL_SAMPLES=$EVAL_SAMPLES. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?
+fi
 exit $status

@@ -6,6 +6,7 @@ stated in one place. Importable without torch: `sharpen --help` and `sharpen rep
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,9 @@ class EvalConfig(RunConfig):
         _check_temperature(self.temperature, positive=False)
 
 
+LOG_TARGETS = ("none", "tensorboard")
+
+
 @dataclass
 class TrainConfig:
     """LoRA fine-tuning options; defaults are the paper's SFT-sharpening setup (App. A.3) where it gives one."""
@@ -195,6 +199,9 @@ class TrainConfig:
     guard_repetition: float = opt(0.6, "collapse guard: stop when this share of the responses' token 3-grams repeat")
     guard_answer_drop: float = opt(0.3, "collapse guard: stop when the answer rate falls this far below the base's")
     guard_kl: float = opt(0.0, "collapse guard: stop when the estimated KL(pi || pi_base) exceeds this (0: off)")
+    log_to: str = opt("none", "also log the training metrics to: tensorboard (event files in DIR/tensorboard, "
+                              "or DIR/round_T/tensorboard for xpo; needs pip install 'sharpen[tensorboard]'); "
+                              "DIR/metrics.jsonl is written either way")
 
     # Options that change the trained weights: a checkpoint refuses to resume under other values.
     IDENTITY = ("lr", "warmup", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
@@ -217,6 +224,11 @@ class TrainConfig:
             raise SharpenError(f"--lora-dropout must lie in [0, 1) (got {self.lora_dropout})")
         if self.mixed_precision not in ("no", "bf16"):
             raise SharpenError(f"--mixed-precision must be 'no' or 'bf16' (got {self.mixed_precision!r})")
+        if self.log_to not in LOG_TARGETS:
+            raise SharpenError(f"unknown --log-to {self.log_to!r}: choose one of {', '.join(LOG_TARGETS)}")
+        if self.log_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise SharpenError("--log-to tensorboard needs the tensorboard package: pip install "
+                               "'sharpen[tensorboard]' (or drop --log-to; metrics.jsonl is written either way)")
 
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.IDENTITY}

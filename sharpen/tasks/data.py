@@ -33,7 +33,7 @@ def data_file(root: Path, relative: str) -> Path:
     path = root / relative
     if not path.is_file():
         raise SharpenError(f"{path} is missing: the data directory must hold {relative} "
-                           "(see the README's data section), or leave the data directory unset")
+                           "(see docs/tasks.md), or leave the data directory unset")
     return path
 
 

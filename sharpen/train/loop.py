@@ -3,7 +3,8 @@
 A stage supplies a dataset (a list of examples of any kind), `loss_fn(model, batch) -> (loss, metrics)` and
 optionally `eval_fn(model) -> metrics`; `train` does the rest: AdamW with linear decay to zero, gradient-norm
 clipping, gradient accumulation, held-out evaluation every K steps, keeping the best adapter (PEFT format), a
-metrics.jsonl log, and atomic checkpoints that an interrupted run resumes from exactly.
+metrics.jsonl log (and TensorBoard's with --log-to tensorboard: tblog.py), and atomic checkpoints that an
+interrupted run resumes from exactly.
 
 Multi-GPU: launch the same command with `accelerate launch --multi_gpu --num_processes K -m sharpen.cli sft ...`
 (or `torchrun --standalone --nproc_per_node K -m sharpen.cli sft ...`; several CPU processes: torchrun with
@@ -36,6 +37,7 @@ from ..errors import SharpenError
 from ..guards import guard_reason
 from ..progress import bar
 from .lora import save_adapter
+from .tblog import log_row, open_writer
 
 LossFn = Callable[[Model, list[Any]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[Model], dict[str, float]]
@@ -215,6 +217,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
             runs.repair_jsonl(metrics_path, keep=lambda r: r["step"] <= step)
     elif acc.is_main_process:
         runs.write_jsonl(metrics_path, [])
+    writer = open_writer(out, cfg.log_to, step + 1 if resume else 0) if acc.is_main_process else None
 
     def evaluate_and_save() -> None:
         nonlocal best_step, best_eval, best_val, stopped
@@ -224,8 +227,8 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
                 # Collapse guards (step 0 is pi_base itself): a crossed limit stops training, and that adapter
                 # is never kept.
                 reason = guard_reason(metrics.get("guard") or {}, cfg) if step > 0 else None
-                runs.append_jsonl(metrics_path, [{"kind": "eval", "step": step, **metrics,
-                                                  **({"guard_stop": reason} if reason else {})}])
+                log_row(metrics_path, {"kind": "eval", "step": step, **metrics,
+                                       **({"guard_stop": reason} if reason else {})}, writer)
                 val = _as_list(key(metrics))
                 if reason:
                     stopped = f"step {step}: {reason}"
@@ -273,13 +276,15 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
                "lr": lr, "grad_norm": float(grad_norm), "examples": count,
                **{k: v / max(mine, 1) for k, v in sums.items()}}  # main process's share (always non-empty)
         if acc.is_main_process:
-            runs.append_jsonl(metrics_path, [row])
+            log_row(metrics_path, row, writer)
         steps_bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
         steps_bar.update(1)
         if step % cfg.eval_every == 0 or step == total:
             evaluate_and_save()
             module.train()
     steps_bar.close()
+    if writer is not None:
+        writer.close()
     module.eval()
     if eval_fn is None and acc.is_main_process:
         save_adapter(module, adapter_dir)  # no judge of checkpoints: keep the final adapter

@@ -1,0 +1,140 @@
+"""Results pages are written by scripts: experiments/page.py (tables + stamp) and bench/record.py (one section per
+benchmark). No model is loaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path, name: str):
+    sys.path.insert(0, str(ROOT / "experiments"))  # both import experiments/stamp.py
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+
+page = _load(ROOT / "experiments" / "page.py", "results_page")
+record = _load(ROOT / "bench" / "record.py", "bench_record")
+
+
+def test_page_holds_the_stamp_the_table_and_its_plot(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "sft").mkdir(parents=True)
+    (runs / "sft" / "config.json").write_text(json.dumps({"command": "sft", "commit": "0000000"}))
+    (runs / "table_paired.md").write_text("| method | accuracy % |\n|---|---|\n| base greedy | 25.0 |\n\n"
+                                          "![accuracy vs tokens spent](table_paired.png)\n")
+    (runs / "table_paired.png").write_bytes(b"\x89PNG fake")
+    (runs / "console.txt").write_text("N = 8   prompts = 64\n")
+    out = tmp_path / "results" / "heldout-x.md"
+    assert page.main([str(out), "--title", "Held-out table: x", "--command", "experiments/heldout.sh x 0.7 96 runs",
+                      "--runs", str(runs), "--note", "What was run.", "--part", "", str(runs / "table_paired.md"),
+                      "--part", "Console", str(runs / "console.txt")]) == 0
+    text = out.read_text()
+    assert text.startswith("# Held-out table: x\n\n<!-- written by a script")
+    assert "- command: `experiments/heldout.sh x 0.7 96 runs`" in text and "- commit: " in text
+    assert "made at other commits (0000000)" in text  # the run's recorded commit differs from this checkout's
+    assert "| base greedy | 25.0 |" in text and "## Console\n\n```\nN = 8   prompts = 64\n```" in text
+    assert "![accuracy vs tokens spent](img/heldout-x-table_paired.png)" in text
+    assert (out.parent / "img" / "heldout-x-table_paired.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_page_refuses_missing_tables_and_keeps_the_old_page(tmp_path, capsys):
+    out = tmp_path / "p.md"
+    out.write_text("old page\n")
+    assert page.main([str(out), "--title", "t", "--command", "c", "--part", "", str(tmp_path / "none.md")]) == 2
+    assert out.read_text() == "old page\n" and "finish the experiment first" in capsys.readouterr().err
+
+
+def test_a_missing_plot_is_not_a_broken_link(tmp_path):
+    text = page.copy_images("![plot](gone.png) and ![web](https://x/y.png)", tmp_path / "t.md", tmp_path / "p.md")
+    assert text == "(plot: gone.png not found) and ![web](https://x/y.png)"
+
+
+def test_record_replaces_only_its_section():
+    text = ("# Performance\n\n## Sampling\n\n<!-- section: sampling -->\nold sampling\n<!-- /section: sampling -->\n"
+            "\n## Scoring\n\n<!-- section: scoring -->\nold scoring\n<!-- /section: scoring -->\n")
+    new = record.replace_section(text, "sampling", "new sampling\n")
+    assert "new sampling" in new and "old sampling" not in new and "old scoring" in new
+    appended = record.replace_section(new, "training", "trained")
+    assert appended.endswith("## training\n\n<!-- section: training -->\ntrained\n<!-- /section: training -->\n")
+
+
+def test_record_writes_a_stamped_section_and_keeps_the_page_on_failure(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fast.py").write_text("import sys\nprint('12.5 tokens/s', sys.argv[1:])\n")
+    (tmp_path / "broken.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(record, "HERE", tmp_path)
+    out = tmp_path / "perf.md"
+    out.write_text("# Performance\n")
+    assert record.main(["--page", str(out), "fast.py", "--n", "2"]) == 0
+    text = out.read_text()
+    assert "<!-- section: fast -->" in text and "12.5 tokens/s ['--n', '2']" in text
+    assert f"- command: `python bench/record.py --page {out} fast.py --n 2`" in text
+    with pytest.raises(SystemExit, match="failed"):
+        record.main(["--page", str(out), "broken.py"])
+    assert out.read_text() == text
+
+
+def test_archived_pages_say_so_at_the_top():
+    for path in sorted((ROOT / "results").glob("*.md")):
+        head = path.read_text()[:600]
+        assert path.name == "README.md" or "<!-- written by a script" in head or "**Archived from the README" in head, \
+            f"{path.name}: neither stamped by a script nor marked archived"
+
+
+FAKE_SHARPEN = r"""#!/usr/bin/env bash
+# Stands in for `sharpen`: records the call, makes the run directory look finished, writes compare's tables.
+echo "$*" >> "$CALLS"
+out=""; paired=""; cmd=$1
+while [ $# -gt 0 ]; do
+  case $1 in --out) out=$2; shift ;; --paired) paired=$2; shift ;; esac
+  shift
+done
+if [ "$cmd" = compare ]; then
+  [ -n "$paired" ] && f="${out}_paired.md" || f="${out}.md"
+  printf '| method | accuracy %% |\n|---|---|\n| base greedy | 1.0 |\n' > "$f"
+elif [ "$cmd" = demo ]; then
+  echo "selector   accuracy % [95% CI]"
+else
+  mkdir -p "$out" && echo '{}' > "$out/summary.json"
+  echo '{}' > "$out/eval_base.jsonl" && echo '{}' > "$out/val_base.jsonl"
+fi
+"""
+
+
+@pytest.mark.parametrize("script,args,calls", [
+    ("heldout.sh", ["prontoqa", "0.7", "96"], 11),
+    ("power.sh", [], 8),
+    ("confidence.sh", [], 6),
+    ("headroom_tasks.sh", [], 7),
+    ("demo.sh", [], 1),
+])
+def test_experiment_scripts_end_by_writing_their_page(tmp_path, script, args, calls):
+    """The scripts' plumbing, with a stand-in for `sharpen` (no model runs): each runs its commands, then writes
+    its page with the stamp, the command it was given and the tables `sharpen compare` wrote."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "sharpen"
+    fake.write_text(FAKE_SHARPEN)
+    fake.chmod(0o755)
+    out, page_path = tmp_path / "runs", tmp_path / "page.md"
+    env = {**os.environ, "SHARPEN": str(fake), "PYTHON": sys.executable, "PAGE": str(page_path),
+           "CALLS": str(tmp_path / "calls"), "EVAL": "1", "VAL": "1", "EVAL_SAMPLES": "0", "JOBS": "1"}
+    res = subprocess.run(["bash", str(ROOT / "experiments" / script), *args, str(out)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == calls
+    text = page_path.read_text()
+    assert "<!-- written by a script" in text and f"- command: `{ROOT / 'experiments' / script}" in text
+    assert ("| base greedy | 1.0 |" in text) or ("selector   accuracy" in text)

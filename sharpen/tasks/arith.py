@@ -22,7 +22,7 @@ from .base import STOP_AT_NEXT_EXAMPLE, Item, Task
 from .data import check_options, take
 from .gsm8k import GSM8K
 
-# Easiest to hardest for Qwen2.5-Coder-0.5B-Instruct greedy (see docs/results): products dominate the difficulty.
+# Presets from easy to hard (results/headroom.md measures them): products dominate the difficulty.
 LEVELS = {
     "1": "aa*b-cc",          # two steps: two-digit times one-digit, minus two-digit
     "2": "aa*b-cc*d",        # three steps: two products and a difference

@@ -5,20 +5,20 @@
 #
 #   experiments/headroom.sh OUT [QWEN_GGUF]      (re-running resumes: each bon run resumes on its own)
 #
-# Sizes (environment): VAL=64 items, N=16 samples, M=128 new tokens, LEVELS="1 2 3", TEMPS="0.7 1.0".
+# Sizes (environment): VAL=32 items, N=16 samples, M=128 new tokens, LEVELS="1 2 3", TEMPS="0.7 1.0".
 # The embedded model runs at the easiest level only (it cannot do this arithmetic).
 # Writes OUT/<model>-<format>-L<level>-T<temp>/ run directories and results/headroom.md.
 set -euo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 OUT [QWEN_GGUF]" >&2; exit 2; fi
 OUT=$1 QWEN=${2:-}
-VAL=${VAL:-64} N=${N:-16} M=${M:-128} LEVELS=${LEVELS:-"1 2 3"} TEMPS=${TEMPS:-"0.7 1.0"}
+VAL=${VAL:-32} N=${N:-16} M=${M:-128} LEVELS=${LEVELS:-"1 2 3"} TEMPS=${TEMPS:-"0.7 1.0"}
 SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT/logs"
 
 run() {  # NAME MODEL LEVEL TEMP [--chat]
   local name=$1 model=$2 level=$3 temp=$4; shift 4
-  [ -f "$OUT/$name/summary.json" ] && return 0
+  [ -f "$OUT/$name/summary.json" ] && return 0  # finished (also at another size: the table shows its items)
   echo "$(date -u +%H:%M:%S) $name" >&2
   local t0=$SECONDS
   $SHARPEN bon --task arith --split validation --level "$level" --model "$model" --limit "$VAL" --n "$N" \
@@ -27,9 +27,9 @@ run() {  # NAME MODEL LEVEL TEMP [--chat]
 }
 
 if [ -n "$QWEN" ]; then
-  for fmt in completion chat; do
-    flag=(); [ "$fmt" = chat ] && flag=(--chat)
-    for temp in $TEMPS; do
+  for temp in $TEMPS; do
+    for fmt in completion chat; do
+      flag=(); [ "$fmt" = chat ] && flag=(--chat)
       for level in $LEVELS; do
         run "qwen05-$fmt-L$level-T$temp" "$QWEN" "$level" "$temp" "${flag[@]}"
       done

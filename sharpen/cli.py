@@ -299,8 +299,7 @@ def _add_theory(p: argparse.ArgumentParser) -> None:
 def _cmd_theory(args: argparse.Namespace) -> int:
     from .stages.theory import run_theory
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # written only once the options are checked and the lab has run
     result = run_theory(out, seed=args.seed, n_seeds=args.seeds, beta=args.beta, alpha=args.alpha)
     print(result["summary"])
     print(f"plot: {out}/theory.png   numbers: {out}/theory.json")

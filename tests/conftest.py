@@ -1,5 +1,9 @@
 """Shared test setup."""
 
+import contextlib
+import sys
+import warnings
+
 import pytest
 
 
@@ -24,3 +28,64 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- deprecations: an error when our code calls the deprecated API ---------------------------------------------
+# A DeprecationWarning or FutureWarning is attributed to the frame its `stacklevel` names, which for a decorated
+# transformers forward (deprecate_kwarg under capture_outputs) or a deprecated property is transformers' own code,
+# so a filter on the warning's module ("error::FutureWarning:sharpen") would miss the calls that matter. Instead the
+# stack is read while the warning is raised: the caller is the first frame outside the package that warned and
+# outside call machinery (torch's Module.__call__, functools, contextlib). If that caller is sharpen or a test, the
+# warning is an error, so a deprecated call fails `make test` while the release that removes it is still ahead.
+# A deprecated call made by another library (peft asking transformers for is_gradient_checkpointing) stays a
+# warning: pyproject.toml bounds that library's versions instead.
+PASS_THROUGH = ("torch", "functools", "contextlib", "warnings", "_py_warnings")
+
+
+def _package(frame) -> str:
+    return (frame.f_globals.get("__name__") or "").split(".")[0]
+
+
+def deprecation_caller(frame) -> str:
+    """The module that called the deprecated API, from the frame of the function that called warnings.warn."""
+    while frame is not None and _package(frame) in ("warnings", "_py_warnings"):
+        frame = frame.f_back
+    issuer = _package(frame) if frame is not None else ""
+    while frame is not None and _package(frame) in (issuer, *PASS_THROUGH):
+        frame = frame.f_back
+    return (frame.f_globals.get("__name__") or "") if frame is not None else ""
+
+
+def ours(module: str) -> bool:
+    """sharpen itself, or a test (tests/ has no __init__.py: its modules are test_*, conftest)."""
+    return module.split(".")[0] in ("sharpen", "tests", "conftest") or module.startswith("test_")
+
+
+@contextlib.contextmanager
+def deprecations_are_errors():
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.simplefilter("always", category)  # every occurrence reaches the check, not only the first
+        shown = warnings.showwarning
+
+        def check(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DeprecationWarning | FutureWarning):
+                caller = deprecation_caller(sys._getframe(1))
+                if ours(caller):
+                    raise category(f"{message} [deprecated API called from {caller}]")
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = check
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with deprecations_are_errors():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with deprecations_are_errors():
+        return (yield)

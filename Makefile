@@ -4,14 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of PyTorch; on a GPU machine install your CUDA build of torch first (see README).
 TORCH_SPEC ?= torch==2.13.0
+# Every other package at the version the tests last passed with (`make lock` moves them forward); pip and the
+# build backend (setuptools) included, so next year's fresh install is this year's. torch is not in it: it is
+# TORCH_SPEC, or the CUDA build a GPU user brought.
+LOCK := constraints.txt
+PIP_LOCKED = $(BIN)/pip install -q -c $(LOCK) --build-constraint $(LOCK)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint lock clean
 
-$(BIN)/sharpen: pyproject.toml
+$(BIN)/sharpen: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c $(LOCK) --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(PIP_LOCKED) -e ".[dev]"
 	touch $(BIN)/sharpen
 
 setup: $(BIN)/sharpen
@@ -25,5 +30,22 @@ test: setup
 lint: setup
 	$(BIN)/ruff check sharpen tests bench
 
+# Move the lock forward: resolve pyproject.toml's ranges afresh (newest allowed releases) in a new virtualenv,
+# run the tests there, and only then rewrite $(LOCK). Review `git diff constraints.txt` and commit it.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip setuptools
+	$(LOCK_VENV)/bin/pip install -q "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/pip install -q -e ".[dev]"
+	( echo "# The lock: every dependency of '.[dev]' but torch at a version the tests passed with. Written by"; \
+	  echo "# 'make lock' (resolve afresh, test, rewrite); 'make setup' installs with it as constraints."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable --exclude torch --exclude wheel ) > $(LOCK).new
+	$(LOCK_VENV)/bin/python -m pytest -q
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', then 'make clean test' installs from it"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(LOCK).new runs .pytest_cache

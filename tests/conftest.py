@@ -80,12 +80,7 @@ def deprecations_are_errors():
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
-    with deprecations_are_errors():
-        return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
+    """The test's body (not its fixtures' setup, whose warning recorders a wrapper there would undo)."""
     with deprecations_are_errors():
         return (yield)

@@ -5,6 +5,7 @@ stated in one place. Importable without torch: `sharpen --help` and `sharpen rep
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import math
@@ -26,6 +27,19 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
 def number_or_auto(text: str) -> float | str:
     """An option value that is a number or the word 'auto'."""
     return "auto" if text == "auto" else float(text)
+
+
+def bounded(kind: type, low: float, strict: bool = False) -> Any:
+    """An argparse type for an option without a config field: a finite `kind` number >= low (> low if strict),
+    refused at parsing, in one line, before anything runs."""
+    def parse(text: str) -> Any:
+        v = kind(text)
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low} (got {text})")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
 
 
 def check_dtype_name(spec: str | None, flag: str, auto: bool = True) -> None:

@@ -185,6 +185,11 @@ class BonConfig(RunConfig):
             raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
         if (self.workers > 1 or self.ray_address) and self.token_stats:
             raise SharpenError("--token-stats is written by the sampling process: drop it, or drop --workers")
+        if self.token_stats and not self.confidence:
+            raise SharpenError("--token-stats needs the per-token statistics: drop --no-confidence")
+        if self.token_stats and self.adaptive != "off":
+            raise SharpenError("--token-stats has no effect with --adaptive (its rounds keep no per-token "
+                               "statistics): drop one")
         if self.early_stop and self.early_warmup >= self.n:
             raise SharpenError(f"--early-warmup {self.early_warmup} must be below --n {self.n}: the warm-up samples "
                                "run in full, so no sample could stop early")

@@ -63,6 +63,8 @@ CASES = [
     ("power", ["--method", "smc", "--mh-steps", "2"], "--mh-steps 2 has no effect with --method smc"),
     ("power", ["--threshold", "0.3"], "--threshold 0.3 has no effect with --method mh"),
     ("bon", ["--task", "arith", "--data-dir", "somewhere"], "--data-dir has no effect on --task arith"),
+    ("bon", ["--token-stats", "--no-confidence"], "--token-stats needs the per-token statistics"),
+    ("bon", ["--token-stats", "--adaptive", "appd"], "--token-stats has no effect with --adaptive"),
     # paths that are not what the option needs
     ("eval", ["--adapter", "no-such-adapter"], "--adapter no-such-adapter holds no PEFT adapter"),
     ("sft", ["--from-run", "no-such-run"], "--from-run no-such-run is not a run directory"),

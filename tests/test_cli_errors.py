@@ -338,3 +338,27 @@ def test_every_command_prints_its_help(capsys, command):
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage: sharpen" in capsys.readouterr().out
+
+
+def test_dataset_download_with_the_hub_unreachable_fails_fast(monkeypatch):
+    """Without a data directory the benchmarks come from the hub: unreachable, that is one line in seconds."""
+    import types
+
+    import huggingface_hub.constants
+
+    from sharpen.errors import SharpenError
+    from sharpen.tasks.data import hub_rows
+
+    def never(*a, **k):
+        raise AssertionError("load_dataset ran (and retried) although the hub is unreachable")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=never))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        start = time.perf_counter()
+        with pytest.raises(SharpenError, match=r"could not download openai/gsm8k: the hub at http://127\.0\.0\.1:\d+ "
+                                               r"is unreachable .*give --data-dir"):
+            hub_rows("openai/gsm8k", "main", "test")
+    assert time.perf_counter() - start < 10

@@ -32,28 +32,28 @@ def one_thread():
 
 # ---- deprecations: an error when our code calls the deprecated API ---------------------------------------------
 # A DeprecationWarning or FutureWarning is attributed to the frame its `stacklevel` names, which for a decorated
-# transformers forward (deprecate_kwarg under capture_outputs) or a deprecated property is transformers' own code,
-# so a filter on the warning's module ("error::FutureWarning:sharpen") would miss the calls that matter. Instead the
-# stack is read while the warning is raised: the caller is the first frame outside the package that warned and
-# outside call machinery (torch's Module.__call__, functools, contextlib). If that caller is sharpen or a test, the
-# warning is an error, so a deprecated call fails `make test` while the release that removes it is still ahead.
-# A deprecated call made by another library (peft asking transformers for is_gradient_checkpointing) stays a
-# warning: pyproject.toml bounds that library's versions instead.
-PASS_THROUGH = ("torch", "functools", "contextlib", "warnings", "_py_warnings")
+# transformers forward (deprecate_kwarg under capture_outputs) is transformers' own decorator code, so a filter on
+# the warning's module ("error::FutureWarning:sharpen" in pyproject.toml) misses the calls that matter. Instead the
+# stack is read while the warning is raised: the caller of the deprecated function, past decorator wrappers and
+# torch's Module.__call__, is the frame to blame. If it is sharpen or a test, the warning is an error, so a
+# deprecated call fails `make test` while the release that removes it is still ahead. A deprecated call made
+# inside a library (peft asking transformers for is_gradient_checkpointing, Ray setting a deprecated field of its
+# own) stays a warning: pyproject.toml bounds that library's versions instead.
+WRAPPERS = ("inner", "decorator", "_call_impl", "_wrapped_call_impl")  # and any function named *wrap*
 
 
-def _package(frame) -> str:
-    return (frame.f_globals.get("__name__") or "").split(".")[0]
+def _module_of(frame) -> str:
+    return frame.f_globals.get("__name__") or ""
 
 
 def deprecation_caller(frame) -> str:
-    """The module that called the deprecated API, from the frame of the function that called warnings.warn."""
-    while frame is not None and _package(frame) in ("warnings", "_py_warnings"):
+    """The module that called the deprecated function, from a frame inside `warnings`' machinery."""
+    while frame is not None and _module_of(frame).split(".")[0] in ("warnings", "_py_warnings"):
         frame = frame.f_back
-    issuer = _package(frame) if frame is not None else ""
-    while frame is not None and _package(frame) in (issuer, *PASS_THROUGH):
+    frame = frame.f_back if frame is not None else None  # past the deprecated function, which warned
+    while frame is not None and ("wrap" in frame.f_code.co_name or frame.f_code.co_name in WRAPPERS):
         frame = frame.f_back
-    return (frame.f_globals.get("__name__") or "") if frame is not None else ""
+    return _module_of(frame) if frame is not None else ""
 
 
 def ours(module: str) -> bool:

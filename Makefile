@@ -30,22 +30,24 @@ test: setup
 lint: setup
 	$(BIN)/ruff check sharpen tests bench
 
-# Move the lock forward: resolve pyproject.toml's ranges afresh (newest allowed releases) in a new virtualenv,
-# run the tests there, and only then rewrite $(LOCK). Review `git diff constraints.txt` and commit it.
+# Move the lock forward: resolve pyproject.toml's ranges afresh (the newest allowed releases, the build backend
+# within build-system.requires) in a new virtualenv, run the tests there against the new lock, and keep it only
+# if they pass. Then review `git diff constraints.txt` and commit it.
 LOCK_VENV := .venv-lock
+BUILD_REQUIRES = $$($(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'])")
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/pip install -q --upgrade pip setuptools
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip $(BUILD_REQUIRES)
 	$(LOCK_VENV)/bin/pip install -q "$(TORCH_SPEC)"
 	$(LOCK_VENV)/bin/pip install -q -e ".[dev]"
 	( echo "# The lock: every dependency of '.[dev]' but torch at a version the tests passed with. Written by"; \
 	  echo "# 'make lock' (resolve afresh, test, rewrite); 'make setup' installs with it as constraints."; \
 	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable --exclude torch --exclude wheel ) > $(LOCK).new
-	$(LOCK_VENV)/bin/python -m pytest -q
-	mv $(LOCK).new $(LOCK)
-	rm -rf $(LOCK_VENV)
+	cp $(LOCK) $(LOCK).old && mv $(LOCK).new $(LOCK)
+	$(LOCK_VENV)/bin/python -m pytest -q || { mv $(LOCK).old $(LOCK); echo "tests failed: $(LOCK) kept as it was"; exit 1; }
+	rm -rf $(LOCK).old $(LOCK_VENV)
 	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', then 'make clean test' installs from it"
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) $(LOCK).new runs .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(LOCK).new $(LOCK).old runs .pytest_cache

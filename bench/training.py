@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from sharpen.config import TrainConfig
+from sharpen.engine.arch import set_checkpointing
 from sharpen.engine.models import load_model
 from sharpen.stages.sft import sft_batch_loss
 from sharpen.train.lora import attach_lora
@@ -68,10 +69,7 @@ def step(model: Any, opt: Any, spec: str, batch: list[dict]) -> dict[str, float]
     """One optimizer step of side `spec` ("ours+bf16+gc": loss, then options); seconds per phase."""
     name, *flags = spec.split("+")
     loss_fn = {"plain": plain_loss, "ours": ours_loss, "ours_ckpt": ours_ckpt_loss}[name]
-    if "gc" in flags:
-        model.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.module.gradient_checkpointing_disable()
+    set_checkpointing(model.module, "gc" in flags)
     model.module.train()
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled="bf16" in flags)
     t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from .config import (
     SftConfig,
     TrainConfig,
     XpoConfig,
+    bounded,
 )
 from .errors import SharpenError
 from .report import grpo as grpo_report
@@ -291,9 +292,10 @@ COMMANDS["power"] = ("power sampling: draw from pi^alpha (MH or SMC) with no tra
 def _add_theory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/theory", help="output directory (default: runs/theory)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (default: 5)")
-    p.add_argument("--beta", type=float, default=0.05, help="KL weight of RLHF-sharpening (default: 0.05)")
-    p.add_argument("--alpha", type=float, default=1e-3, help="XPO optimism weight (default: 0.001)")
+    p.add_argument("--seeds", type=bounded(int, 1), default=5, help="number of seeds (default: 5)")
+    p.add_argument("--beta", type=bounded(float, 0, strict=True), default=0.05,
+                   help="KL weight of RLHF-sharpening (default: 0.05)")
+    p.add_argument("--alpha", type=bounded(float, 0), default=1e-3, help="XPO optimism weight (default: 0.001)")
 
 
 def _cmd_theory(args: argparse.Namespace) -> int:

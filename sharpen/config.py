@@ -5,10 +5,13 @@ stated in one place. Importable without torch: `sharpen --help` and `sharpen rep
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .engine.spec import DEFAULT_MODEL, DTYPES, SAMPLE_DTYPE_HELP
@@ -26,11 +29,48 @@ def number_or_auto(text: str) -> float | str:
     return "auto" if text == "auto" else float(text)
 
 
+def bounded(kind: type, low: float, strict: bool = False) -> Any:
+    """An argparse type for an option without a config field: a finite `kind` number >= low (> low if strict),
+    refused at parsing, in one line, before anything runs."""
+    def parse(text: str) -> Any:
+        v = kind(text)
+        if not math.isfinite(v) or v < low or (strict and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low} (got {text})")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
 def check_dtype_name(spec: str | None, flag: str, auto: bool = True) -> None:
     """Fail early (before torch or a model loads) on a dtype name the engine would refuse."""
     if spec is None or (auto and spec == "auto") or spec in DTYPES:
         return
     raise SharpenError(f"unknown dtype {spec!r} for {flag}: use one of float32, bfloat16, float16")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field."""
+    return "--" + name.replace("_", "-")
+
+
+def refuse_inert(cfg: Any, why: str, *names: str) -> None:
+    """Refuse options set away from their defaults where `why` (e.g. "without --early-stop") makes them do nothing:
+    an option that is accepted must change the run."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in names:
+        if getattr(cfg, name) != defaults[name]:
+            raise SharpenError(f"{flag(name)} {getattr(cfg, name)} has no effect {why}: drop it")
+
+
+def check_ray(cfg: Any) -> None:
+    """--workers / --ray-address need Ray: say so before a model loads or a file is written."""
+    if (cfg.workers > 1 or cfg.ray_address) and importlib.util.find_spec("ray") is None:
+        raise SharpenError("--workers / --ray-address need Ray, which is not installed: pip install 'sharpen[ray]' "
+                           "(or ray[data]), or drop them")
+
+
+DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 @dataclass
@@ -64,10 +104,14 @@ class RunConfig:
     def validate(self) -> None:
         check_dtype_name(self.dtype, "--dtype", auto=False)
         check_dtype_name(self.sample_dtype, "--sample-dtype")
+        if not DEVICE.fullmatch(self.device):
+            raise SharpenError(f"unknown --device {self.device!r}: use cpu, cuda, cuda:N, mps or auto")
         for name in self.POSITIVE:
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise SharpenError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+                raise SharpenError(f"{flag(name)} must be at least 1 (got {v})")
+        if self.data_dir is not None and self.task == "arith":
+            raise SharpenError("--data-dir has no effect on --task arith (its items are generated): drop it")
 
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.IDENTITY}
@@ -141,6 +185,23 @@ class BonConfig(RunConfig):
             raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
         if (self.workers > 1 or self.ray_address) and self.token_stats:
             raise SharpenError("--token-stats is written by the sampling process: drop it, or drop --workers")
+        if self.token_stats and not self.confidence:
+            raise SharpenError("--token-stats needs the per-token statistics: drop --no-confidence")
+        if self.token_stats and self.adaptive != "off":
+            raise SharpenError("--token-stats has no effect with --adaptive (its rounds keep no per-token "
+                               "statistics): drop one")
+        if self.early_stop and self.early_warmup >= self.n:
+            raise SharpenError(f"--early-warmup {self.early_warmup} must be below --n {self.n}: the warm-up samples "
+                               "run in full, so no sample could stop early")
+        if not self.early_stop:
+            refuse_inert(self, "without --early-stop", "early_warmup", "early_keep")
+        if self.adaptive == "off":
+            refuse_inert(self, "without --adaptive", "adaptive_step", "adaptive_delta")
+        else:
+            refuse_inert(self, f"with --adaptive {self.adaptive} (the summary does not subsample)", "seeds")
+        if self.adaptive == "majority":
+            refuse_inert(self, "with --adaptive majority (delta is rule appd's)", "adaptive_delta")
+        check_ray(self)
 
 
 @dataclass
@@ -166,6 +227,11 @@ class EvalConfig(RunConfig):
         if self.samples < 0:
             raise SharpenError(f"--samples must be >= 0 (got {self.samples})")
         _check_temperature(self.temperature, positive=False)
+        if self.samples == 0:
+            refuse_inert(self, "with --samples 0 (greedy only)", "temperature", "seed")
+        if self.adapter and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise SharpenError(f"--adapter {self.adapter} holds no PEFT adapter (no adapter_config.json): give the "
+                               "adapter directory a training run wrote (its adapter/ folder)")
 
 
 LOG_TARGETS = ("none", "tensorboard")
@@ -216,7 +282,7 @@ class TrainConfig:
             raise SharpenError(f"--lr must be a positive number (got {self.lr})")
         if not (math.isfinite(self.warmup) and self.warmup >= 0):
             raise SharpenError(f"--warmup must be >= 0 (got {self.warmup})")
-        if self.weight_decay < 0 or self.clip < 0:
+        if not all(math.isfinite(v) and v >= 0 for v in (self.weight_decay, self.clip)):
             raise SharpenError("--weight-decay and --clip must be >= 0 (--clip 0 disables clipping)")
         if self.max_steps is not None and self.max_steps < 1:
             raise SharpenError(f"--max-steps must be at least 1 (got {self.max_steps})")
@@ -229,6 +295,26 @@ class TrainConfig:
         if self.log_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise SharpenError("--log-to tensorboard needs the tensorboard package: pip install "
                                "'sharpen[tensorboard]' (or drop --log-to; metrics.jsonl is written either way)")
+        if self.warmup >= 1 and self.warmup != int(self.warmup):
+            raise SharpenError(f"--warmup {self.warmup:g} is neither a share (below 1) nor a whole number of steps")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise SharpenError(f"--lora-alpha must be a positive number (got {self.lora_alpha}; 0 would switch the "
+                               "adapter off)")
+        self._check_guards()
+
+    def _check_guards(self) -> None:
+        """Collapse-guard limits that can be met: a share guard in (0, 1], the length band [base / L, base x L]
+        with L > 1 (L <= 1 leaves no length allowed, and the guard stops the first evaluation), a KL limit >= 0."""
+        for name in ("guard_empty", "guard_truncated", "guard_repetition", "guard_answer_drop"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise SharpenError(f"{flag(name)} is a share and must lie in (0, 1] (got {v}; 1 stops only when "
+                                   "every response does it)")
+        if not (math.isfinite(self.guard_length) and self.guard_length > 1):
+            raise SharpenError(f"--guard-length must be above 1: the mean length may range over [base / L, base x L] "
+                               f"(got {self.guard_length}; a large L such as 100 all but switches the guard off)")
+        if not (math.isfinite(self.guard_kl) and self.guard_kl >= 0):
+            raise SharpenError(f"--guard-kl must be a number >= 0 (got {self.guard_kl}; 0 switches it off)")
 
     def identity(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.IDENTITY}
@@ -268,6 +354,12 @@ class AmortizedConfig(RunConfig):
                                      "valid_only")
     POSITIVE = RunConfig.POSITIVE + ("train_limit", "eval_limit", "val_limit")
 
+    def validate(self) -> None:
+        super().validate()
+        if self.train_on_eval:
+            refuse_inert(self, "with --train-on-eval (the training prompts are the --eval-limit evaluated ones)",
+                         "train_limit")
+
     @property
     def protocol(self) -> str:
         return "train-on-eval" if self.train_on_eval else "held-out"
@@ -282,6 +374,15 @@ class SharpenConfig(AmortizedConfig):
 
     IDENTITY = AmortizedConfig.IDENTITY + ("from_run",)
     POSITIVE = AmortizedConfig.POSITIVE + ("workers",)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.from_run:
+            refuse_inert(self, "with --from-run (nothing is sampled)", "workers", "ray_address")
+            if not (Path(self.from_run) / "config.json").is_file():
+                raise SharpenError(f"--from-run {self.from_run} is not a run directory (no config.json): give the "
+                                   "directory of a finished `sharpen bon` run")
+        check_ray(self)
 
 
 @dataclass
@@ -319,6 +420,13 @@ class SftConfig(SharpenConfig):
         if self.eval_samples < 0:
             raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
         _check_temperature(self.temperature, positive=True)
+        if not 0 < self.adaptive_delta < 1:
+            raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
+        if not self.adaptive:
+            refuse_inert(self, "without --adaptive", "adaptive_delta")
+        elif self.from_run:
+            raise SharpenError("--adaptive has no effect with --from-run (the bon run's samples are taken as they "
+                               "are): drop one")
 
 
 LOSSES = ("square", "logistic")
@@ -380,6 +488,8 @@ class DpoConfig(RlhfConfig):
             raise SharpenError(f"--n must be an even number >= 2: samples are paired up (got {self.n})")
         if self.loss not in LOSSES:
             raise SharpenError(f"unknown --loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        refuse_inert(self, "on dpo (its pairs are base samples: --valid-only keeps the valid ones, "
+                     "--no-valid-only keeps all unpenalized)", "invalid_penalty")
 
 
 @dataclass
@@ -401,6 +511,8 @@ class XpoConfig(RlhfConfig):
         super().validate()
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise SharpenError(f"--alpha must be a number >= 0 (got {self.alpha})")
+        if not self.valid_only:
+            refuse_inert(self, "with --no-valid-only (no response is penalized)", "invalid_penalty")
 
 
 GRPO_REWARDS = (*REWARDS, "gold", "random")
@@ -427,7 +539,6 @@ class GrpoConfig(AmortizedConfig):
     eval_samples: int = opt(4, "temperature-1 samples per held-out prompt in the before/after evaluation")
 
     IDENTITY = AmortizedConfig.IDENTITY + ("reward", "group", "advantage", "kl_coef", "clip_eps", "invalid_penalty")
-    POSITIVE = AmortizedConfig.POSITIVE + ("group",)
 
     def validate(self) -> None:
         super().validate()
@@ -444,6 +555,8 @@ class GrpoConfig(AmortizedConfig):
                 raise SharpenError(f"--{name.replace('_', '-')} must be a number >= 0 (got {v})")
         if self.eval_samples < 0:
             raise SharpenError(f"--eval-samples must be >= 0 (got {self.eval_samples})")
+        if not self.valid_only:
+            refuse_inert(self, "with --no-valid-only (no response is penalized)", "invalid_penalty")
 
 
 POWER_METHODS = ("mh", "smc")
@@ -482,6 +595,7 @@ class PowerConfig(RunConfig):
             raise SharpenError(f"--mh-steps must be >= 0 (got {self.mh_steps})")
         if not 0 < self.threshold <= 1:
             raise SharpenError(f"--threshold must lie in (0, 1] (got {self.threshold})")
+        refuse_inert(self, f"with --method {self.method}", "threshold" if self.method == "mh" else "mh_steps")
         if self.proposal_temperature is not None and not (math.isfinite(self.proposal_temperature)
                                                           and self.proposal_temperature > 0):
             raise SharpenError(f"--proposal-temperature must be > 0 (got {self.proposal_temperature})")

@@ -2,6 +2,10 @@
 
 import errno
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -138,6 +142,44 @@ def test_hub_id_offline(capsys, tmp_path, monkeypatch):
     code, err = run_cli(capsys, "bon", *TINY[2:], "--model", "no-such-org/no-such-model", "--out",
                         str(tmp_path / "r"))
     assert_one_line_error(code, err, "could not load model 'no-such-org/no-such-model'", "check the id")
+
+
+def test_hub_unreachable_fails_fast_in_one_line(tmp_path):
+    """No network to the hub: one look-up, then the local cache; one error line in seconds, not a minute of
+    retry messages. The hub here is a loopback port that refuses connections (nothing leaves the machine)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}", HF_HOME=str(tmp_path / "hf"),
+                   PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1")
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "sharpen.cli", "bon", *TINY[2:], "--model",
+                               "no-such-org/no-such-model", "--out", str(tmp_path / "r")],
+                              capture_output=True, text=True, env=env, timeout=120)
+        seconds = time.perf_counter() - start
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "could not load model 'no-such-org/no-such-model': the hub at http://127.0.0.1:" in lines[0]
+    assert "is unreachable" in lines[0] and "not in the local cache" in lines[0]
+    assert seconds < 30  # the hub's own retries alone took about 48 s
+
+
+def test_model_directory_with_damaged_config(capsys, tmp_path):
+    """A local directory that exists but does not load says so; it never blames the hub."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    code, err = run_cli(capsys, "bon", *TINY[2:], "--model", str(tmp_path / "m"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, f"the model directory {tmp_path / 'm'} is damaged or incomplete",
+                          "loading its config.json failed", "not a valid JSON file")
+    assert "hub" not in err
+
+
+def test_model_directory_without_weights(capsys, tmp_path):
+    from sharpen.engine.models import tiny_model
+
+    tiny_model().module.config.save_pretrained(tmp_path / "m")
+    code, err = run_cli(capsys, "bon", *TINY[2:], "--model", str(tmp_path / "m"), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "is damaged or incomplete: loading its weights failed")
 
 
 def test_model_directory_without_config(capsys, tmp_path):
@@ -296,3 +338,27 @@ def test_every_command_prints_its_help(capsys, command):
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage: sharpen" in capsys.readouterr().out
+
+
+def test_dataset_download_with_the_hub_unreachable_fails_fast(monkeypatch):
+    """Without a data directory the benchmarks come from the hub: unreachable, that is one line in seconds."""
+    import types
+
+    import huggingface_hub.constants
+
+    from sharpen.errors import SharpenError
+    from sharpen.tasks.data import hub_rows
+
+    def never(*a, **k):
+        raise AssertionError("load_dataset ran (and retried) although the hub is unreachable")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=never))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        start = time.perf_counter()
+        with pytest.raises(SharpenError, match=r"could not download openai/gsm8k: the hub at http://127\.0\.0\.1:\d+ "
+                                               r"is unreachable .*give --data-dir"):
+            hub_rows("openai/gsm8k", "main", "test")
+    assert time.perf_counter() - start < 10

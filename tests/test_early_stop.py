@@ -154,9 +154,9 @@ def test_adaptive_bon_draws_fewer_samples_and_resumes(tmp_path, monkeypatch):
     # A stand-in rule: the first prompt is decided after its first round, the others never.
     first = load_task("game24", limit=1).items[0].id
     monkeypatch.setattr(kit, "_decided", lambda rows, cfg: rows[0]["prompt_id"] == first)
-    common = ["--model", "tiny-random", "--task", "game24", "--limit", "3", "--n", "6", "--seeds", "1",
+    common = ["--model", "tiny-random", "--task", "game24", "--limit", "3", "--n", "6",
               "--max-new-tokens", "6", "--sample-dtype", "float32"]
-    assert main(["bon", *common, "--out", str(tmp_path / "full")]) == 0
+    assert main(["bon", *common, "--seeds", "1", "--out", str(tmp_path / "full")]) == 0
     argv = ["bon", *common, "--adaptive", "majority", "--adaptive-step", "2", "--out", str(tmp_path / "ad")]
     assert main(argv) == 0
     rows = load_jsonl(tmp_path / "ad" / "samples.jsonl")

@@ -139,8 +139,8 @@ def test_power_command_writes_a_bon_run_that_resumes(tmp_path, monkeypatch, meth
 
     def argv(out):
         return ["power", "--task", "game24", "--model", "tiny-random", "--limit", "4", "--n", "4", "--alpha", "2",
-                "--method", method, "--block", "4", "--mh-steps", "2", "--max-new-tokens", "8", "--chunk", "2",
-                "--data-dir", data, "--out", str(out)]
+                "--method", method, "--block", "4", *(["--mh-steps", "2"] if method == "mh" else []),
+                "--max-new-tokens", "8", "--chunk", "2", "--data-dir", data, "--out", str(out)]
 
     assert main(argv(tmp_path / "whole")) == 0
     real, calls = power._continue, {"n": 0}

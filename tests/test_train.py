@@ -70,6 +70,19 @@ def test_training_raises_likelihood_of_targets(tmp_path):
     assert len(losses) == 10 and sum(losses[-2:]) < sum(losses[:2])  # last epoch vs first
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
+    """--gradient-checkpointing recomputes activations (switched on under transformers' current name: a deprecated
+    one fails here, see tests/conftest.py) and changes memory, not the result."""
+    data = _dataset()
+    plain, _ = _trained(tmp_path, data, "plain", epochs=1)
+    ckpt, _ = _trained(tmp_path, data, "ckpt", epochs=1, gradient_checkpointing=True)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in ckpt.module.modules())
+    a, b = _adapter_params(plain), _adapter_params(ckpt)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
 def test_adapter_round_trip_gives_identical_logprobs(tmp_path):
     data = _dataset()
     model, result = _trained(tmp_path, data, epochs=2)

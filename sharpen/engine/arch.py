@@ -41,8 +41,26 @@ def backbone(module: Any) -> Any:
 
 
 def cache_keyword(module: Any) -> str:
-    """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    """The forward argument that takes a KV cache: transformers 5.x renamed past_key_values to cache (the old name
+    is deprecated, removed in 5.40). Read from the class's forward, so a wrapper set on the instance (a hook, a
+    test's spy) does not hide the name and send the deprecated one."""
+    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+
+
+def set_checkpointing(module: Any, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off, under the name of the installed transformers: 5.x calls it
+    activation_checkpointing_* and deprecates gradient_checkpointing_* (removed in v6); older releases have only
+    the latter. Works through a PeftModel, which passes unknown attributes to the model."""
+    if on:
+        kwargs = {"use_reentrant": False}
+        if hasattr(module, "activation_checkpointing_enable"):
+            module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif hasattr(module, "activation_checkpointing_disable"):
+        module.activation_checkpointing_disable()
+    else:
+        module.gradient_checkpointing_disable()
 
 
 def kv_heads(cfg: Any) -> int:

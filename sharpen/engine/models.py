@@ -182,36 +182,91 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
 
     'tiny-random' gives a random-weight toy model with a character tokenizer, for smoke tests.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if spec == "tiny-random":  # a random-weight toy for smoke tests: no files, no network, instant
         return tiny_model()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     path = Path(spec).expanduser()
     if spec in EMBEDDED:
-        source: str | Path = embedded_model_dir()
+        module, tokenizer = _load_dir(embedded_model_dir(), dt)
     elif spec.endswith(".gguf"):
         if not path.is_file():
             raise SharpenError(f"model file {spec} does not exist: give a path to a .gguf file")
-        source = gguf_model_dir(path)
+        module, tokenizer = _load_dir(gguf_model_dir(path), dt)
     elif path.exists():
         if not (path / "config.json").exists():
             raise SharpenError(f"{spec} is not a model directory (no config.json): "
                                "give a Hugging Face model directory, a .gguf file or a hub id")
-        source = path
+        module, tokenizer = _load_dir(path, dt)
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise SharpenError(f"model path {spec} does not exist: check the path, or give a hub id like org/name")
     else:
-        source = spec
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        module = AutoModelForCausalLM.from_pretrained(str(source), dtype=dt)
-    except OSError as e:
-        raise SharpenError(f"could not load model {spec!r}: it is not a local directory and the hub did not "
-                           f"provide it ({str(e).splitlines()[0][:160]}); check the id, your network, "
-                           "or use the embedded default 'gemma-3-270m'") from e
+        module, tokenizer = _load_hub(spec, dt)
     return _finish(module, tokenizer, spec, dev, dt)
+
+
+def _load_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Module and tokenizer of a local model directory; a damaged one is named as such, with the part that failed
+    and transformers' reason (it raises OSError, ValueError and others for a bad config.json, missing weights or a
+    missing tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    part = "config.json"
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+        part = "weights"
+        module = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype)
+        part = "tokenizer"
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise SharpenError(f"the model directory {path} is damaged or incomplete: loading its {part} failed "
+                           f"({_first_line(e)}); repair it or give another --model") from e
+    return module, tokenizer
+
+
+def _load_hub(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Module and tokenizer of hub model `spec`: after one look-up (`hub_problem`), from the hub, or from the local
+    cache alone when the hub cannot serve it, so an unreachable hub costs seconds, not minutes of retries."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    problem = hub_problem(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=problem is not None)
+        module = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=problem is not None)
+    except Exception as e:
+        if problem is not None:
+            raise SharpenError(f"could not load model {spec!r}: {problem}, and it is not in the local cache; check "
+                               "the id and your network, or give a local directory, a .gguf file or the embedded "
+                               "'gemma-3-270m'") from e
+        raise SharpenError(f"could not load model {spec!r} from the hub: {_first_line(e)}") from e
+    return module, tokenizer
+
+
+def hub_problem(spec: str) -> str | None:
+    """Why hub model `spec` cannot come from the hub, found with one request and no retries (None: it can).
+    The hub's own downloads retry a failed request for about a minute; this look-up answers in seconds."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        HfApi(endpoint=constants.ENDPOINT).model_info(spec, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except GatedRepoError:
+        return "it is gated on the hub (accept its terms on its page and log in with `hf auth login`)"
+    except RepositoryNotFoundError:
+        return "the hub has no such model (or it is private: log in with `hf auth login`)"
+    except HfHubHTTPError:
+        return None  # the hub answered (e.g. a server error): let the download say what it is
+    except Exception as e:  # the request itself failed: DNS, refused connection, timeout, proxy
+        return f"the hub at {constants.ENDPOINT} is unreachable ({_first_line(e)})"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message on one line, shortened (transformers' run to many lines)."""
+    text = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _finish(module: Any, tokenizer: Any, name: str, dev: torch.device, dt: torch.dtype) -> Model:

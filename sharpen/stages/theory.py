@@ -290,6 +290,8 @@ def run_theory(out_dir: Path, seed: int = 0, n_seeds: int = 5, n_train: int = 32
     """Run the lab over seeds seed..seed+n_seeds-1; write theory.json and theory.png to out_dir; return the dict."""
     if dim < 2 or n_responses < 2 or n_seeds < 1:
         raise SharpenError("the theory lab needs dim >= 2, n_responses >= 2 and n_seeds >= 1: raise them")
+    if not (math.isfinite(beta) and beta > 0) or not (math.isfinite(alpha) and alpha >= 0):
+        raise SharpenError(f"the theory lab needs --beta > 0 and --alpha >= 0 (got beta {beta}, alpha {alpha})")
     if any(b < 2 or b % 2 for b in xpo_budgets):
         raise SharpenError(f"XPO budgets count 2 samples per round, got {list(xpo_budgets)}: use even numbers >= 2")
     cfg = dict(n_train=n_train, n_val=n_val, n_test=n_test, n_responses=n_responses, dim=dim, spread=spread,

@@ -126,6 +126,10 @@ def hub_rows(repo: str, config: str | None, split: str) -> list[dict]:
     except ImportError as e:
         raise SharpenError(f"no data directory given and the `datasets` package is missing: pip install datasets "
                            f"(to download {repo}), or give --data-dir / ${ENV_VAR}") from e
+    unreachable = _hub_unreachable(repo)
+    if unreachable:
+        raise SharpenError(f"could not download {repo}: {unreachable}; give --data-dir / ${ENV_VAR} with the "
+                           "benchmark files, or set HF_HUB_OFFLINE=1 to use a copy in the local cache")
     try:
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as e:  # network, auth and format errors all come through here
@@ -133,6 +137,23 @@ def hub_rows(repo: str, config: str | None, split: str) -> list[dict]:
         raise SharpenError(f"could not download {repo} from the Hugging Face hub ({type(e).__name__}: {first}); "
                            f"check the network, or give --data-dir / ${ENV_VAR} with the benchmark files") from e
     return [dict(row) for row in ds]
+
+
+def _hub_unreachable(repo: str) -> str | None:
+    """Why the hub cannot be reached for dataset `repo`, from one request without retries (None: it answered, or
+    offline mode is set and the local cache is meant); the downloads' own retries take about a minute."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        HfApi(endpoint=constants.ENDPOINT).dataset_info(repo, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        return None  # the hub answered (not found, gated, ...): load_dataset says what it is
+    except Exception as e:  # DNS, refused connection, timeout, proxy
+        return f"the hub at {constants.ENDPOINT} is unreachable ({' '.join(str(e).split())[:160]})"
+    return None
 
 
 def check_split(task: str, split: str) -> None:

@@ -32,6 +32,7 @@ import torch
 
 from .. import runs
 from ..config import TrainConfig
+from ..engine.arch import set_checkpointing
 from ..engine.models import Model
 from ..errors import SharpenError
 from ..guards import guard_reason
@@ -199,7 +200,7 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     warm = warmup_steps(cfg, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total, warm))
     if cfg.gradient_checkpointing:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(module, True)
     identity = {**cfg.identity(), "num_examples": len(dataset), "world": world}
     ckpt_path, metrics_path, adapter_dir = out / "checkpoint.pt", out / "metrics.jsonl", out / "adapter"
     key = best_key or (lambda m: m.get("accuracy", 0.0))

@@ -208,10 +208,20 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "auto",
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         module = AutoModelForCausalLM.from_pretrained(str(source), dtype=dt)
     except OSError as e:
+        if isinstance(source, Path):  # a local directory whose files cannot be read
+            raise _damaged_model(source, e) from e
         raise SharpenError(f"could not load model {spec!r}: it is not a local directory and the hub did not "
                            f"provide it ({str(e).splitlines()[0][:160]}); check the id, your network, "
                            "or use the embedded default 'gemma-3-270m'") from e
+    except Exception as e:  # a torn weights file, a config that is not JSON or not an object: many kinds
+        raise _damaged_model(source, e) from e
     return _finish(module, tokenizer, spec, dev, dt)
+
+
+def _damaged_model(source: str | Path, e: BaseException) -> SharpenError:
+    first = str(e).splitlines()[0][:120] if str(e) else ""
+    return SharpenError(f"could not load the model in {source} ({type(e).__name__}{': ' + first if first else ''}): "
+                        "its files are damaged or incomplete; download or save the model again")
 
 
 def _finish(module: Any, tokenizer: Any, name: str, dev: torch.device, dt: torch.dtype) -> Model:

@@ -41,7 +41,7 @@ from .report.bon import format_table, write_report
 from .report.compare import write_compare
 from .report.kit import format_eval, label_console
 from .report.paired import write_paired
-from .runs import append_jsonl, opened, prepare_run_dir, read_json
+from .runs import append_jsonl, forget_opened, opened, prepare_run_dir, read_json
 from .tasks import TASKS
 
 
@@ -319,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     start, status = time.time(), "error"
+    forget_opened()
     try:
         rc = args.func(args)
         status = "done"
@@ -341,7 +342,7 @@ def _record_time(args: argparse.Namespace, start: float, status: str) -> None:
     is the sum of its lines): only a run directory this process opened, never one it refused. Main process only;
     never fails the command."""
     out = getattr(args, "out", None)
-    if not out or not opened(out) or os.environ.get("RANK", "0") != "0":
+    if not out or args.command == "compare" or not opened(out) or os.environ.get("RANK", "0") != "0":
         return
     try:
         append_jsonl(Path(out) / "timing.jsonl", [{"command": args.command, "status": status,

@@ -213,7 +213,7 @@ def repair_jsonl(path: Path, keep: Any = None) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- run directories
 
-# Run directories this process opened (prepare_run_dir): the only ones it records its wall time in.
+# Run directories the current command opened (prepare_run_dir): the only ones it records its wall time in.
 _OPENED: set[Path] = set()
 # What atomic_write leaves behind when killed: .NAME.XXXXXXXX.tmp (tempfile.mkstemp's 8 random characters).
 _STALE_TMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
@@ -221,8 +221,13 @@ _FIRST_TMP = re.compile(r"\.config\.json\.[a-z0-9_]{8}\.tmp")
 
 
 def opened(out: str | Path) -> bool:
-    """True when this process opened `out` as its run directory (and so may write into it)."""
+    """True when `out` was opened as a run directory (and so may be written into) since `forget_opened`."""
     return Path(out).resolve() in _OPENED
+
+
+def forget_opened() -> None:
+    """Start a new command: no run directory is opened yet."""
+    _OPENED.clear()
 
 
 def symlink_in(out: Path) -> Path | None:

@@ -267,12 +267,13 @@ def check_run_dir(out: str | Path | None, command: str, identity: Mapping[str, A
                            "give --out a new or empty folder")
     if old.get("command") != command:
         raise SharpenError(f"{out} holds a '{old.get('command')}' run, not '{command}': use another --out")
+    check_fields(cfg_path, old, {"identity": schema.DICT})  # written with every run directory
     link = symlink_in(out)
     if link is not None:
         raise SharpenError(f"{link} is a symbolic link: sharpen never writes or reads through a link in its run "
                            "directory; remove the link or use a new --out")
     if identity is not None:
-        old_id = old.get("identity", {})
+        old_id = old["identity"]
         diffs = [k for k in sorted(set(identity) | set(old_id)) if _norm(identity.get(k)) != _norm(old_id.get(k))]
         if diffs:
             k = diffs[0]

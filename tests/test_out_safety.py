@@ -202,6 +202,9 @@ def test_compare_writes_into_a_folder_of_its_own(capsys, tmp_path):
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["compare.csv", "compare.md", "compare.png",
                                                                     "config.json"]
     assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0  # its own folder: rewritten
+    # --out RUN/report once overwrote the run's report.md; it is a new folder now.
+    assert main(["compare", str(run), "--out", str(run / "report")]) == 0
+    assert (run / "report.md").read_bytes() == report and (run / "report" / "compare.md").exists()
     # Into a run directory (or any folder that is not compare's): refused, that run's report untouched.
     before = snapshot(tmp_path)
     code, err = cli(capsys, "compare", str(run), "--out", str(run))

@@ -335,3 +335,18 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert dst == tmp_path / "checkpoint.pt" and src.parent == tmp_path and synced_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     assert torch.load(dst, weights_only=True)["step"] == 3
+
+
+def test_adapter_swap_killed_between_its_renames(built, tmp_path):
+    """A kill between the two renames that replace adapter/ leaves the previous adapter as adapter.old and a
+    possibly incomplete adapter.tmp: the run resumes with the previous one."""
+    d = tmp_path / "sft"
+    shutil.copytree(built / "finished" / "sft", d)
+    (d / "adapter").rename(d / "adapter.old")
+    (d / "adapter.tmp").mkdir()
+    (d / "adapter.tmp" / "adapter_model.safetensors").write_bytes(b"torn")
+    with fast_figures():
+        code, err = run(*ARGS["sft"], "--out", str(d))
+    assert code == 0, err
+    assert (d / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        built / "finished" / "sft" / "adapter" / "adapter_model.safetensors").read_bytes()

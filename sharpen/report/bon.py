@@ -46,7 +46,7 @@ def _color(name: str) -> Any:
     return colormaps["tab20"](2 * others.index(name) % 20 + 1) if name in others else None
 
 
-@reads_summary()
+@reads_summary
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and its plots from config.json, summary.json and samples.jsonl; return its path."""
     run_dir = Path(run_dir)

@@ -35,21 +35,19 @@ DAMAGE = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
 W = TypeVar("W", bound=Callable[..., Any])
 
 
-def reads_summary(name: str = "summary.json") -> Callable[[W], W]:
-    """Decorate a function whose first argument is a run directory and that reads its `name` (summary.json, or
-    eval.json): a field missing or mistyped deep inside that file becomes one line naming it and the fix. (Rows,
-    config.json and the file's top level are checked where they are read, `sharpen.schema`.)"""
-    def wrap(fn: W) -> W:
-        @functools.wraps(fn)
-        def inner(run_dir: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(run_dir, *args, **kwargs)
-            except DAMAGE as e:
-                path = Path(run_dir) / name
-                raise SharpenError(f"{path} is not as sharpen writes it ({type(e).__name__}: {str(e)[:80]}): "
-                                   f"{schema_fix(path)}") from e
-        return inner  # type: ignore[return-value]
-    return wrap
+def reads_summary(fn: W) -> W:
+    """Decorate a function whose first argument is a run directory and that reads its summary.json: a field
+    missing or mistyped deep inside it becomes one line naming the file and the fix. (Rows, config.json and the
+    summary's top level are checked where they are read, `sharpen.schema`.)"""
+    @functools.wraps(fn)
+    def inner(run_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(run_dir, *args, **kwargs)
+        except DAMAGE as e:
+            path = Path(run_dir) / "summary.json"
+            raise SharpenError(f"{path} is not as sharpen writes it ({type(e).__name__}: {str(e)[:80]}): "
+                               f"{schema_fix(path)}") from e
+    return inner  # type: ignore[return-value]
 
 
 def fmt_num(x: float | None, fmt: str = ".2f") -> str:

@@ -78,7 +78,7 @@ class BaseRun(NamedTuple):
     path: Path
 
 
-@reads_summary()
+@reads_summary
 def base_policies(bon_dir: Path) -> BaseRun:
     """Base greedy and base best-of-N (full pool) picks of a bon run, with what the other rows need of it."""
     conf = _config(bon_dir)
@@ -107,7 +107,7 @@ def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
     return int(min(n, max(1, round(tokens / per_sample)))) if per_sample > 0 else n
 
 
-@reads_summary()
+@reads_summary
 def power_policies(run_dir: Path, base: BaseRun) -> list[dict]:
     """A power run's draws (one chain's, and its selectors over all n chains), each followed by base best-of-k on
     the bon run's first k samples, k chosen so that the base spends the response tokens the power run spent
@@ -152,7 +152,7 @@ def _policies(run_dir: Path, base: BaseRun) -> list[dict]:
             [trained_policy(run_dir)])
 
 
-@reads_summary()
+@reads_summary
 def trained_policy(run_dir: Path) -> dict:
     """The greedy answers of a trained run's kept model on its held-out items, with its sample accuracy, wall
     time and which checkpoint was kept."""

@@ -51,7 +51,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 # ---- report ---------------------------------------------------------------------------------------------
 
-@reads_summary()
+@reads_summary
 def write_rlhf_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and the metrics logs."""
     run_dir = Path(run_dir)

@@ -67,6 +67,7 @@ def merge_adapter(model: Model, out: str | Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     merged.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
+    _fsync_files(tmp)
     _swap_dir(tmp, out)
     return out
 
@@ -76,6 +77,7 @@ def restore_adapter(model: Model, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    _settle(Path(adapter_dir))
     path = Path(adapter_dir) / "adapter_model.safetensors"
     try:
         state = load_file(str(path), device=str(model.device))
@@ -94,8 +96,17 @@ def adapter_is_identity(module: Any) -> bool:
     return all(not p.any() for n, p in module.named_parameters() if "lora_B" in n)
 
 
+def _settle(target: Path) -> None:
+    """A kill inside `_swap_dir` between its two renames leaves the previous directory only as TARGET.old: put it
+    back (the new one in TARGET.tmp may be incomplete)."""
+    old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+
+
 def _swap_dir(tmp: Path, target: Path) -> None:
-    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one."""
+    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one (`_settle`)."""
+    _settle(target)
     old = target.with_name(target.name + ".old")
     if old.exists():
         shutil.rmtree(old)

@@ -24,7 +24,7 @@ for task in $TASKS; do
   $SHARPEN bon "${B[@]}" --out "$OUT/$task"
   $SHARPEN bon "${B[@]}" --early-stop --out "$OUT/$task-early-stop"
   $SHARPEN compare "$OUT/$task" "$OUT/$task-early-stop" --out "$OUT/$task-table"
-  parts+=(--part "$task: the first $LIMIT test items, N = $N, $M new tokens" "$OUT/$task-table.md")
+  parts+=(--part "$task: the first $LIMIT test items, N = $N, $M new tokens" "$OUT/$task-table/compare.md")
 done
 "$PYTHON" "$HERE/page.py" "$PAGE" --title "Confidence selectors and early stopping on the embedded model" \
   --command "$0 $ARGS" --runs "$OUT" "${parts[@]}" --note "Every selector of a best-of-$N run (the paper's \

@@ -35,6 +35,6 @@ for temp in $TEMPS; do
 done
 $SHARPEN compare "${dirs[@]}" --out "$OUT/table"
 "$PYTHON" "$HERE/page.py" "$PAGE" --title "Headroom on the paper's benchmarks: best-of-N above greedy" \
-  --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table.md" --note "Best-of-$N (10 subsampling seeds) on the \
+  --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/compare.md" --note "Best-of-$N (10 subsampling seeds) on the \
 first test items of ProntoQA, GSM8K and MMLU at temperatures $TEMPS; training can at best carry such a gain over \
 to greedy decoding. Table: \`sharpen compare\` over the run directories in $OUT."

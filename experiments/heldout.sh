@@ -118,7 +118,7 @@ for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$O
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" --out "$OUT/table" || status=$?
 if [ $status = 0 ]; then
   "$PYTHON" "$HERE/page.py" "$PAGE" --title "${TITLE:-Held-out table: $TASK, base samples at temperature $T}" \
-    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table_paired.md" --note "The base model and its \
+    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" --note "The base model and its \
 best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
 items (checkpoints chosen on $VAL validation items); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
 EVAL_SAMPLES=$EVAL_SAMPLES. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?

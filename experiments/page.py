@@ -3,7 +3,7 @@ run directories gave (`sharpen compare` output, or a command's console output), 
 
     python experiments/page.py results/heldout-mmlu.md --title "Held-out table: mmlu, T 0.7" \
         --command "experiments/heldout.sh mmlu 0.7 128 runs/mmlu" --runs runs/mmlu \
-        --part "" runs/mmlu/table_paired.md
+        --part "" runs/mmlu/table/paired.md
 
 Each --part HEADING FILE adds a section (no heading when HEADING is empty): a .md file as it is, any other file in
 a code block. --runs DIR... are the run directories read (directly or one level down): a run whose config.json

@@ -38,7 +38,7 @@ for task in $TASKS; do
   [ "$task" = prontoqa ] && extra=("${TRAINED[@]}")
   $SHARPEN compare "${extra[@]}" "${dirs[@]}" --paired "$OUT/$task-bon" --out "$OUT/$task-table"
   parts+=(--part "$task: the first $LIMIT test items, $M new tokens; MH: $CHAINS chains, blocks of 32 tokens, \
-moves per block: $MOVES" "$OUT/$task-table_paired.md")
+moves per block: $MOVES" "$OUT/$task-table/paired.md")
 done
 "$PYTHON" "$HERE/page.py" "$PAGE" --title "Power sampling against Best-of-N on the embedded model" \
   --command "$0 $ARGS" --runs "$OUT" "${parts[@]}" --note "Base best-of-$N at temperature 0.7 against power \

@@ -42,7 +42,7 @@ from .report.bon import format_table, write_report
 from .report.compare import write_compare
 from .report.kit import format_eval, label_console
 from .report.paired import write_paired
-from .runs import append_jsonl, read_json
+from .runs import append_jsonl, forget_opened, opened, prepare_run_dir, read_json
 from .tasks import TASKS
 
 
@@ -149,15 +149,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="one table and lift heatmap across run directories (no model loaded)",
                        description="Compare finished bon / sft / dpo / xpo / eval run directories: accuracy with "
                                    "its 95% interval, balanced accuracy, majority-label baseline, lift over "
-                                   "greedy; writes PREFIX.md, PREFIX.csv and PREFIX.png.")
+                                   "greedy; writes OUT/compare.md, OUT/compare.csv and OUT/compare.png.")
     p.add_argument("run_dir", nargs="+", help="run directories written by sharpen bon / sft / dpo / xpo / grpo / "
                                                "power / eval (with --paired: sft / dpo / xpo / grpo / power)")
-    p.add_argument("--out", default="compare", help="output prefix (default: compare, in the current directory)")
+    p.add_argument("--out", default="compare", help="output folder, new or empty or one compare wrote (default: "
+                                                    "compare, in the current directory)")
     p.add_argument("--paired", metavar="BON_DIR", default=None,
-                   help="instead: the base model's bon run on the held-out items; writes PREFIX_paired.md, where "
+                   help="instead: the base model's bon run on the held-out items; writes OUT/paired.md, where "
                         "base greedy, base best-of-N and every trained run's greedy answers are compared item by "
                         "item with base greedy, the majority label and base majority@N; power runs also with base "
-                        "best-of-k at the response tokens they spent; and PREFIX_paired.png, accuracy against "
+                        "best-of-k at the response tokens they spent; and OUT/paired.png, accuracy against "
                         "tokens spent beside the base best-of-k curve")
     p.set_defaults(func=_cmd_compare)
 
@@ -301,8 +302,8 @@ def _add_theory(p: argparse.ArgumentParser) -> None:
 def _cmd_theory(args: argparse.Namespace) -> int:
     from .stages.theory import run_theory
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(args.out, {k: getattr(args, k) for k in ("seed", "seeds", "beta", "alpha")}, {},
+                          command="theory")
     result = run_theory(out, seed=args.seed, n_seeds=args.seeds, beta=args.beta, alpha=args.alpha)
     print(result["summary"])
     print(f"plot: {out}/theory.png   numbers: {out}/theory.json")
@@ -320,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     start, status = time.time(), "error"
+    forget_opened()
     try:
         rc = args.func(args)
         status = "done"
@@ -339,15 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _record_time(args: argparse.Namespace, start: float, status: str) -> None:
     """Append this invocation's wall time to DIR/timing.jsonl of the run it worked on (a resumed run's wall time
-    is the sum of its lines). Main process only; never fails the command."""
+    is the sum of its lines): only a run directory this process opened, never one it refused. Main process only;
+    never fails the command."""
     out = getattr(args, "out", None)
-    if not out or not (Path(out) / "config.json").exists() or os.environ.get("RANK", "0") != "0":
+    if not out or args.command == "compare" or not opened(out) or os.environ.get("RANK", "0") != "0":
         return
     try:
         append_jsonl(Path(out) / "timing.jsonl", [{"command": args.command, "status": status,
                                                    "started": round(start, 3),
                                                    "seconds": round(time.time() - start, 3)}])
-    except OSError:
+    except (OSError, SharpenError):
         pass
 
 

@@ -98,7 +98,8 @@ def test_rows_and_numbers(dirs):
 
 def test_outputs(dirs, tmp_path):
     paths = write_compare(dirs, tmp_path / "out" / "cmp")
-    assert {k: p.name for k, p in paths.items()} == {"md": "cmp.md", "csv": "cmp.csv", "png": "cmp.png"}
+    assert {k: p.name for k, p in paths.items()} == {"md": "compare.md", "csv": "compare.csv", "png": "compare.png"}
+    assert all(p.parent == tmp_path / "out" / "cmp" for p in paths.values())
     md = paths["md"].read_text()
     assert "| tiny | prontoqa | bon:logprob | 75.0 [" in md and "+50.0% (+25.0 [" in md
     assert "bootstrap over prompts" in md and "paired" in md
@@ -156,8 +157,8 @@ def test_unfinished_and_foreign_directories(tmp_path):
 def test_cli(dirs, tmp_path, capsys):
     assert main(["compare", str(dirs[0]), str(dirs[1]), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
-    assert "sft(logprob) sample" in out and str(tmp_path / "cmp.png") in out
-    assert (tmp_path / "cmp.md").exists() and (tmp_path / "cmp.csv").exists()
+    assert "sft(logprob) sample" in out and str(tmp_path / "cmp" / "compare.png") in out
+    assert (tmp_path / "cmp" / "compare.md").exists() and (tmp_path / "cmp" / "compare.csv").exists()
 
 
 def test_compare_runs_without_torch(dirs, tmp_path):

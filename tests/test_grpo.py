@@ -182,4 +182,4 @@ def test_a_killed_grpo_run_resumes_to_the_same_files(tmp_path, monkeypatch):
     assert main(["report", str(tmp_path / "cut")]) == 0
     assert (tmp_path / "cut" / "report.md").read_text() == report
     assert main(["compare", str(tmp_path / "cut"), "--out", str(tmp_path / "cmp")]) == 0
-    assert "grpo(vote)" in (tmp_path / "cmp.md").read_text()
+    assert "grpo(vote)" in (tmp_path / "cmp" / "compare.md").read_text()

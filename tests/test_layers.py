@@ -3,7 +3,7 @@
 Layers, lowest first (README "Code map"):
   errors
   engine/*, tasks/*                      the model and the benchmarks; they know nothing of each other or above
-  core: config, runs, rows, selection, metrics, stats, guards, progress, generation, scaleout
+  core: config, runs, schema, rows, selection, metrics, stats, guards, progress, generation, scaleout
                                          only config knows the stages' configs (RunConfig and its subclasses)
   train/*                                losses, LoRA, the training loop
   report/*                               reads run directories; never the engine, training or torch
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "sharpen"
-CORE = {"config", "runs", "rows", "selection", "metrics", "stats", "progress", "generation", "guards", "scaleout"}
+CORE = {"config", "runs", "schema", "rows", "selection", "metrics", "stats", "progress", "generation", "guards",
+        "scaleout"}
 # What each layer may import (besides itself, where marked).
 ALLOWED = {
     "errors": set(),
@@ -34,7 +35,7 @@ ALLOWED = {
     "package": {"errors", "engine", "tasks"},  # the public API (sharpen.load_model, ...), loaded lazily
 }
 # Report modules run where torch may be missing: the core modules they may read.
-REPORT_CORE = {"runs", "rows", "selection", "metrics", "stats"}
+REPORT_CORE = {"runs", "schema", "rows", "selection", "metrics", "stats"}
 MAX_CHAIN = 7  # cli -> a stage -> stages.kit -> generation -> the engine's three levels
 
 

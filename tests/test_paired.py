@@ -20,7 +20,8 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 def _row(pid: int, answer: str | None, logprob: float, index: int = 0, **kw: object) -> dict:
     return {"prompt_id": f"q{pid}", "index": index, "answer": answer, "correct": answer == GOLD[pid],
-            "num_tokens": 3, "logprob": logprob, "finish_reason": "eos", "text": str(answer), **kw}
+            "num_tokens": 3, "token_ids": [5, 6, 1], "logprob": logprob, "finish_reason": "eos", "text": str(answer),
+            **kw}
 
 
 def _bon(tmp: Path) -> Path:
@@ -28,7 +29,8 @@ def _bon(tmp: Path) -> Path:
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"command": "bon", "options": {"n": 3, "temperature": 0.7}}))
     (d / "summary.json").write_text(json.dumps({"labels": {"labels": ["True", "False"]}}))
-    _jsonl(d / "prompts.jsonl", [{"id": f"q{i}", "answer": g} for i, g in enumerate(GOLD)])
+    _jsonl(d / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Q{i}", "prompt_token_ids": [i], "answer": g}
+                                 for i, g in enumerate(GOLD)])
     # Greedy answers only item 0 right.
     _jsonl(d / "greedy.jsonl", [_row(0, "True", -1.0), _row(1, None, -2.0), _row(2, None, -2.0),
                                 _row(3, "True", -1.0)])
@@ -51,7 +53,8 @@ def _trained(tmp: Path, answers: list[str | None]) -> Path:
     rows += [{**_row(i, "True", -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
     _jsonl(d / "eval_sharpened.jsonl", rows)
     # the base model's own evaluation samples: right on items 0 and 1 only (no answer on 2 and 3)
-    _jsonl(d / "eval_base.jsonl", [{**_row(i, "True" if i < 2 else None, -9.0, index=0), "kind": "sample"}
+    _jsonl(d / "eval_base.jsonl", [{**_row(i, "True" if i < 2 else None, -9.0, index=0), "kind": "sample",
+                                    "logprob_base": -4.0}
                                    for i in range(4)])
     return d
 
@@ -80,9 +83,9 @@ def test_paired_rows_hand_values(tmp_path: Path) -> None:
 def test_paired_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bon, sft = _bon(tmp_path), _trained(tmp_path, ["True", None, None, None])
     assert main(["compare", str(sft), "--paired", str(bon), "--out", str(tmp_path / "t")]) == 0
-    assert (tmp_path / "t_paired.md").exists() and "base majority@3" in capsys.readouterr().out
-    png = (tmp_path / "t_paired.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "(t_paired.png)" in (tmp_path / "t_paired.md").read_text()
+    assert (tmp_path / "t" / "paired.md").exists() and "base majority@3" in capsys.readouterr().out
+    png = (tmp_path / "t" / "paired.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "(paired.png)" in (tmp_path / "t" / "paired.md").read_text()
     with pytest.raises(SharpenError, match="not a finished bon run"):
         paired_rows(sft, [sft])
     with pytest.raises(SharpenError, match="not a finished sft / dpo / xpo / grpo / power run"):

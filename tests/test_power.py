@@ -165,7 +165,7 @@ def test_power_command_writes_a_bon_run_that_resumes(tmp_path, monkeypatch, meth
     report = (tmp_path / "cut" / "report.md").read_text()
     assert "Power sampling" in report and "pi^2" in report
     assert main(["compare", str(tmp_path / "cut"), "--out", str(tmp_path / "cmp")]) == 0
-    assert f"power(alpha=2, {method}):majority" in (tmp_path / "cmp.md").read_text()
+    assert f"power(alpha=2, {method}):majority" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_chains_reuse_their_prompts_prefill(monkeypatch):

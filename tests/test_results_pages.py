@@ -101,7 +101,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$cmd" = compare ]; then
-  [ -n "$paired" ] && f="${out}_paired.md" || f="${out}.md"
+  mkdir -p "$out"; [ -n "$paired" ] && f="$out/paired.md" || f="$out/compare.md"
   printf '| method | accuracy %% |\n|---|---|\n| base greedy | 1.0 |\n' > "$f"
 elif [ "$cmd" = demo ]; then
   echo "selector   accuracy % [95% CI]"

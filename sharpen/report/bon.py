@@ -27,6 +27,7 @@ from .kit import (
     label_console,
     label_lines,
     read_run,
+    reads_summary,
     save_png,
     tokens_axes,
 )
@@ -45,6 +46,7 @@ def _color(name: str) -> Any:
     return colormaps["tab20"](2 * others.index(name) % 20 + 1) if name in others else None
 
 
+@reads_summary
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and its plots from config.json, summary.json and samples.jsonl; return its path."""
     run_dir = Path(run_dir)

@@ -1,5 +1,6 @@
 """`sharpen compare DIR...`: one table (Markdown, CSV) and one lift heatmap across any mix of finished run
-directories (bon, sft, dpo, xpo, eval). Reads summary.json / eval.json only; never loads a model.
+directories (bon, sft, dpo, xpo, eval), written into a folder of its own (--out). Reads summary.json / eval.json
+only; never loads a model.
 
 A row is flat (the CSV's columns): fractions stay fractions, lifts are percent, a missing number is None.
 """
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import SharpenError
-from ..runs import atomic_write_text, read_json
-from .kit import figure, fmt_acc, fmt_diff, fmt_num, fmt_pct, save_png
+from ..runs import atomic_write_text, check_run_dir, prepare_run_dir, read_json
+from ..schema import fix as schema_fix
+from .kit import DAMAGE, figure, fmt_acc, fmt_diff, fmt_num, fmt_pct, save_png
 
 COLUMNS = ("model", "task", "method", "accuracy", "accuracy_ci_lo", "accuracy_ci_hi", "balanced_accuracy",
            "majority_baseline", "majority_label", "lift_pct", "diff", "diff_ci_lo", "diff_ci_hi",
@@ -150,9 +152,10 @@ def compare_rows(dirs: Sequence[str | Path]) -> list[dict]:
         try:
             out += (_bon_rows(s, d, command) if command in ("bon", "power") else _eval_rows(s, d) if command == "eval"
                     else _trained_rows(s, command, d))
-        except (KeyError, TypeError, AttributeError, IndexError) as e:
-            raise SharpenError(f"{d}: its {command} summary is not in a form compare reads ({e!r}): rebuild it by "
-                               "re-running its command") from e
+        except DAMAGE as e:
+            path = d / ("eval.json" if command == "eval" else "summary.json")
+            raise SharpenError(f"{path} is not as sharpen writes it ({type(e).__name__}: {str(e)[:80]}): "
+                               f"{schema_fix(path)}") from e
     return out
 
 
@@ -233,14 +236,13 @@ def plot_lift_heatmap(rows: Sequence[Mapping[str, Any]]) -> Any:
     return fig
 
 
-def write_compare(dirs: Sequence[str | Path], prefix: str | Path = "compare") -> dict[str, Path]:
-    """Write PREFIX.md, PREFIX.csv and PREFIX.png; returns their paths by suffix ("md", "csv", "png")."""
+def write_compare(dirs: Sequence[str | Path], out: str | Path = "compare") -> dict[str, Path]:
+    """Write OUT/compare.md, OUT/compare.csv and OUT/compare.png (OUT: a new or empty folder, or one compare
+    wrote); returns their paths by suffix ("md", "csv", "png"). A refused OUT or run directory writes nothing."""
+    check_run_dir(out, "compare")
     rows = compare_rows(dirs)
-    paths = {ext: Path(f"{prefix}.{ext}") for ext in ("md", "csv", "png")}
-    try:
-        paths["md"].parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SharpenError(f"cannot create {paths['md'].parent} ({e.strerror}): choose another --out") from e
+    folder = prepare_run_dir(out, {}, {"run_dirs": [str(d) for d in dirs]}, command="compare")
+    paths = {ext: folder / f"compare.{ext}" for ext in ("md", "csv", "png")}
     atomic_write_text(paths["md"], render_markdown(rows, paths["png"].name))
     atomic_write_text(paths["csv"], render_csv(rows))
     save_png(plot_lift_heatmap(rows), paths["png"])

@@ -20,6 +20,7 @@ from .kit import (
     pass_at_k_lines,
     protocol_line,
     read_run,
+    reads_summary,
     responses_table,
     save_png,
     table1_console,
@@ -49,6 +50,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
     return "\n".join(lines + label_console(s.get("labels")))
 
 
+@reads_summary
 def write_grpo_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
     run_dir = Path(run_dir)

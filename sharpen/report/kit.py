@@ -6,22 +6,48 @@ the kit imports without it.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import SharpenError
-from ..runs import read_json
+from ..runs import atomic_write, read_json, symlink_in
+from ..schema import fix as schema_fix
 
 
 def read_run(run_dir: Path, what: str) -> tuple[dict, dict]:
-    """A finished run's summary.json and config.json (empty when absent)."""
+    """A finished run's summary.json and config.json (empty when absent), checked (`sharpen.schema`); a run
+    directory that holds a symbolic link is refused (the report writes into it)."""
     if not (run_dir / "summary.json").exists():
         raise SharpenError(f"{run_dir} has no summary.json: finish the {what} first (re-run its command)")
+    link = symlink_in(run_dir)
+    if link is not None:
+        raise SharpenError(f"{link} is a symbolic link: sharpen never reads or writes through a link in a run "
+                           "directory; remove the link")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     return read_json(run_dir / "summary.json"), config
+
+
+# What reading a damaged summary raises once its top level passed its schema: a field missing or of another type
+# further down.
+DAMAGE = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
+W = TypeVar("W", bound=Callable[..., Any])
+
+
+def reads_summary(fn: W) -> W:
+    """Decorate a function whose first argument is a run directory and that reads its summary.json: a field
+    missing or mistyped deep inside it becomes one line naming the file and the fix. (Rows, config.json and the
+    summary's top level are checked where they are read, `sharpen.schema`.)"""
+    @functools.wraps(fn)
+    def inner(run_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(run_dir, *args, **kwargs)
+        except DAMAGE as e:
+            path = Path(run_dir) / "summary.json"
+            raise SharpenError(f"{path} is not as sharpen writes it ({type(e).__name__}: {str(e)[:80]}): "
+                               f"{schema_fix(path)}") from e
+    return inner  # type: ignore[return-value]
 
 
 def fmt_num(x: float | None, fmt: str = ".2f") -> str:
@@ -70,14 +96,7 @@ def tokens_axes(ax: Any, xlabel: str) -> None:
 
 def save_png(fig: Any, path: Path) -> None:
     # Atomic: a reader never sees a half-written PNG.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def config_table(config: Mapping[str, Any]) -> list[str]:

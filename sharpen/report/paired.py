@@ -19,22 +19,29 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import schema
 from ..errors import SharpenError
 from ..rows import complete_pools, finite_mean
-from ..runs import atomic_write_text, load_jsonl, read_json
+from ..runs import atomic_write_text, check_fields, check_run_dir, load_jsonl, prepare_run_dir, read_json
 from ..selection import select
 from ..stats import bootstrap_ci, label_controls, paired_bootstrap, policy_label_stats
-from .kit import figure, save_png, tokens_axes
+from .kit import figure, reads_summary, save_png, tokens_axes
 
 TRAINED = ("sft", "dpo", "xpo", "grpo")
+# The options of a run's config.json this table reads.
+OPTIONS = {"n?": schema.INT, "temperature?": schema.NUM, "alpha?": schema.NUM, "reward?": schema.maybe(schema.STR),
+           "selector?": schema.maybe(schema.STR)}
 BASE_SELECTORS = ("logprob", "majority")
 
 
 def _config(run_dir: Path) -> dict:
+    """config.json, with the options this table reads checked (`sharpen.schema`)."""
     path = run_dir / "config.json"
     if not path.exists():
         raise SharpenError(f"{run_dir} is not a sharpen run directory (no config.json): give run directories")
-    return read_json(path)
+    conf = read_json(path)
+    check_fields(path, conf.get("options", {}), OPTIONS)
+    return conf
 
 
 def wall_seconds(run_dir: Path) -> float | None:
@@ -83,6 +90,7 @@ class BaseRun(NamedTuple):
     path: Path
 
 
+@reads_summary
 def base_policies(bon_dir: Path) -> BaseRun:
     """Base greedy and base best-of-N (full pool) picks of a bon run, with what the other rows need of it."""
     conf = _config(bon_dir)
@@ -111,6 +119,7 @@ def equal_budget_n(tokens: float, per_sample: float, n: int) -> int:
     return int(min(n, max(1, round(tokens / per_sample)))) if per_sample > 0 else n
 
 
+@reads_summary
 def power_policies(run_dir: Path, base: BaseRun) -> list[dict]:
     """A power run's draws (one chain's, and its selectors over all n chains), each followed by base best-of-k on
     the bon run's first k samples, k chosen so that the base spends the response tokens the power run spent
@@ -155,6 +164,7 @@ def _policies(run_dir: Path, base: BaseRun) -> list[dict]:
             [trained_policy(run_dir)])
 
 
+@reads_summary
 def trained_policy(run_dir: Path) -> dict:
     """The greedy answers of a trained run's kept model on its held-out items, with its sample accuracy, wall
     time and which checkpoint was kept."""
@@ -348,15 +358,15 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
 
 
 
-def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], prefix: str | Path = "compare") -> Path:
-    """Write PREFIX_paired.md and PREFIX_paired.png (accuracy vs tokens spent); returns the Markdown's path."""
-    path, png = Path(f"{prefix}_paired.md"), Path(f"{prefix}_paired.png")
+def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str | Path = "compare") -> Path:
+    """Write OUT/paired.md and OUT/paired.png (accuracy vs tokens spent), OUT a new or empty folder or one compare
+    wrote; returns the Markdown's path. A refused OUT or run directory writes nothing."""
+    check_run_dir(out, "compare")
     base = base_policies(Path(bon_dir))
     rows = _paired_rows(base, run_dirs, 2000)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SharpenError(f"cannot create {path.parent} ({e.strerror}): choose another --out") from e
+    folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs]},
+                             command="compare")
+    path, png = folder / "paired.md", folder / "paired.png"
     save_png(plot_paired(rows, base_curve(base, rows[0]["ids"] if rows else None)), png)
     atomic_write_text(path, render_paired(rows, png.name))
     return path

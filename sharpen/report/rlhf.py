@@ -22,6 +22,7 @@ from .kit import (
     pass_at_k_lines,
     protocol_line,
     read_run,
+    reads_summary,
     responses_table,
     save_png,
     table1_console,
@@ -50,6 +51,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 # ---- report ---------------------------------------------------------------------------------------------
 
+@reads_summary
 def write_rlhf_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and the metrics logs."""
     run_dir = Path(run_dir)
@@ -80,8 +82,9 @@ def plot_training(rows: Sequence[dict], summary: Mapping[str, Any]) -> Any:
     xpo = summary["algorithm"] == "xpo"
     fig = figure(16.0, 3.6)
     ax_loss, ax_j, ax_acc, ax_kl = fig.subplots(1, 4)
-    if rows:
-        ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    losses = [r for r in rows if r.get("loss") is not None]
+    if losses:
+        ax_loss.plot([r["step"] for r in losses], [r["loss"] for r in losses], lw=1)
     starts: dict[int, float] = {}
     for r in rows:
         starts.setdefault(r["round"], r["step"] - 0.5)

@@ -24,6 +24,7 @@ from .kit import (
     pass_at_k_lines,
     protocol_line,
     read_run,
+    reads_summary,
     responses_table,
     save_png,
     table1_console,
@@ -46,6 +47,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 # ---- report ---------------------------------------------------------------------------------------------
 
+@reads_summary
 def write_sft_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
     run_dir = Path(run_dir)

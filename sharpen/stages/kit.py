@@ -142,7 +142,7 @@ def run_pool(cfg: BonConfig, task: Task, progress: bool = True, sampler: Sampler
     # 3) Prompts, with the exact token ids the model saw.
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in items}
     prompts_path = out / "prompts.jsonl"
-    if not prompts_path.exists():
+    if [p["id"] for p in runs.load_jsonl(prompts_path)] != [it.id for it in items]:  # new, or lost lines
         runs.write_jsonl(prompts_path, ({"id": it.id, "prompt": it.prompt, "prompt_token_ids": prompt_ids[it.id],
                                          "answer": it.answer} for it in items))
     draws = PoolDraws(cfg, task, model, prompt_ids, out, progress, sampler)

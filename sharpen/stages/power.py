@@ -61,6 +61,11 @@ def run_power(cfg: PowerConfig, progress: bool = True) -> dict:
         runs.append_jsonl(out / STATS, ({"prompt_id": k, **st.as_dict()} for k, st in zip(keys, stats, strict=True)))
         return drawn
 
+    if runs.check_run_dir(cfg.out, "power", cfg.identity()) is not None:
+        # Statistics are written before their rows: a prompt with rows but no statistics (power_stats.jsonl lost
+        # lines) is sampled again.
+        have = {r["prompt_id"] for r in runs.load_jsonl(out / STATS)}
+        runs.repair_jsonl(out / "samples.jsonl", keep=lambda r: r["prompt_id"] in have)
     summary = run_pool(bon, task, progress=progress, sampler=sampler, command="power", configs=[cfg])
     summary["power"] = power_summary(cfg, runs.load_jsonl(out / STATS), {it.id for it in task.items})
     runs.atomic_write_json(out / "summary.json", summary)

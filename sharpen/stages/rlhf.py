@@ -317,12 +317,12 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     prompts, pools = pool.prompts, pool.pools
     # 3) Disjoint pairs of base samples, scored once under pi_base.
     pairs_path = out / "pairs.jsonl"
-    if not pairs_path.exists():
-        pairs = []
-        for p in prompts:  # disjoint pairs of (valid) base samples, in index order
-            rows = [r for r in pools[p["id"]] if valid_target(r) or not cfg.valid_only]
-            pairs += [make_pair(p, rows[2 * j], rows[2 * j + 1], 0) for j in range(len(rows) // 2)]
-        runs.write_jsonl(pairs_path, add_rewards(score_pairs(model, pairs, progress), pools, cfg))
+    made = []
+    for p in prompts:  # disjoint pairs of (valid) base samples, in index order
+        rows = [r for r in pools[p["id"]] if valid_target(r) or not cfg.valid_only]
+        made += [make_pair(p, rows[2 * j], rows[2 * j + 1], 0) for j in range(len(rows) // 2)]
+    if len(runs.load_jsonl(pairs_path)) != len(made):  # not scored yet, or lines lost
+        runs.write_jsonl(pairs_path, add_rewards(score_pairs(model, made, progress), pools, cfg))
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
     if not data:

@@ -143,26 +143,49 @@ def _trainable(module: Any) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"trainable": {n: p.detach().cpu() for n, p in _trainable(module).items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint
+    """Atomically (temporary file in the same directory, fsync, rename): a kill -9 leaves the previous checkpoint
+    or this one, never a torn file."""
+    ckpt = {"trainable": {n: p.detach().cpu() for n, p in _trainable(module).items()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state}
+    runs.atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def _damaged(path: Path, why: str) -> SharpenError:
+    return SharpenError(f"{path} is damaged or not a checkpoint of this run ({why}): delete it and re-run the same "
+                        "command to train again from step 0, or use a new --out")
 
 
 def _load_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, identity: dict) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Tensors, numbers, strings and containers only: a checkpoint never runs code when it is read.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: torch raises many kinds (RuntimeError, EOFError, pickle's)
+        raise _damaged(path, f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}") from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("identity"), dict):
+        raise _damaged(path, "no options recorded")
     if ckpt.get("identity") != identity:
-        diff = next(k for k in sorted(identity) if ckpt.get("identity", {}).get(k) != identity[k])
-        raise SharpenError(f"{path} was trained with {diff}={ckpt.get('identity', {}).get(diff)!r}, not "
-                           f"{identity[diff]!r}: re-run with the same options to resume, or use a new --out")
+        diff = next(k for k in sorted(set(identity) | set(ckpt["identity"]))
+                    if ckpt["identity"].get(k) != identity.get(k))
+        raise SharpenError(f"{path} was trained with {diff}={ckpt['identity'].get(diff)!r}, not "
+                           f"{identity.get(diff)!r}: re-run with the same options to resume, or use a new --out")
     params = _trainable(module)
-    if set(ckpt["trainable"]) != set(params):
+    trainable = ckpt.get("trainable")
+    if not isinstance(trainable, dict) or set(trainable) != set(params):
         raise SharpenError(f"{path} holds other adapter weights than this model: use a new --out")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(ckpt["trainable"][n])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    for key, ok in (("step", lambda v: isinstance(v, int) and v >= 0), ("best_step", lambda v: v is None or
+                    isinstance(v, int)), ("best_eval", lambda v: v is None or isinstance(v, dict)),
+                    ("best_val", lambda v: v is None or isinstance(v, list)),
+                    ("stopped", lambda v: v is None or isinstance(v, str))):
+        if not ok(ckpt.get(key)):
+            raise _damaged(path, f"{key} is {ckpt.get(key)!r}")
+    try:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(trainable[n])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise _damaged(path, f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}") from e
     return ckpt
 
 
@@ -212,7 +235,8 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     acc.wait_for_everyone()  # every process has looked before the main one writes a checkpoint
     if resume:
         ckpt = _load_checkpoint(ckpt_path, module, optimizer, scheduler, identity)
-        step, best_step, best_eval, best_val = ckpt["step"], ckpt["best_step"], ckpt["best_eval"], ckpt["best_val"]
+        step, best_step, best_eval, best_val = ckpt["step"], ckpt.get("best_step"), ckpt.get("best_eval"), ckpt.get(
+            "best_val")
         stopped = ckpt.get("stopped")
         if acc.is_main_process:
             runs.repair_jsonl(metrics_path, keep=lambda r: r["step"] <= step)

@@ -7,6 +7,7 @@ disabled (`module.disable_adapter()`) the model *is* pi_base: the frozen referen
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,11 @@ def load_adapter(model: Model, adapter_dir: str | Path, trainable: bool = False)
     if not (path / "adapter_config.json").exists():
         raise SharpenError(f"{path} holds no PEFT adapter (no adapter_config.json): give the adapter "
                            "directory a training run wrote (its adapter/ folder)")
-    module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
+    try:
+        module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
+    except Exception as e:  # a torn weights file, a config that is not JSON, another model's adapter: many kinds
+        raise SharpenError(f"cannot load the adapter in {path} ({_why(e)}): its files are damaged or it was "
+                           "trained on another model; give the adapter/ folder of a finished run on this model") from e
     module.to(model.device)
     return dataclasses.replace(model, module=module.eval())
 
@@ -62,6 +67,7 @@ def merge_adapter(model: Model, out: str | Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     merged.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
+    _fsync_files(tmp)
     _swap_dir(tmp, out)
     return out
 
@@ -71,8 +77,18 @@ def restore_adapter(model: Model, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = load_file(str(adapter_dir / "adapter_model.safetensors"), device=str(model.device))
-    set_peft_model_state_dict(model.module, state)
+    _settle(Path(adapter_dir))
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    try:
+        state = load_file(str(path), device=str(model.device))
+        result = set_peft_model_state_dict(model.module, state)
+    except Exception as e:  # missing, torn or foreign: safetensors and torch raise many kinds
+        raise SharpenError(f"{path} is missing or damaged ({_why(e)}): delete "
+                           f"{Path(adapter_dir).parent / 'checkpoint.pt'} and {adapter_dir} and re-run the same "
+                           "command to train again, or use a new --out") from e
+    if getattr(result, "unexpected_keys", None) or len(state) != sum("lora_" in n for n, _ in
+                                                                      model.module.named_parameters()):
+        raise SharpenError(f"{path} holds other adapter weights than this model: use a new --out")
 
 
 def adapter_is_identity(module: Any) -> bool:
@@ -80,8 +96,17 @@ def adapter_is_identity(module: Any) -> bool:
     return all(not p.any() for n, p in module.named_parameters() if "lora_B" in n)
 
 
+def _settle(target: Path) -> None:
+    """A kill inside `_swap_dir` between its two renames leaves the previous directory only as TARGET.old: put it
+    back (the new one in TARGET.tmp may be incomplete)."""
+    old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+
+
 def _swap_dir(tmp: Path, target: Path) -> None:
-    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one."""
+    """Replace directory `target` by `tmp` so that a crash leaves either the old or the new one (`_settle`)."""
+    _settle(target)
     old = target.with_name(target.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -93,9 +118,23 @@ def _swap_dir(tmp: Path, target: Path) -> None:
 
 
 def save_adapter(module: Any, out: Path) -> None:
-    """Save the adapter in PEFT format (loads with `PeftModel.from_pretrained`), atomically."""
+    """Save the adapter in PEFT format (loads with `PeftModel.from_pretrained`), atomically: its files are on disk
+    (fsync) before the directory takes the place of the old one, so a kill -9 leaves the old adapter or the new."""
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     module.save_pretrained(str(tmp))
+    _fsync_files(tmp)
     _swap_dir(tmp, out)
+
+
+def _fsync_files(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _why(e: BaseException) -> str:
+    first = str(e).splitlines()[0][:80] if str(e) else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

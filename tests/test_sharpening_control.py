@@ -34,8 +34,9 @@ TRAIN_PROMPTS = 8
 TOKENS = 4  # response length: short responses keep the runs to seconds
 PROBE_SAMPLES = 32
 PROBE_SEED = 12345  # not the stages' seed: the probe's base pool is not their training pool
-# The criterion. A sharpened run here gains 0.9 to 1.5 nats and loses 0.5 to 0.7 nats of entropy per token; an
-# untouched model gains 0 and loses 0.
+# The criterion. The runs below gain 1.1 to 1.5 nats and lose 0.4 to 0.7 nats of entropy per token (over training
+# seeds 0-19, 79 of the 80 runs pass, the one exception a dpo run); an untouched model gains 0 and loses 0, a
+# sign-flipped update loses tens of nats.
 MIN_LOGPROB_GAIN = 0.3
 MIN_ENTROPY_DROP = 0.2
 

@@ -533,12 +533,24 @@ class GrpoConfig(AmortizedConfig):
                                  "mean of the group's other responses (RLOO)")
     kl_coef: float = opt(0.04, "weight of the per-token KL(pi || pi_base) penalty (k3 estimator; pi_base = the "
                                "model with its adapter off; DeepSeekMath: 0.04)")
-    clip_eps: float = opt(0.2, "clip range of the probability ratio pi / pi_old in the surrogate objective")
+    clip_eps: float = opt(0.2, "clip range of the probability ratio pi / pi_old in the surrogate objective (acts "
+                               "only with --iterations > 1: the first update on a batch has pi_old = pi)")
+    iterations: int = opt(1, "optimizer updates on each sampled batch (TRL's num_iterations, PPO's epochs): the first "
+                             "from the policy that drew it, the others with the ratio to that policy clipped at "
+                             "--clip-eps; --max-steps and --eval-every count batches")
     invalid_penalty: float = opt(1.0, "with --valid-only, a response that did not end or has no answer gets the "
                                       "group's lowest reward minus this (as TRL's missing_eos_penalty)")
     eval_samples: int = opt(4, "temperature-1 samples per held-out prompt in the before/after evaluation")
 
-    IDENTITY = AmortizedConfig.IDENTITY + ("reward", "group", "advantage", "kl_coef", "clip_eps", "invalid_penalty")
+    IDENTITY = AmortizedConfig.IDENTITY + ("reward", "group", "advantage", "kl_coef", "clip_eps", "invalid_penalty",
+                                           "iterations")
+    POSITIVE = AmortizedConfig.POSITIVE + ("iterations",)
+
+    def identity(self) -> dict[str, Any]:
+        ids = super().identity()
+        if self.iterations == 1:  # the only behaviour before the option existed: such runs still resume
+            del ids["iterations"]
+        return ids
 
     def validate(self) -> None:
         super().validate()

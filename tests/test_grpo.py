@@ -1,5 +1,6 @@
-"""GRPO: advantages, the clipped objective and its KL term by hand, group rewards, and tiny-model runs (the reward
-rises; a killed run resumes to the same files)."""
+"""GRPO: advantages, the clipped objective and its KL term by hand, group rewards, --iterations (the clip acts only
+when K > 1; K = 1 is the plain policy gradient; resumable), and tiny-model runs (the reward rises; a killed run
+resumes to the same files)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def test_group_rewards_by_hand_with_the_invalid_penalty():
 def test_config_validation():
     GrpoConfig().validate()
     for kw, msg in [({"reward": "oracle"}, "unknown --reward"), ({"group": 1}, "--group"),
-                    ({"advantage": "ppo"}, "unknown --advantage"), ({"kl_coef": -1.0}, "--kl-coef")]:
+                    ({"advantage": "ppo"}, "unknown --advantage"), ({"kl_coef": -1.0}, "--kl-coef"),
+                    ({"iterations": 0}, "--iterations")]:
         with pytest.raises(SharpenError, match=msg):
             GrpoConfig(**kw).validate()
 
@@ -114,6 +116,80 @@ def _sharp_tiny(*args, **kwargs):
 
 def _train_rows(path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def _grpo_updates(out, clip_eps: float, iterations: int, crash_at: int | None = None):
+    """A few GRPO steps through the training core on 2 arith prompts; returns the adapter, the train rows and the
+    rollouts. `crash_at`: interrupt the loss's n-th call, then resume the run."""
+    from sharpen.engine.models import prompt_token_ids
+    from sharpen.stages.grpo import GroupLoss
+    from sharpen.tasks import load_task
+    from sharpen.train.loop import train
+    from sharpen.train.lora import attach_lora
+
+    task = load_task("arith", split="train", limit=2)
+    cfg = GrpoConfig(task="arith", group=4, max_new_tokens=4, reward="logprob", kl_coef=0.0, clip_eps=clip_eps,
+                     iterations=iterations, valid_only=False)
+    tcfg = TrainConfig(lr=1e-2, warmup=0, max_steps=4, batch_size=2, eval_every=2, clip=1.0, lora_rank=4)
+
+    def run(fail: int | None):
+        model = attach_lora(_sharp_tiny(), tcfg)
+        prompts = [{"id": it.id, "prompt_token_ids": prompt_token_ids(model, it.prompt)} for it in task.items]
+        loss, calls = GroupLoss(cfg, task, tcfg.seed, out), {"n": 0}
+
+        def loss_fn(m, batch):
+            calls["n"] += 1
+            if calls["n"] == fail:
+                raise KeyboardInterrupt
+            return loss(m, batch)
+
+        train(model, prompts, loss_fn, tcfg, out, progress=False, step_fn=loss.at_step, updates=iterations)
+        return model
+
+    if crash_at is not None:
+        with pytest.raises(KeyboardInterrupt):
+            run(crash_at)
+    model = run(None)
+    params = {n: p.detach().clone() for n, p in model.module.named_parameters() if "lora_" in n}
+    rollouts = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    return params, _train_rows(out / "metrics.jsonl"), rollouts
+
+
+def test_iterations_make_clip_eps_matter(tmp_path, one_thread):
+    """--iterations K > 1: K updates per sampled batch with the ratio to the sampling policy clipped, so a tight
+    --clip-eps changes the run; each batch is sampled once."""
+    tight, rows_t, roll_t = _grpo_updates(tmp_path / "tight", clip_eps=0.01, iterations=3)
+    loose, rows_l, roll_l = _grpo_updates(tmp_path / "loose", clip_eps=100.0, iterations=3)
+    assert len(roll_t) == 4 * 2 * 4  # steps x prompts x group: sampled once per step, not per update
+    assert [r["text"] for r in roll_t if r["step"] == 1] == [r["text"] for r in roll_l if r["step"] == 1]
+    assert max(float((tight[k] - loose[k]).abs().max()) for k in tight) > 1e-3
+    # The share of clipped tokens (over the step's updates; the first is never clipped)
+    assert all(0 < r["clipped"] < 1 for r in rows_t) and all(r["clipped"] == 0 for r in rows_l)
+
+
+def test_one_iteration_is_the_plain_policy_gradient_whatever_clip_eps(tmp_path, one_thread):
+    """K = 1 (the default, and the only behaviour before --iterations): pi_old is the policy itself, so --clip-eps
+    cannot change anything; the run directory's identity has no `iterations` key, so older runs still resume."""
+    tight, rows_t, roll_t = _grpo_updates(tmp_path / "tight", clip_eps=0.01, iterations=1)
+    loose, rows_l, roll_l = _grpo_updates(tmp_path / "loose", clip_eps=100.0, iterations=1)
+    for k in tight:
+        assert torch.equal(tight[k], loose[k]), k
+    assert roll_t == roll_l and all(r["clipped"] == 0 for r in rows_t)
+    more, _, _ = _grpo_updates(tmp_path / "more", clip_eps=100.0, iterations=3)
+    assert any(not torch.equal(more[k], loose[k]) for k in more)  # K > 1 takes more updates
+    assert "iterations" not in GrpoConfig().identity() and GrpoConfig(iterations=2).identity()["iterations"] == 2
+    assert GrpoConfig(iterations=2).options()["iterations"] == 2
+
+
+def test_a_killed_run_with_iterations_resumes_exactly(tmp_path, one_thread):
+    whole, rows_w, roll_w = _grpo_updates(tmp_path / "whole", clip_eps=0.05, iterations=2)
+    # call 7: step 4's first update (2 calls a step), after the step-2 checkpoint and step 3's rollouts
+    cut, rows_c, roll_c = _grpo_updates(tmp_path / "cut", clip_eps=0.05, iterations=2, crash_at=7)
+    for k in whole:
+        assert torch.equal(whole[k], cut[k]), k
+    assert roll_c == roll_w
+    assert [{k: v for k, v in r.items() if k != "grad_norm"} for r in rows_c] == \
+        [{k: v for k, v in r.items() if k != "grad_norm"} for r in rows_w]
 
 
 @pytest.mark.slow

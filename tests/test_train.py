@@ -166,6 +166,37 @@ def test_resume_refuses_other_options(tmp_path):
         train(attach_lora(tiny_model(), cfg), data, sft_batch_loss, cfg, tmp_path / "run", progress=False)
 
 
+def test_updates_per_batch_call_the_loss_k_times_and_schedule_over_updates(tmp_path):
+    """updates=K: K optimizer updates per step on the same batch, the LR schedule over steps x K updates,
+    metrics averaged over the updates, and a checkpoint that refuses to resume under another K."""
+    data = _dataset(8)
+    cfg = _cfg(epochs=1, batch_size=2, grad_accum=2, warmup=0)  # 2 steps of 2 micro-batches
+    calls: list[tuple] = []
+
+    def counting(model, batch):
+        calls.append(tuple(tuple(r["token_ids"]) for r in batch))
+        return sft_batch_loss(model, batch)
+
+    model = attach_lora(tiny_model(), cfg)
+    result = train(model, data, counting, cfg, tmp_path / "k3", progress=False, updates=3)
+    assert result.steps == 2 and len(calls) == 2 * 2 * 3
+    # Each update of a step runs over the step's two micro-batches: the same batches, three times.
+    assert calls[0:2] == calls[2:4] == calls[4:6] and calls[6:8] == calls[8:10] == calls[10:12]
+    rows = [json.loads(x) for x in (tmp_path / "k3" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    # 6 updates decaying linearly to 0: each step's first update has lr 1e-2 * (1 - u / 6), u = 0 and 3.
+    assert [r["lr"] for r in train_rows] == pytest.approx([1e-2, 1e-2 * 0.5])
+    # The logged loss is the mean over the step's updates: the likelihood rose within the step.
+    first = sft_batch_loss(attach_lora(tiny_model(), cfg), [data[i] for b in step_batches(8, 0, cfg)[0] for i in b])
+    assert train_rows[0]["loss"] < float(first[0]) - 1e-3
+    one, _ = _trained(tmp_path, data, "k1", epochs=1, batch_size=2, grad_accum=2, warmup=0)
+    assert any(not torch.equal(v, _adapter_params(model)[k]) for k, v in _adapter_params(one).items())
+    with pytest.raises(SharpenError, match="updates"):
+        train(attach_lora(tiny_model(), cfg), data, sft_batch_loss, cfg, tmp_path / "k3", progress=False, updates=2)
+    with pytest.raises(SharpenError, match="at least 1"):
+        train(attach_lora(tiny_model(), cfg), data, sft_batch_loss, cfg, tmp_path / "k0", progress=False, updates=0)
+
+
 def test_best_checkpoint_is_kept(tmp_path):
     data = _dataset(8)
     cfg = _cfg(epochs=3, batch_size=4, eval_every=2)  # steps 2, 4, 6 -> evaluations at 0, 2, 4, 6

@@ -111,7 +111,8 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         "",
         f"Reward `{s['reward']}`: {REWARD_NOTES.get(s['reward'], s['reward'])}. Each step samples {s['group']} "
         f"responses per prompt from the current policy; advantages `{s['advantage']}`; clipped objective "
-        f"(eps {s['clip_eps']:g}) with a per-token KL penalty to pi_base (weight {s['kl_coef']:g}).",
+        f"(eps {s['clip_eps']:g}) with a per-token KL penalty to pi_base (weight {s['kl_coef']:g}); "
+        f"{s.get('iterations', 1)} optimizer update(s) per sampled batch.",
         "",
         "## Before and after",
         "",

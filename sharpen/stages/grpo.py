@@ -4,10 +4,12 @@ Each optimizer step takes --batch-size training prompts, samples --group respons
 policy (the engine, temperature 1, random streams keyed by (seed, step, prompt), so a resumed run replays the
 same samples), rewards every response within its group (`selection.REWARDS`, the functions behind the selectors of
 the same name: vote is TTRL's majority reward, self_certainty Intuitor's; gold and random are controls), turns the
-rewards into group-relative advantages (`losses.group_advantages`) and takes one step on the clipped
-policy-gradient objective with a per-token KL penalty to pi_base (`losses.grpo_loss`; pi_base is the model with
-its adapter switched off). Every --eval-every steps the policy's greedy responses to the validation prompts judge
-the checkpoint and feed the collapse guards, as in `sharpen sft`.
+rewards into group-relative advantages (`losses.group_advantages`) and takes --iterations optimizer updates on
+the clipped policy-gradient objective with a per-token KL penalty to pi_base (`losses.grpo_loss`; pi_base is the
+model with its adapter switched off): the first from the policy that drew the samples (ratio 1), the others with
+the ratio to it clipped at --clip-eps, as PPO's epochs and TRL's num_iterations. Every --eval-every steps the
+policy's greedy responses to the validation prompts judge the checkpoint and feed the collapse guards, as in
+`sharpen sft`.
 
 Steps: 1) check options and the run directory, 2) training prompts (DIR/prompts.jsonl) and the validation split,
 3) the base model on the held-out and validation prompts, 4) training (DIR/rollouts.jsonl: every sampled response
@@ -86,23 +88,55 @@ def coin(seed: int, step: int, prompt_id: str) -> np.random.Generator:
 # ---------------------------------------------------------------------------------------------- the loss
 
 
+@dataclasses.dataclass
+class Rollout:
+    """A micro-batch's sampled groups, as every update on it reads them."""
+    prompts: list[list[int]]  # (K,) prompt token ids of each response
+    responses: list[list[int]]  # (K,) response token ids
+    base: torch.Tensor  # (T,) per-token log pi_base of all responses' tokens
+    advantages: torch.Tensor  # (T,) each token's response advantage
+    metrics: dict[str, float]
+    old: torch.Tensor | None = None  # (T,) per-token log pi_old: the policy that drew them, set by the first update
+
+
 class GroupLoss:
     """loss_fn of the training core: sample each prompt's group from the policy, reward, advantages, GRPO loss.
-    `step` is set by the core before every optimizer step (`at_step`); sampled rows go to DIR/rollouts.jsonl."""
+    `step` is set by the core before every optimizer step (`at_step`); sampled rows go to DIR/rollouts.jsonl. With
+    --iterations K the core calls it K times on each micro-batch of a step: the first call samples, the others
+    reuse those samples and clip the ratio to the policy that drew them."""
 
     def __init__(self, cfg: GrpoConfig, task: Task, seed: int, out: Path) -> None:
         self.cfg, self.task, self.seed, self.path = cfg, task, seed, out / ROLLOUTS
         self.by_id = {it.id: it for it in task.items}
         self.step = 0
         self.repaired = False
+        self.rollouts: dict[tuple[str, ...], Rollout] = {}  # this step's, by the micro-batch's prompt ids
 
     def at_step(self, step: int) -> None:
         if not self.repaired:  # a resumed run redoes the steps after its checkpoint: drop their old rollouts
             runs.repair_jsonl(self.path, keep=lambda r: r["step"] <= step)
             self.repaired = True
         self.step = step
+        self.rollouts = {}
 
     def __call__(self, model: Model, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        key = tuple(str(p["id"]) for p in batch)
+        if key not in self.rollouts:
+            self.rollouts[key] = self.rollout(model, batch)
+        r = self.rollouts[key]
+        policy = grouped_token_logprobs(model, r.prompts, r.responses)  # (T,) with grad
+        if r.old is None:  # the first update: pi_old is the policy itself (ratio 1, the clip inactive)
+            r.old = policy.detach()
+        loss = grpo_loss(policy, r.old, r.base, r.advantages, self.cfg.clip_eps, self.cfg.kl_coef)
+        with torch.no_grad():
+            kl = float(k3_kl(policy.detach(), r.base).mean()) if len(r.base) else 0.0
+            ratio = torch.exp(policy.detach() - r.old)
+            eps = self.cfg.clip_eps
+            clipped = float(((ratio < 1 - eps) | (ratio > 1 + eps)).float().mean()) if len(ratio) else 0.0
+        return loss, {**r.metrics, "kl": kl, "clipped": clipped}
+
+    def rollout(self, model: Model, batch: list[dict]) -> Rollout:
+        """Sample each prompt's group from the policy as it is, reward it, advantages; rows to DIR/rollouts.jsonl."""
         cfg, module = self.cfg, model.module
         prompts = [p["prompt_token_ids"] for p in batch]
         was_training = module.training
@@ -123,29 +157,24 @@ class GroupLoss:
                                           cfg.invalid_penalty) for p, g in zip(batch, groups, strict=True)])
         adv = group_advantages(torch.tensor(rewards, dtype=torch.float32), cfg.advantage)  # (P, G)
         lengths = torch.tensor([len(r["token_ids"]) for r in flat])
-        policy = grouped_token_logprobs(model, flat_prompts, [r["token_ids"] for r in flat])  # (K,) with grad
-        base = torch.tensor([v for bt in base_tok for v in bt], dtype=torch.float32, device=policy.device)
-        adv_tok = torch.repeat_interleave(adv.reshape(-1).to(policy.device), lengths.to(policy.device))
-        # One update per batch of samples: pi_old is the policy itself (ratio 1, the clip inactive).
-        loss = grpo_loss(policy, policy.detach(), base, adv_tok, cfg.clip_eps, cfg.kl_coef)
+        base = torch.tensor([v for bt in base_tok for v in bt], dtype=torch.float32, device=model.device)
+        adv_tok = torch.repeat_interleave(adv.reshape(-1).to(model.device), lengths.to(model.device))
         runs.append_jsonl(self.path, [
             {"step": self.step + 1, "prompt_id": r["prompt_id"], "index": r["index"], "text": r["text"],
              "answer": r["answer"], "correct": r["correct"], "finish_reason": r["finish_reason"],
              "num_tokens": r["num_tokens"], "logprob": r["logprob_policy"], "logprob_base": r["logprob"],
              "reward": float(rw), "advantage": float(a)}
             for r, rw, a in zip(flat, rewards.reshape(-1), adv.reshape(-1).tolist(), strict=True)])
-        with torch.no_grad():
-            kl = float(k3_kl(policy.detach(), base).mean()) if len(base) else 0.0
         flat_rewards = rewards.reshape(-1)
-        return loss, {
+        return Rollout(flat_prompts, [r["token_ids"] for r in flat], base, adv_tok, {
             "reward": float(flat_rewards.mean()), "reward_std": float(rewards.std(axis=1).mean()),
             "flat_groups": float(np.mean([np.ptp(g) == 0 for g in rewards])),  # groups with no signal
             "sample_accuracy": float(np.mean([r["correct"] for r in flat])),  # monitoring only: never trained on
             "answer_rate": float(np.mean([r["answer"] is not None for r in flat])),
             "valid_rate": float(np.mean([valid_target(r) for r in flat])),
-            "num_tokens": float(lengths.float().mean()), "kl": kl,
+            "num_tokens": float(lengths.float().mean()),
             "logprob_base": float(np.mean([r["logprob"] for r in flat])),
-        }
+        })
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -197,7 +226,7 @@ def run_grpo(cfg: GrpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     result = train(model, prompts, loss, tcfg, out,
                    eval_fn=greedy_validation(val_task, val_items, prompt_ids, cfg,
                                              [r for r in val_base if r["kind"] == "greedy"]),
-                   best_key=accuracy_key, progress=progress, step_fn=loss.at_step)
+                   best_key=accuracy_key, progress=progress, step_fn=loss.at_step, updates=cfg.iterations)
     # 5) The kept adapter on the held-out prompts, with the base evaluation's sampling seed.
     restore_adapter(model, result.adapter_dir)
     if adapter_is_identity(model.module) and not (out / "eval_sharpened.jsonl").exists():
@@ -208,7 +237,7 @@ def run_grpo(cfg: GrpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     summary = {
         "algorithm": "grpo", "task": cfg.task, "model": cfg.model, "reward": cfg.reward,
         "label_free": cfg.reward != "gold", "group": cfg.group, "advantage": cfg.advantage,
-        "kl_coef": cfg.kl_coef, "clip_eps": cfg.clip_eps, "protocol": cfg.protocol,
+        "kl_coef": cfg.kl_coef, "clip_eps": cfg.clip_eps, "iterations": cfg.iterations, "protocol": cfg.protocol,
         "num_train_prompts": len(prompts), "num_eval_prompts": len(task.items),
         "train_eval_overlap": len({p["prompt"] for p in prompts} & {it.prompt for it in task.items}),
         **before_after(base_rows, sharp_rows, {it.id: it.answer for it in task.items}, task.labels),

@@ -193,7 +193,7 @@ def _load_checkpoint(path: Path, module: Any, optimizer: Any, scheduler: Any, id
 
 def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfig, out_dir: str | Path,
           eval_fn: EvalFn | None = None, best_key: Callable[[dict], Any] | None = None,
-          progress: bool = True, step_fn: Callable[[int], None] | None = None) -> TrainResult:
+          progress: bool = True, step_fn: Callable[[int], None] | None = None, updates: int = 1) -> TrainResult:
     """Train the LoRA adapters of `model` (see `attach_lora`) on `dataset`; resumable.
 
     Writes `out_dir/metrics.jsonl` (one row per step, one per evaluation), `out_dir/checkpoint.pt` (adapter,
@@ -202,9 +202,13 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     itself) and every `cfg.eval_every` steps; without `eval_fn`, the final adapter. `loss_fn` returns the
     mean loss over its batch; micro-batches are weighted by their size, so accumulation matches one big batch.
     `step_fn(step)` runs before optimizer step `step` (0-based; a resumed run starts at the checkpoint's step):
-    online methods use it to key what their losses sample to the step.
+    online methods use it to key what their losses sample to the step. `updates` > 1 makes every step K optimizer
+    updates on the same batch (GRPO's --iterations): `loss_fn` is called K times on each micro-batch, and the
+    learning-rate schedule runs over steps x K updates; steps, evaluations and checkpoints stay per batch.
     """
     cfg.validate()
+    if updates < 1:
+        raise SharpenError(f"updates per batch must be at least 1 (got {updates})")
     if not dataset:
         raise SharpenError("no training examples: check the training prompts (--train-limit, the task's split)")
     module = model.module
@@ -221,10 +225,13 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = total_steps(len(dataset), cfg, world)
     warm = warmup_steps(cfg, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total, warm))
+    # The scheduler counts optimizer updates: `updates` per step.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, total * updates, warm * updates))
     if cfg.gradient_checkpointing:
         set_checkpointing(module, True)
-    identity = {**cfg.identity(), "num_examples": len(dataset), "world": world}
+    # Recorded only when it is not 1, so checkpoints written before the option existed still resume.
+    identity = {**cfg.identity(), "num_examples": len(dataset), "world": world,
+                **({"updates": updates} if updates != 1 else {})}
     ckpt_path, metrics_path, adapter_dir = out / "checkpoint.pt", out / "metrics.jsonl", out / "adapter"
     key = best_key or (lambda m: m.get("accuracy", 0.0))
 
@@ -274,31 +281,22 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
     module.train()
     autocast = (torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
                 if cfg.mixed_precision == "bf16" else nullcontext())
-    # 2) Optimizer steps: micro-batches -> summed gradients -> (all-reduce) -> clip -> AdamW -> next LR.
+    # 2) Optimizer steps: micro-batches -> summed gradients -> (all-reduce) -> clip -> AdamW -> next LR; `updates`
+    # times on the step's batch.
     while step < total and stopped is None:
         _seed_step(cfg.seed, step, rank)
         if step_fn is not None:
             step_fn(step)
         micro, count = step_batches(len(dataset), step, cfg, world, rank)
         sums: dict[str, float] = {}
-        for idx in micro:
-            batch = [dataset[i] for i in idx]
-            with autocast:
-                loss, metrics = loss_fn(model, batch)
-            # Weight by the micro-batch's share of the step's examples: the gradient of the step's mean loss.
-            acc.backward(loss * (len(batch) / count))
-            for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
-        _sync_grads(acc, params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else math.inf)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        norms, lr = [], scheduler.get_last_lr()[0]
+        for _ in range(updates):
+            norms.append(_update(model, dataset, micro, count, loss_fn, acc, params, optimizer, scheduler, cfg,
+                                 autocast, sums))
         step += 1
-        mine = sum(len(b) for b in micro)
+        mine = sum(len(b) for b in micro) * updates
         row = {"kind": "train", "step": step, "epoch": (step - 1) // steps_per_epoch(len(dataset), cfg, world),
-               "lr": lr, "grad_norm": float(grad_norm), "examples": count,
+               "lr": lr, "grad_norm": sum(norms) / len(norms), "examples": count,
                **{k: v / max(mine, 1) for k, v in sums.items()}}  # main process's share (always non-empty)
         if acc.is_main_process:
             log_row(metrics_path, row, writer)
@@ -315,6 +313,27 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
         save_adapter(module, adapter_dir)  # no judge of checkpoints: keep the final adapter
     acc.wait_for_everyone()
     return TrainResult(steps=step, best_step=best_step, best_eval=best_eval, adapter_dir=adapter_dir, stopped=stopped)
+
+
+def _update(model: Model, dataset: Sequence[Any], micro: list[list[int]], count: int, loss_fn: LossFn, acc: Any,
+            params: list[torch.Tensor], optimizer: Any, scheduler: Any, cfg: TrainConfig, autocast: Any,
+            sums: dict[str, float]) -> float:
+    """One optimizer update on this process's micro-batches `micro` (of a step of `count` examples); adds each
+    micro-batch's metrics, weighted by its size, to `sums`. Returns the gradient norm before clipping."""
+    for idx in micro:
+        batch = [dataset[i] for i in idx]
+        with autocast:
+            loss, metrics = loss_fn(model, batch)
+        # Weight by the micro-batch's share of the step's examples: the gradient of the step's mean loss.
+        acc.backward(loss * (len(batch) / count))
+        for k, v in {"loss": float(loss.detach()), **metrics}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+    _sync_grads(acc, params, acc.num_processes)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else math.inf)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
 
 
 def _as_list(v: Any) -> list:

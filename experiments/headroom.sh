@@ -11,10 +11,28 @@
 set -euo pipefail
 if [ $# -lt 1 ]; then echo "usage: $0 OUT [QWEN_GGUF]" >&2; exit 2; fi
 OUT=$1 QWEN=${2:-}
+ARGS="$OUT${QWEN:+ $(basename "$QWEN")}"  # the page names the model file, not where it lies
 VAL=${VAL:-32} N=${N:-16} M=${M:-128} LEVELS=${LEVELS:-"1 2 3"} TEMPS=${TEMPS:-"0.7 1.0"}
 SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT/logs"
+
+# The names of every run of the sweep, and the page (also when called with TABLE_ONLY=1: a partial sweep's page
+# says which settings are missing and chooses none).
+names() {
+  local temp fmt level
+  if [ -n "$QWEN" ]; then
+    for temp in $TEMPS; do for fmt in completion chat; do for level in $LEVELS; do
+      echo "qwen05-$fmt-L$level-T$temp"; done; done; done
+  fi
+  for temp in $TEMPS; do echo "gemma270m-completion-L${LEVELS%% *}-T$temp"; done
+}
+table() {
+  mapfile -t expect < <(names)
+  "$PYTHON" "$HERE/headroom_table.py" "$OUT" --command "$0 $ARGS" --expect "${expect[@]}" \
+    > "$HERE/../results/headroom.md.tmp" && mv "$HERE/../results/headroom.md.tmp" "$HERE/../results/headroom.md"
+}
+if [ -n "${TABLE_ONLY:-}" ]; then table; exit; fi
 
 run() {  # NAME MODEL LEVEL TEMP [--chat]
   local name=$1 model=$2 level=$3 temp=$4; shift 4
@@ -38,5 +56,6 @@ if [ -n "$QWEN" ]; then
 fi
 first=${LEVELS%% *}
 for temp in $TEMPS; do run "gemma270m-completion-L$first-T$temp" gemma-3-270m "$first" "$temp"; done
-"$PYTHON" "$HERE/headroom_table.py" "$OUT" --command "$0 $*" > "$HERE/../results/headroom.md"
+table
+
 echo "wrote results/headroom.md" >&2

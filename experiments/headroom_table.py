@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--command", default="experiments/headroom.sh")
+    ap.add_argument("--expect", nargs="*", default=[],
+                    help="run names the sweep makes (MODEL-FORMAT-LLEVEL-TTEMP); the page lists those not finished")
     args = ap.parse_args(argv)
     rows = load(args.out)
     if not rows:
@@ -94,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
              "single samples; `sample vs greedy` the paired difference of one random sample. Answers are open "
              "integers, so there is no label prior to pass for a gain.\n\n")
     text += table(rows)
+    missing = [name for name in args.expect if name not in {r["dir"] for r in rows}]
+    if missing:
+        text += (f"\n**Sweep not finished**: {len(missing)} of {len(args.expect)} settings have no finished run yet "
+                 f"({', '.join(missing)}); re-running the command resumes the sweep and rewrites this page. No "
+                 "setting is chosen from a partial sweep.\n")
     signal = [r for r in rows if not r["model"].startswith("gemma")]
-    if signal:
+    if signal and not missing:
         best = max(signal, key=headroom)
         text += (f"\nChosen for the held-out table (largest lower bound of the best label-free selector's gain over "
                  f"greedy, on validation items): **{best['model']} {best['fmt']}, level {best['level']}, "

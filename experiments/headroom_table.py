@@ -43,7 +43,9 @@ def load(out: Path) -> list[dict]:
         if m is None:
             continue
         s = json.loads(summary.read_text(encoding="utf-8"))
-        rows.append({**m.groupdict(), "temp": float(m["temp"]), "s": s, "dir": summary.parent.name})
+        conf = json.loads((summary.parent / "config.json").read_text(encoding="utf-8"))
+        rows.append({**m.groupdict(), "temp": float(m["temp"]), "s": s, "dir": summary.parent.name,
+                     "commits": conf.get("commits") or []})
     return rows
 
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n = rows[0]["s"]["n"]
     text = "# Headroom: where sharpening has something to amortize (arith, validation items)\n\n"
-    text += stamp(args.command)
+    text += stamp(args.command, [c for r in rows for c in r["commits"]])
     text += (f"Best-of-N on the arith task's **validation** split (never the held-out test items), N = {n}, "
              "10 subsampling seeds. Accuracy in % with 95% bootstrap intervals over items; `vs greedy` is the paired "
              "difference in points with its 95% interval (`*`: excludes zero). `sample acc` is the mean accuracy of "

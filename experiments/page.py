@@ -31,11 +31,11 @@ def run_commits(dirs: Sequence[Path]) -> list[str]:
     for d in dirs:
         for conf in [d / "config.json", *sorted(d.glob("*/config.json"))]:
             try:
-                commit = json.loads(conf.read_text(encoding="utf-8")).get("commit")
+                recorded = json.loads(conf.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if commit:
-                found.append(str(commit))
+            commits = recorded.get("commits") or [recorded.get("commit")] if isinstance(recorded, dict) else []
+            found += [str(c) for c in commits if c]
     return found
 
 

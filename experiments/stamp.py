@@ -64,7 +64,9 @@ def stamp(command: str, run_commits: Iterable[str] = ()) -> str:
     here = commit()
     lines = ["<!-- written by a script; do not edit by hand: re-run the command below -->",
              f"- command: `{command}`", f"- commit: {here}", f"- machine: {machine()}", f"- date: {now}"]
-    older = sorted({c for c in run_commits if c and c.split("+")[0] != here.split("+")[0]})
+    head = here.split("+")[0]
+    older = sorted({c for c in run_commits
+                    if c and not (c.startswith(head) or head.startswith(c.split("+")[0]))})
     if older:
         lines.append(f"- note: some run directories were made at other commits ({', '.join(older)}): their numbers "
                      "come from that code")

@@ -23,9 +23,11 @@ import math
 import os
 import re
 import signal
+import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -302,7 +304,11 @@ def prepare_run_dir(out: str | Path | None, identity: dict[str, Any], config: di
             tmp = Path(root) / name
             if _STALE_TMP.fullmatch(name) and tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
-    atomic_write_json(out / "config.json", {"command": command, "identity": identity, **config})
+    # Every commit of the source that wrote to this run, in order: results pages say when runs span commits.
+    commits = _earlier_commits(out / "config.json")
+    here = source_commit()
+    commits += [here] if here and here not in commits else []
+    atomic_write_json(out / "config.json", {"command": command, "identity": identity, **config, "commits": commits})
     _OPENED.add(out.resolve())
     return out
 
@@ -354,6 +360,29 @@ def check_source_run(run: Path, command: str, match: Mapping[str, Any], n: int,
 
 def _norm(v: Any) -> Any:
     return json.loads(json.dumps(v, default=_json_default))
+
+
+def _earlier_commits(path: Path) -> list[str]:
+    """The commits an earlier invocation recorded in config.json (none for runs made before they were recorded)."""
+    if not path.exists():
+        return []
+    commits = read_json(path).get("commits")
+    return [c for c in commits if isinstance(c, str)] if isinstance(commits, list) else []
+
+
+@cache
+def source_commit() -> str | None:
+    """The git commit of the running sharpen source, '+dirty' when its tracked files differ from it; None when the
+    package is not a git checkout (an installed wheel) or git is missing."""
+    where = Path(__file__).resolve().parent
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        head = git("rev-parse", "--short=12", "HEAD")
+        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def package_versions() -> dict[str, str]:

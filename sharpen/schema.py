@@ -101,7 +101,7 @@ ROWS: dict[str, Schema] = {
 # JSON documents: the top level only (a report that meets a damaged field deeper down says so itself,
 # report.kit.reads_summary).
 DOCS: dict[str, Schema] = {
-    "config.json": {"command?": STR, "identity?": DICT, "options?": DICT, "versions?": DICT},
+    "config.json": {"command?": STR, "identity?": DICT, "options?": DICT, "versions?": DICT, "commits?": LIST},
     "summary.json": {
         "task?": OPT_STR, "model?": OPT_STR, "algorithm?": STR, "protocol?": STR, "num_prompts?": INT, "ns?": LIST,
         "n?": INT, "selectors?": DICT, "greedy?": maybe(DICT), "labels?": maybe(DICT), "adaptive?": maybe(DICT),

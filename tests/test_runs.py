@@ -65,3 +65,24 @@ def test_unwritable_dir_is_a_clear_error(tmp_path):
     ro.chmod(0o500)
     with pytest.raises(SharpenError, match="not writable"):
         runs.prepare_run_dir(ro, {}, {}, command="bon")
+
+
+def test_config_records_every_commit_that_wrote_the_run(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    commit = runs.source_commit()
+    try:  # in a git checkout the recorded commit is the checkout's HEAD; an installed package records none
+        head = subprocess.run(["git", "-C", str(Path(runs.__file__).parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert commit is not None and head.startswith(commit.split("+")[0])
+    except (OSError, subprocess.CalledProcessError):
+        assert commit is None
+    out = tmp_path / "r"
+    for c in ["aaa", "aaa", "bbb+dirty"]:  # a resume at the same commit adds nothing, at another one adds it
+        monkeypatch.setattr(runs, "source_commit", lambda c=c: c)
+        runs.prepare_run_dir(out, {"n": 8}, {"options": {}}, command="bon")
+    assert json.loads((out / "config.json").read_text())["commits"] == ["aaa", "bbb+dirty"]
+    monkeypatch.setattr(runs, "source_commit", lambda: None)  # not a checkout: nothing recorded, nothing lost
+    runs.prepare_run_dir(out, {"n": 8}, {"options": {}}, command="bon")
+    assert json.loads((out / "config.json").read_text())["commits"] == ["aaa", "bbb+dirty"]

@@ -77,6 +77,7 @@ def _bucket(expression: str) -> int:
 
 
 def _operand(rng: random.Random, digits: int) -> int:
+    """A uniform operand of `digits` digits; one-digit operands are 2-9 (0 and 1 make steps with nothing to do)."""
     return rng.randrange(10 ** (digits - 1) if digits > 1 else 2, 10 ** digits)
 
 

@@ -8,11 +8,16 @@
 # DPO and XPO with the `logprob` and `vote` rewards, GRPO with `vote`, `logprob`, `self_certainty` and the
 # controls `gold` (upper bound) and `random` (must not help), power sampling at alpha 4; then writes
 # results/arith-heldout.md (through heldout.sh). Sizes as experiments/heldout.sh (TRAIN VAL EVAL N EVAL_SAMPLES JOBS).
+#
+# The trained runs keep their last adapter (KEEP=last, a fixed budget as in the paper), decided before any trained
+# result was seen: here the base model's greedy answer already is its mode (results/headroom.md: logprob@16 within
+# one item of greedy on validation), so what sharpening can move is the sampling distribution, which greedy
+# validation accuracy does not see; with --keep best an untrained step 0 wins every tie on 32 validation items.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
-export TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
+export KEEP=${KEEP:-last} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
 export JOBLIST=${JOBLIST:-"pool bon sft-logprob grpo-logprob grpo-random sft-vote grpo-vote grpo-self_certainty grpo-gold dpo-logprob dpo-vote xpo-logprob xpo-vote power-a4"}
 export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
 export TITLE="Amortized sharpening on arith (level $LEVEL, T $T $*, $(basename "$MODEL")): held-out table"

@@ -12,7 +12,9 @@
 # xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the default is
 # the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound and grpo-random (a
 # coin flip) the control that must not help; power-a4 draws from pi^4 on the held-out items (compared with base
-# best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share.
+# best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share
+# (--base-from; BASE_FROM=DIR: every trained run starts from DIR's instead, an sft/dpo/xpo/grpo run of the same
+# setting). KEEP=best (default) or last: the trained runs' --keep.
 # Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command.
 set -euo pipefail
 if [ $# -lt 4 ]; then
@@ -22,6 +24,7 @@ fi
 TASK=$1 T=$2 M=$3 OUT=$4 ARGS="$*"
 shift 4
 EXTRA=("$@")
+KEEP=${KEEP:-best} BASE_FROM=${BASE_FROM:-}
 JOBS=${JOBS:-2} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-128} N=${N:-8} EVAL_SAMPLES=${EVAL_SAMPLES:-2}
 SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd) PAGE=${PAGE:-$(cd "$(dirname "$0")/.." && pwd)/results/heldout-$TASK.md}
@@ -30,13 +33,17 @@ export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT/.locks" "$OUT/logs"
 
 B=(--task "$TASK" --max-new-tokens "$M" "${EXTRA[@]}")
-C=("${B[@]}" --train-limit "$TRAIN" --val-limit "$VAL" --eval-limit "$EVAL" --eval-samples "$EVAL_SAMPLES")
+C=("${B[@]}" --train-limit "$TRAIN" --val-limit "$VAL" --eval-limit "$EVAL" --eval-samples "$EVAL_SAMPLES"
+   --keep "$KEEP")
 P=(--from-run "$OUT/pool" --temperature "$T" --n "$N")
 X=(--from-run "$OUT/pool" --temperature "$T" --beta auto --rounds 2 --pairs 2 --batch-size 4 --max-steps 16)
 G=(--group "$N" --batch-size 4 --max-steps 16 --eval-every 8)
 
 # The command of each run; its directory is $OUT/NAME (`ready` below says what each waits for).
 job() {
+  local S=()  # where the base evaluation rows come from (the first trained run computes its own)
+  if [ -n "$BASE_FROM" ]; then S=(--base-from "$BASE_FROM"); elif [ "$1" != "$FIRST" ]; then S=(--base-from "$OUT/$FIRST"); fi
+  local C=("${C[@]}" "${S[@]}")
   case $1 in
     pool) $SHARPEN bon "${B[@]}" --split train --limit "$TRAIN" --n "$N" --seeds 1 --temperature "$T" --out "$OUT/pool" ;;
     bon) $SHARPEN bon "${B[@]}" --limit "$EVAL" --n "$N" --seeds 10 --temperature "$T" --out "$OUT/bon" ;;
@@ -65,13 +72,8 @@ base_ready() {
 }
 ready() {
   case $1 in pool|bon|power-a4) return 0 ;; esac
-  if [ "$1" = "$FIRST" ]; then case $1 in grpo-*) return 0 ;; *) done_ pool; return ;; esac; fi
+  if [ "$1" = "$FIRST" ] || [ -n "$BASE_FROM" ]; then case $1 in grpo-*) return 0 ;; *) done_ pool; return ;; esac; fi
   case $1 in grpo-*) base_ready ;; *) done_ pool && base_ready ;; esac
-}
-share() {  # start from the first trained run's base evaluation rows (a run resumes from such files)
-  case $1 in pool|bon|power-a4|"$FIRST") return 0 ;; esac
-  mkdir -p "$OUT/$1"
-  for f in eval_base.jsonl val_base.jsonl; do [ -f "$OUT/$1/$f" ] || cp "$OUT/$FIRST/$f" "$OUT/$1/$f"; done
 }
 
 worker() {
@@ -82,7 +84,6 @@ worker() {
       left=1
       ready "$j" || continue
       mkdir "$OUT/.locks/$j" 2>/dev/null || continue
-      share "$j"
       echo "$(date -u +%FT%TZ) start $j (worker $1)" >> "$OUT/logs/queue.log"
       if job "$j" > "$OUT/logs/$j.log" 2>&1; then
         echo "$(date -u +%FT%TZ) done $j" >> "$OUT/logs/queue.log"

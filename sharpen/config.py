@@ -235,6 +235,7 @@ class EvalConfig(RunConfig):
 
 
 LOG_TARGETS = ("none", "tensorboard")
+KEEP = ("best", "last")
 
 
 @dataclass
@@ -255,6 +256,10 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay (the paper swept 0.0-1.0 per task)")
     clip: float = opt(0.1, "gradient-norm clipping threshold (the paper: 0.1); 0 disables")
     eval_every: int = opt(50, "optimizer steps between held-out evaluations and checkpoints")
+    keep: str = opt("best", "which adapter the run keeps: 'best' (the best validation score, the base model "
+                            "included: greedy accuracy for sft and grpo, J_beta for dpo and xpo; ties keep the "
+                            "earlier) or 'last' (the last one no collapse guard stopped: a fixed training budget, "
+                            "as the paper's)")
     max_steps: int | None = opt(None, "stop after this many optimizer steps (default: all epochs)")
     seed: int = opt(0, "seed of sampling, data order, LoRA initialization and dropout")
     mixed_precision: str = opt("no", "'no' (fp32 math) or 'bf16' (autocast, on CPU too)")
@@ -271,7 +276,7 @@ class TrainConfig:
 
     # Options that change the trained weights: a checkpoint refuses to resume under other values.
     IDENTITY = ("lr", "warmup", "epochs", "batch_size", "grad_accum", "lora_rank", "lora_alpha", "lora_dropout",
-                "lora_targets", "weight_decay", "clip", "eval_every", "max_steps", "seed", "mixed_precision",
+                "lora_targets", "weight_decay", "clip", "eval_every", "keep", "max_steps", "seed", "mixed_precision",
                 "guard_empty", "guard_truncated", "guard_length", "guard_repetition", "guard_answer_drop", "guard_kl")
 
     def validate(self) -> None:
@@ -288,6 +293,8 @@ class TrainConfig:
             raise SharpenError(f"--max-steps must be at least 1 (got {self.max_steps})")
         if not 0 <= self.lora_dropout < 1:
             raise SharpenError(f"--lora-dropout must lie in [0, 1) (got {self.lora_dropout})")
+        if self.keep not in KEEP:
+            raise SharpenError(f"unknown --keep {self.keep!r}: choose one of {', '.join(KEEP)}")
         if self.mixed_precision not in ("no", "bf16"):
             raise SharpenError(f"--mixed-precision must be 'no' or 'bf16' (got {self.mixed_precision!r})")
         if self.log_to not in LOG_TARGETS:
@@ -349,6 +356,10 @@ class AmortizedConfig(RunConfig):
     val_limit: int = opt(32, "validation prompts, on which the kept checkpoint is chosen: items of the task's train "
                              "split after the training prompts, never a training or an evaluated prompt")
     merge: bool = opt(False, "also write the base model with the adapter merged in (DIR/merged)")
+    base_from: str | None = opt(None, "start from the base model's evaluation rows (eval_base.jsonl, "
+                                      "val_base.jsonl) of another sft, dpo, xpo or grpo run directory made with the "
+                                      "same model, task, items, evaluation options and seed (checked), instead of "
+                                      "computing them again; a partial file is completed")
 
     IDENTITY = RunConfig.IDENTITY + ("train_limit", "eval_limit", "train_on_eval", "eval_samples", "val_limit",
                                      "valid_only")

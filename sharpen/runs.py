@@ -362,6 +362,11 @@ def _norm(v: Any) -> Any:
     return json.loads(json.dumps(v, default=_json_default))
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Two option values are the same once written to JSON (a tuple and its list, a Path and its string)."""
+    return _norm(a) == _norm(b)
+
+
 def _earlier_commits(path: Path) -> list[str]:
     """The commits an earlier invocation recorded in config.json (none for runs made before they were recorded)."""
     if not path.exists():

@@ -301,3 +301,12 @@ def test_dpo_end_to_end(tmp_path):
     assert (out / "eval_sharpened.jsonl").stat().st_mtime == mtime
     assert main([*argv[:-1], str(tmp_path / "x"), "--loss", "hinge"]) == 2
     assert main([*argv, "--loss", "logistic"]) == 2  # another loss: refuses to resume the same directory
+
+
+def test_kept_round_best_or_last():
+    from sharpen.stages.rlhf import kept_round
+    history = [{"round": 0, "j_beta": 1.0}, {"round": 1, "j_beta": 2.0}, {"round": 2, "j_beta": 2.0},
+               {"round": 3, "j_beta": 0.5}, {"round": 4, "j_beta": 9.0, "guard_stop": "empty"}]
+    assert kept_round(history, "best") == 1  # ties keep the earlier round; a guarded round never is kept
+    assert kept_round(history, "last") == 3
+    assert kept_round(history[:1], "last") == 0

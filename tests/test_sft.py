@@ -259,3 +259,32 @@ def test_sft_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
     assert ev["greedy"]["mean_logprob_base"] == pytest.approx(summary["sharpened"]["greedy"]["mean_logprob_base"],
                                                               abs=1e-3)
 
+
+
+def test_base_from_reuses_another_runs_base_rows_and_refuses_another_setting(tmp_path, capsys):
+    """--base-from copies the base evaluation rows of a run with the same model, items, evaluation options and
+    seed (here a vote-reward run starting from a logprob-reward run), and refuses one that differs."""
+    from sharpen.cli import main
+
+    common = ["--model", "tiny-random", "--task", "arith", "--n", "2", "--train-limit", "4", "--eval-limit", "2",
+              "--val-limit", "2", "--epochs", "1", "--max-new-tokens", "8", "--no-valid-only", "--eval-samples", "2"]
+    first = tmp_path / "first"
+    assert main(["sft", *common, "--out", str(first)]) == 0
+    # Marked rows: what the second run evaluates shows whether it copied them or computed its own.
+    for name in ("eval_base.jsonl", "val_base.jsonl"):
+        rows = [json.loads(x) for x in (first / name).read_text().splitlines()]
+        (first / name).write_text("".join(json.dumps({**r, "text": "copied " + r["text"]}) + "\n" for r in rows))
+    second = tmp_path / "second"
+    assert main(["sft", *common, "--reward", "vote", "--keep", "last", "--base-from", str(first),
+                 "--out", str(second)]) == 0
+    for name in ("eval_base.jsonl", "val_base.jsonl"):
+        assert (second / name).read_text() == (first / name).read_text()
+    assert all(r["text"].startswith("copied ") for r in map(json.loads, (second / "eval_base.jsonl").open()))
+    capsys.readouterr()
+    other = [*common[:-1], "3"]  # --eval-samples 3: other base rows
+    assert main(["sft", *other, "--base-from", str(first), "--out", str(tmp_path / "third")]) == 2
+    err = capsys.readouterr().err
+    assert "eval_samples=2" in err and "eval_samples=3" in err and "drop --base-from" in err
+    assert not (tmp_path / "third" / "eval_base.jsonl").exists()
+    assert main(["sft", *common, "--base-from", str(first / "bon"), "--out", str(tmp_path / "fourth")]) == 2
+    assert "not an sft, dpo, xpo or grpo" in capsys.readouterr().err

@@ -217,6 +217,27 @@ def test_best_checkpoint_is_kept(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 2, 4, 6]
 
 
+def test_keep_last_keeps_the_final_adapter_whatever_the_scores(tmp_path):
+    """--keep last: a fixed budget, as the paper's; a tie or a lower validation score does not bring back an earlier
+    adapter (with --keep best the base, step 0, would be kept here)."""
+    data = _dataset(8)
+    scores = [0.5, 0.5, 0.4, 0.5]
+    for keep, step in (("best", 0), ("last", 6)):
+        cfg = _cfg(epochs=3, batch_size=4, eval_every=2, keep=keep)
+        it, snapshots = iter(scores), {}
+
+        def eval_fn(model, it=it, snapshots=snapshots):
+            snapshots[len(snapshots) * 2] = _adapter_params(model)
+            return {"accuracy": next(it)}
+
+        model = attach_lora(tiny_model(), cfg)
+        result = train(model, data, sft_batch_loss, cfg, tmp_path / keep, eval_fn=eval_fn, progress=False)
+        assert result.best_step == step
+        kept = _adapter_params(load_adapter(tiny_model(), result.adapter_dir))
+        for k, v in snapshots[step].items():
+            torch.testing.assert_close(kept[k], v, atol=0, rtol=0)
+
+
 def test_step_plan_covers_each_example_once_per_epoch_across_processes():
     cfg = _cfg(batch_size=2, grad_accum=2, seed=3)
     n, world = 13, 2

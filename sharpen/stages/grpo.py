@@ -45,7 +45,7 @@ from ..tasks import Task, load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter
 from ..train.losses import group_advantages, grpo_loss, k3_kl
-from .kit import accuracy_key, eval_rows, greedy_validation, validation_split
+from .kit import accuracy_key, base_evaluation, eval_rows, greedy_validation, validation_split
 
 ROLLOUTS = "rollouts.jsonl"
 
@@ -218,8 +218,8 @@ def run_grpo(cfg: GrpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     val_task, val_items, validation = validation_split(cfg, prompts, task.items)
     prompt_ids = {it.id: prompt_token_ids(model, it.prompt, chat=cfg.chat) for it in [*task.items, *val_items]}
     # 3) The base model on the held-out and the validation prompts.
-    base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
-    val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
+    base_rows, val_base = base_evaluation(out, model, task, task.items, val_task, val_items, prompt_ids, cfg,
+                                          {**cfg.identity(), **tcfg.identity()}, tcfg.seed, progress)
     # 4) Training: every step samples its groups from the policy as it is.
     model = attach_lora(model, tcfg)
     loss = GroupLoss(cfg, train_task, tcfg.seed, out)

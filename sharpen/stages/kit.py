@@ -49,6 +49,49 @@ def eval_rows(path: Path | None, model: Model, task: Task, items: Sequence[Item]
     return sorted(rows, key=lambda r: (order[r["prompt_id"]], r["kind"] != "greedy", r["index"]))
 
 
+# What the base model's evaluation rows depend on: runs that agree on these have the same eval_base.jsonl and
+# val_base.jsonl (the validation items follow the training prompts, hence train_limit; the sampling seed is --seed).
+BASE_EVAL_KEYS = ("task", "model", "subject", "level", "max_new_tokens", "chat", "dtype", "sample_dtype",
+                  "exact_logprobs", "chunk", "train_limit", "eval_limit", "train_on_eval", "eval_samples", "val_limit",
+                  "seed")
+BASE_FILES = ("eval_base.jsonl", "val_base.jsonl")
+
+
+def adopt_base_rows(cfg: AmortizedConfig, identity: dict[str, Any], out: Path) -> None:
+    """--base-from DIR: copy DIR's base evaluation rows into this run where it has none yet, after checking that
+    DIR was made with the same BASE_EVAL_KEYS and data directory (`identity`: this run's, all configs merged)."""
+    if not cfg.base_from or all((out / name).exists() for name in BASE_FILES):
+        return
+    src = Path(cfg.base_from)
+    if not (src / "config.json").is_file():
+        raise SharpenError(f"--base-from {src} is not a run directory (no config.json): give the directory of an "
+                           "sft, dpo, xpo or grpo run, or drop --base-from")
+    old = runs.read_json(src / "config.json")
+    if old.get("command") not in ("sft", "dpo", "xpo", "grpo"):
+        raise SharpenError(f"--base-from {src} holds a '{old.get('command')}' run, not an sft, dpo, xpo or grpo "
+                           "one: give such a run, or drop --base-from")
+    theirs = {**old.get("identity", {}), "data_dir": old.get("options", {}).get("data_dir")}
+    mine = {**identity, "data_dir": cfg.data_dir}
+    for key in (*BASE_EVAL_KEYS, "data_dir"):
+        if runs.same_value(mine.get(key), theirs.get(key)):
+            continue
+        raise SharpenError(f"--base-from {src} was made with {key}={theirs.get(key)!r} but this run has "
+                           f"{key}={mine.get(key)!r}, so its base rows are not this run's: drop --base-from")
+    for name in BASE_FILES:
+        if not (out / name).exists() and (src / name).is_file():
+            runs.atomic_write_text(out / name, (src / name).read_text())
+
+
+def base_evaluation(out: Path, model: Model, task: Task, items: Sequence[Item], val_task: Task,
+                    val_items: Sequence[Item], prompt_ids: dict[str, list[int]], cfg: AmortizedConfig,
+                    identity: dict[str, Any], seed: int, progress: bool) -> tuple[list[dict], list[dict]]:
+    """The base model on the held-out and the validation prompts (greedy, samples, log pi_base), resumable and
+    shared across runs with --base-from: (eval_base rows, val_base rows)."""
+    adopt_base_rows(cfg, identity, out)
+    return (eval_rows(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, seed, progress),
+            eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, seed, progress))
+
+
 # ---------------------------------------------------------------------------------------------- the bon run loop
 
 Sampler = Callable[[Model, list[list[int]], list[str]], list[list[Any]]]

@@ -51,7 +51,7 @@ from ..tasks import Item, Task, load_task
 from ..train.loop import distributed, train
 from ..train.lora import adapter_is_identity, attach_lora, merge_adapter, restore_adapter, save_adapter
 from ..train.losses import j_beta_estimate, logistic_dpo_loss, reward_dpo_loss, xpo_loss
-from .kit import BasePool, base_pool, eval_rows, validation_split
+from .kit import BasePool, base_evaluation, base_pool, eval_rows, validation_split
 
 # ---------------------------------------------------------------------------------------------- pairs and loss
 
@@ -310,6 +310,13 @@ def _finish(out: Path, model: Model, cfg: RlhfConfig, summary: dict, validation:
 
 # ---------------------------------------------------------------------------------------------- dpo
 
+def kept_round(history: Sequence[dict], keep: str) -> int:
+    """XPO's returned round: the largest validation J_beta (ties: the earlier round), or with --keep last the last
+    round no guard stopped (round 0, pi_base, never is)."""
+    unguarded = sorted((r for r in history if not r.get("guard_stop")), key=lambda r: r["round"])
+    return (unguarded[-1] if keep == "last" else max(unguarded, key=j_beta_key))["round"]
+
+
 def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     """Run (or resume) offline reward-based DPO; returns the summary also written to DIR/summary.json."""
     tcfg = tcfg.with_lr(PREFERENCE_LR)
@@ -330,8 +337,8 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         raise SharpenError(f"no usable pair: {n_valid} of {len(prompts) * cfg.n} base samples ended with an answer "
                            "the task can extract; raise --max-new-tokens, or pass --no-valid-only to pair them all")
     # 4) The base model on the held-out prompts, and on the validation prompts (step 0 of the selection).
-    base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
-    val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
+    base_rows, val_base = base_evaluation(out, model, task, task.items, val_task, val_items, prompt_ids, cfg,
+                                          {**cfg.identity(), **tcfg.identity()}, tcfg.seed, progress)
     # 5) LoRA training; the adapter with the best validation J_beta is kept (step 0 = pi_base itself).
     model = attach_lora(model, tcfg)
     loss = functools.partial(pair_loss, kind=cfg.loss, beta=cfg.beta, sft_weight=cfg.sft_weight)
@@ -396,8 +403,8 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     cfg, out, task, pool, model, prompt_ids, (val_task, val_items, validation) = _start(cfg, tcfg, "xpo", progress)
     train_task = _train_task(cfg, pool.options)
     # 4) The base model on the held-out prompts; iterate 0 (pi_base) on the validation prompts.
-    base_rows = eval_rows(out / "eval_base.jsonl", model, task, task.items, prompt_ids, cfg, tcfg.seed, progress)
-    val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed, progress)
+    base_rows, val_base = base_evaluation(out, model, task, task.items, val_task, val_items, prompt_ids, cfg,
+                                          {**cfg.identity(), **tcfg.identity()}, tcfg.seed, progress)
     model = attach_lora(model, tcfg)
     if not (out / "round_0" / "adapter").exists():
         (out / "round_0").mkdir(exist_ok=True)
@@ -434,9 +441,7 @@ def run_xpo(cfg: XpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         history.append(row)
         if reason:
             break
-    # The returned iterate: the largest validation J_beta (ties: the earlier round), then evaluated held out.
-    best = max(sorted((r for r in history if not r.get("guard_stop")), key=lambda r: r["round"]),
-               key=j_beta_key)["round"]
+    best = kept_round(history, tcfg.keep)  # the returned iterate, then evaluated held out
     stopped = next((f"round {r['round']}: {r['guard_stop']}" for r in history if r.get("guard_stop")), None)
     restore_adapter(model, out / f"round_{best}" / "adapter")
     save_adapter(model.module, out / "adapter")

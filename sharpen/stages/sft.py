@@ -35,7 +35,7 @@ from ..tasks import Task, load_task
 from ..train.loop import TrainResult, accelerator, process_device, train
 from ..train.lora import attach_lora, merge_adapter, restore_adapter
 from ..train.losses import sft_loss
-from .kit import accuracy_key, base_pool, eval_rows, greedy_validation, validation_split
+from .kit import accuracy_key, base_evaluation, base_pool, eval_rows, greedy_validation, validation_split
 
 # ---------------------------------------------------------------------------------------------- loss
 
@@ -140,9 +140,8 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
     # 4) The base model on the held-out prompts (greedy, samples, log pi_base).
     val_base: list[dict] = []
     if main:
-        base_rows = eval_rows(out / "eval_base.jsonl", model, task, items, prompt_ids, cfg, tcfg.seed, progress)
-        val_base = eval_rows(out / "val_base.jsonl", model, val_task, val_items, prompt_ids, cfg, tcfg.seed,
-                             progress)
+        base_rows, val_base = base_evaluation(out, model, task, items, val_task, val_items, prompt_ids, cfg,
+                                              {**cfg.identity(), **tcfg.identity()}, tcfg.seed, progress)
     acc.wait_for_everyone()
     # 5) LoRA fine-tuning; the adapter best on the validation prompts is kept in DIR/adapter.
     model = attach_lora(model, tcfg)

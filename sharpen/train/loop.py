@@ -265,7 +265,8 @@ def train(model: Model, dataset: Sequence[Any], loss_fn: LossFn, cfg: TrainConfi
                 if reason:
                     stopped = f"step {step}: {reason}"
                     runs.atomic_write_json(stop_flag, {"stopped": stopped})
-                elif best_val is None or val > best_val:  # ties keep the earlier (less trained) adapter
+                # --keep best: ties keep the earlier (less trained) adapter; --keep last: every unguarded one
+                elif best_val is None or val > best_val or cfg.keep == "last":
                     best_step, best_eval, best_val = step, metrics, val
                     save_adapter(module, adapter_dir)
             _save_checkpoint(ckpt_path, module, optimizer, scheduler, {

@@ -116,7 +116,9 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
 finished=()
 for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$OUT/$j") ;; esac; done
-$SHARPEN compare "${finished[@]}" --paired "$OUT/bon" --out "$OUT/table" || status=$?
+CTL=()  # the trained runs against the random-reward control, when it ran
+for j in "${ALL[@]}"; do [ "$j" = grpo-random ] && done_ grpo-random && CTL=(--control "$OUT/grpo-random"); done
+$SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
 if [ $status = 0 ]; then
   "$PYTHON" "$HERE/page.py" "$PAGE" --title "${TITLE:-Held-out table: $TASK, base samples at temperature $T}" \
     --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" --note "The base model and its \

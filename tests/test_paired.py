@@ -44,13 +44,14 @@ def _bon(tmp: Path) -> Path:
     return d
 
 
-def _trained(tmp: Path, answers: list[str | None]) -> Path:
-    d = tmp / "sft"
+def _trained(tmp: Path, answers: list[str | None], name: str = "sft", reward: str = "vote",
+             samples: str | None = "True") -> Path:
+    d = tmp / name
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"command": "sft", "options": {"reward": "vote"}}))
+    (d / "config.json").write_text(json.dumps({"command": name.split("-")[0], "options": {"reward": reward}}))
     (d / "summary.json").write_text(json.dumps({"training": {"best_step": 16}, "guards": {"stopped": False}}))
     rows = [{**_row(i, a, -9.0), "kind": "greedy", "logprob_base": -3.0} for i, a in enumerate(answers)]
-    rows += [{**_row(i, "True", -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
+    rows += [{**_row(i, samples, -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
     _jsonl(d / "eval_sharpened.jsonl", rows)
     # the base model's own evaluation samples: right on items 0 and 1 only (no answer on 2 and 3)
     _jsonl(d / "eval_base.jsonl", [{**_row(i, "True" if i < 2 else None, -9.0, index=0), "kind": "sample",
@@ -151,3 +152,21 @@ def test_base_curve_runs_through_the_best_of_n_rows(tmp_path: Path) -> None:
         assert curve[-1][sel]["accuracy"] == rows[f"base {sel}@3 (T=0.7)"]["accuracy"]
     assert curve[-1]["tokens"] == rows["base majority@3 (T=0.7)"]["spent_tokens"]
     assert [c["tokens"] for c in base_curve(base, ["q0", "q9"], resamples=50)] == [3.0, 6.0, 9.0]  # q9: unknown
+
+
+def test_control_table_compares_each_trained_run_with_the_control(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bon = _bon(tmp_path)
+    sft = _trained(tmp_path, ["True", "True", "False", "False"])  # greedy right on 0, 1, 3; samples on 0, 1, 2
+    ctl = _trained(tmp_path, ["True", None, None, None], name="grpo-random", reward="random", samples=None)
+    out = tmp_path / "t"
+    assert main(["compare", str(sft), str(ctl), "--paired", str(bon), "--control", str(ctl), "--out", str(out)]) == 0
+    md = (out / "paired.md").read_text()
+    assert "Against the control, grpo (random)" in md
+    # greedy 3/4 vs 1/4: +50 points; samples 3/4 vs 0/4: +75 points; the control gets no row of its own
+    assert "| sft (vote) | +50.0 [" in md and "| +75.0 [" in md and "| grpo (random) | +" not in md
+    capsys.readouterr()
+    assert main(["compare", str(sft), "--control", str(ctl), "--out", str(tmp_path / "u")]) == 2
+    assert "add --paired" in capsys.readouterr().err and not (tmp_path / "u").exists()
+    assert main(["compare", str(sft), "--paired", str(bon), "--control", str(bon), "--out", str(tmp_path / "v")]) == 2
+    assert not (tmp_path / "v").exists()

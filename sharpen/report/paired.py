@@ -358,15 +358,57 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
 
 
 
-def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str | Path = "compare") -> Path:
+def control_rows(ids: Sequence[str], run_dirs: Sequence[str | Path], control: str | Path,
+                 resamples: int = 2000) -> list[dict]:
+    """Every trained run of run_dirs against the control run (e.g. grpo with the `random` reward, which must not
+    help), item by item on the table's items `ids`: the paired difference of greedy accuracy and of temperature-1
+    sample accuracy (each model's own evaluation samples), with their 95% paired bootstrap intervals."""
+    ctl = trained_policy(Path(control))
+    missing = [i for i in ids if i not in ctl["picks"]]
+    if missing:
+        raise SharpenError(f"the control {control} did not answer {len(missing)} of the table's items (e.g. "
+                           f"{missing[0]}): give a control run evaluated on the same held-out items")
+    c_greedy = [float(bool(ctl["picks"][i]["correct"])) for i in ids]
+    c_samples = (ctl["item_samples"] or ({}, {}))[0]
+    out = []
+    for d in run_dirs:
+        if Path(d).resolve() == Path(control).resolve() or _config(Path(d)).get("command") not in TRAINED:
+            continue
+        p = trained_policy(Path(d))
+        mine = [float(bool(p["picks"][i]["correct"])) for i in ids]
+        own = (p["item_samples"] or ({}, {}))[0]
+        common = [i for i in ids if i in own and i in c_samples]
+        out.append({"method": p["method"], "control": ctl["method"],
+                    "greedy_vs_control": paired_bootstrap(mine, c_greedy, resamples=resamples),
+                    "sample_vs_control": (paired_bootstrap([own[i] for i in common], [c_samples[i] for i in common],
+                                                           resamples=resamples) if common else None)})
+    return out
+
+
+def render_control(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of `control_rows`."""
+    if not rows:
+        return ""
+    head = [f"Against the control, {rows[0]['control']} (paired differences in points on the same items, 95% paired "
+            "bootstrap interval, starred when it excludes zero):", "",
+            "| method | greedy accuracy vs control | sample acc. vs control |", "|---|---|---|"]
+    return "\n".join([*head, *(f"| {r['method']} | {_diff(r['greedy_vs_control'])} | {_diff(r['sample_vs_control'])} |"
+                               for r in rows)]) + "\n"
+
+
+def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str | Path = "compare",
+                 control: str | Path | None = None) -> Path:
     """Write OUT/paired.md and OUT/paired.png (accuracy vs tokens spent), OUT a new or empty folder or one compare
-    wrote; returns the Markdown's path. A refused OUT or run directory writes nothing."""
+    wrote; returns the Markdown's path. control: a trained run every trained row is also compared with (a table
+    after the main one). A refused OUT or run directory writes nothing."""
     check_run_dir(out, "compare")
     base = base_policies(Path(bon_dir))
     rows = _paired_rows(base, run_dirs, 2000)
-    folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs]},
+    ctl = render_control(control_rows(rows[0]["ids"], run_dirs, control)) if control is not None else ""
+    folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs],
+                                       **({"control": str(control)} if control is not None else {})},
                              command="compare")
     path, png = folder / "paired.md", folder / "paired.png"
     save_png(plot_paired(rows, base_curve(base, rows[0]["ids"] if rows else None)), png)
-    atomic_write_text(path, render_paired(rows, png.name))
+    atomic_write_text(path, render_paired(rows, png.name) + ("\n" + ctl if ctl else ""))
     return path

@@ -119,9 +119,11 @@ for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$O
 CTL=()  # the trained runs against the random-reward control, when it ran
 for j in "${ALL[@]}"; do [ "$j" = grpo-random ] && done_ grpo-random && CTL=(--control "$OUT/grpo-random"); done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
+[ $status = 0 ] && { "$PYTHON" "$HERE/diagnose.py" "$OUT" > "$OUT/diagnose.md" || status=$?; }
 if [ $status = 0 ]; then
   "$PYTHON" "$HERE/page.py" "$PAGE" --title "${TITLE:-Held-out table: $TASK, base samples at temperature $T}" \
-    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" --note "The base model and its \
+    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" \
+    --part "What each trained run trained on, and how training went" "$OUT/diagnose.md" --note "The base model and its \
 best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
 items (checkpoints chosen on $VAL validation items); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
 EVAL_SAMPLES=$EVAL_SAMPLES. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?

@@ -37,7 +37,8 @@ C=("${B[@]}" --train-limit "$TRAIN" --val-limit "$VAL" --eval-limit "$EVAL" --ev
    --keep "$KEEP")
 P=(--from-run "$OUT/pool" --temperature "$T" --n "$N")
 X=(--from-run "$OUT/pool" --temperature "$T" --beta auto --rounds 2 --pairs 2 --batch-size 4 --max-steps 16)
-G=(--group "$N" --batch-size 4 --max-steps 16 --eval-every 8)
+# grpo: 4 prompts per step as one micro-batch each (a group of 16 responses with its gradients is the memory peak)
+G=(--group "$N" --batch-size 1 --grad-accum 4 --max-steps 16 --eval-every 8)
 
 # The command of each run; its directory is $OUT/NAME (`ready` below says what each waits for).
 job() {

@@ -4,7 +4,7 @@
 #
 #   experiments/heldout.sh TASK TEMPERATURE MAX_NEW_TOKENS OUT [more sharpen options, e.g. --model F.gguf --chat]
 #
-# JOBS=2 (default) runs two queues side by side, each with one torch thread per core it owns; re-running the
+# JOBS=2 (default) runs two queues side by side, each with one torch thread per core it owns (THREADS=K: K); re-running the
 # script resumes every unfinished run (each stage resumes on its own). The base model's evaluation rows are the
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
@@ -14,7 +14,8 @@
 # coin flip) the control that must not help; power-a4 draws from pi^4 on the held-out items (compared with base
 # best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share
 # (--base-from; BASE_FROM=DIR: every trained run starts from DIR's instead, an sft/dpo/xpo/grpo run of the same
-# setting). KEEP=best (default) or last: the trained runs' --keep.
+# setting). KEEP=best (default) or last: the trained runs' --keep. GRPO_STEPS=16: grpo's --max-steps (each step
+# samples 4 groups of N; about 4 minutes a step for a 0.5B model on two CPU cores), evaluated twice.
 # Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command.
 set -euo pipefail
 if [ $# -lt 4 ]; then
@@ -24,11 +25,11 @@ fi
 TASK=$1 T=$2 M=$3 OUT=$4 ARGS="$*"
 shift 4
 EXTRA=("$@")
-KEEP=${KEEP:-best} BASE_FROM=${BASE_FROM:-}
+KEEP=${KEEP:-best} BASE_FROM=${BASE_FROM:-} GRPO_STEPS=${GRPO_STEPS:-16}
 JOBS=${JOBS:-2} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-128} N=${N:-8} EVAL_SAMPLES=${EVAL_SAMPLES:-2}
 SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd) PAGE=${PAGE:-$(cd "$(dirname "$0")/.." && pwd)/results/heldout-$TASK.md}
-THREADS=$(( $(nproc) / JOBS )); [ "$THREADS" -ge 1 ] || THREADS=1
+THREADS=${THREADS:-$(( $(nproc) / JOBS ))}; [ "$THREADS" -ge 1 ] || THREADS=1
 export OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT/.locks" "$OUT/logs"
 
@@ -38,7 +39,7 @@ C=("${B[@]}" --train-limit "$TRAIN" --val-limit "$VAL" --eval-limit "$EVAL" --ev
 P=(--from-run "$OUT/pool" --temperature "$T" --n "$N")
 X=(--from-run "$OUT/pool" --temperature "$T" --beta auto --rounds 2 --pairs 2 --batch-size 4 --max-steps 16)
 # grpo: 4 prompts per step as one micro-batch each (a group of 16 responses with its gradients is the memory peak)
-G=(--group "$N" --batch-size 1 --grad-accum 4 --max-steps 16 --eval-every 8)
+G=(--group "$N" --batch-size 1 --grad-accum 4 --max-steps "$GRPO_STEPS" --eval-every "$(( (GRPO_STEPS + 1) / 2 ))")
 
 # The command of each run; its directory is $OUT/NAME (`ready` below says what each waits for).
 job() {
@@ -127,6 +128,6 @@ if [ $status = 0 ]; then
     --part "What each trained run trained on, and how training went" "$OUT/diagnose.md" --note "The base model and its \
 best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
 items (checkpoints chosen on $VAL validation items); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
-EVAL_SAMPLES=$EVAL_SAMPLES. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?
+EVAL_SAMPLES=$EVAL_SAMPLES KEEP=$KEEP GRPO_STEPS=$GRPO_STEPS. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?
 fi
 exit $status

@@ -16,7 +16,8 @@
 # (--base-from; BASE_FROM=DIR: every trained run starts from DIR's instead, an sft/dpo/xpo/grpo run of the same
 # setting). KEEP=best (default) or last: the trained runs' --keep. GRPO_STEPS=16: grpo's --max-steps (each step
 # samples 4 groups of N; about 4 minutes a step for a 0.5B model on two CPU cores), evaluated twice.
-# Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command.
+# Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command; the
+# page's note names the runs that did not finish. TABLE_ONLY=1 runs nothing and only writes the table and page.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2
@@ -111,13 +112,15 @@ worker() {
   done
 }
 
-rm -rf "$OUT/.locks"/*  # locks of a killed earlier invocation: its runs resume
-pids=()
-for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
-finished=()
-for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) done_ "$j" && finished+=("$OUT/$j") ;; esac; done
+if [ "${TABLE_ONLY:-0}" != 1 ]; then  # TABLE_ONLY=1: run nothing, write the table and page of the finished runs
+  rm -rf "$OUT/.locks"/*  # locks of a killed earlier invocation: its runs resume
+  pids=()
+  for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || status=$?; done
+fi
+finished=() missing=()
+for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) if done_ "$j"; then finished+=("$OUT/$j"); else missing+=("$j"); fi ;; esac; done
 CTL=()  # the trained runs against the random-reward control, when it ran
 for j in "${ALL[@]}"; do [ "$j" = grpo-random ] && done_ grpo-random && CTL=(--control "$OUT/grpo-random"); done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
@@ -127,7 +130,7 @@ if [ $status = 0 ]; then
     --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" \
     --part "What each trained run trained on, and how training went" "$OUT/diagnose.md" --note "The base model and its \
 best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
-items (checkpoints chosen on $VAL validation items); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
-EVAL_SAMPLES=$EVAL_SAMPLES KEEP=$KEEP GRPO_STEPS=$GRPO_STEPS. The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?
+items (validated on $VAL validation items, --keep $KEEP); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \
+EVAL_SAMPLES=$EVAL_SAMPLES KEEP=$KEEP GRPO_STEPS=$GRPO_STEPS.${missing[*]:+ Not finished: ${missing[*]}.} The table is \`sharpen compare --paired\` over the run directories in $OUT." || status=$?
 fi
 exit $status

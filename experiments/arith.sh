@@ -20,5 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 export KEEP=${KEEP:-last} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
 export JOBLIST=${JOBLIST:-"pool bon sft-logprob grpo-logprob grpo-random sft-vote grpo-vote grpo-self_certainty grpo-gold dpo-logprob dpo-vote xpo-logprob xpo-vote power-a4"}
 export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
-export TITLE="Amortized sharpening on arith (level $LEVEL, T $T $*, $(basename "$MODEL")): held-out table"
+export TITLE="Amortized sharpening on arith (level $LEVEL, T $T${*:+ $*}, $(basename "$MODEL")): held-out table"
+# The page shows this command, with the model file's name only (where it lies is this machine's business).
+export SHOWN_COMMAND="experiments/arith.sh $OUT $(basename "$MODEL") $LEVEL $T${*:+ $*}"
 exec "$HERE/heldout.sh" arith "$T" "${M:-128}" "$OUT" --model "$MODEL" --level "$LEVEL" "$@"

@@ -127,7 +127,7 @@ $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/ta
 [ $status = 0 ] && { "$PYTHON" "$HERE/diagnose.py" "$OUT" > "$OUT/diagnose.md" || status=$?; }
 if [ $status = 0 ]; then
   "$PYTHON" "$HERE/page.py" "$PAGE" --title "${TITLE:-Held-out table: $TASK, base samples at temperature $T}" \
-    --command "$0 $ARGS" --runs "$OUT" --part "" "$OUT/table/paired.md" \
+    --command "${SHOWN_COMMAND:-$0 $ARGS}" --runs "$OUT" --part "" "$OUT/table/paired.md" \
     --part "What each trained run trained on, and how training went" "$OUT/diagnose.md" --note "The base model and its \
 best-of-$N on $EVAL held-out test items against the trained runs (${finished[*]##*/}), trained on $TRAIN train \
 items (validated on $VAL validation items, --keep $KEEP); $M new tokens; sizes TRAIN=$TRAIN VAL=$VAL EVAL=$EVAL N=$N \

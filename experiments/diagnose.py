@@ -86,6 +86,8 @@ def main(out: Path) -> str:
             "own log pi, base -> trained | their log pi_base, base -> trained |", "|---|---|---|---|---|---|---|"]
     body = []
     for d in sorted(p.parent for p in out.glob("*/summary.json")):
+        if not (d / "config.json").is_file():
+            continue
         conf = json.loads((d / "config.json").read_text(encoding="utf-8"))
         command = conf.get("command")
         if command not in ("sft", "dpo", "xpo", "grpo"):

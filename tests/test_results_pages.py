@@ -138,3 +138,40 @@ def test_experiment_scripts_end_by_writing_their_page(tmp_path, script, args, ca
     text = page_path.read_text()
     assert "<!-- written by a script" in text and f"- command: `{ROOT / 'experiments' / script}" in text
     assert ("| base greedy | 1.0 |" in text) or ("selector   accuracy" in text)
+
+
+def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
+    """experiments/diagnose.py on hand-made sft and dpo run directories: target and pair accuracy, validation
+    accuracy by evaluation, the held-out shift of the greedy answers' log-probs."""
+    diagnose = _load(ROOT / "experiments" / "diagnose.py", "diagnose")
+
+    def write(d, name, rows):
+        (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for name, command in (("sft-logprob", "sft"), ("dpo-vote", "dpo")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"command": command}))
+        (d / "summary.json").write_text(json.dumps({"training": {"best_step": 8}}))
+        write(d, "metrics.jsonl", [{"kind": "eval", "step": 0, "accuracy": 0.5},
+                                   {"kind": "train", "step": 1, "loss": 1.0},
+                                   {"kind": "eval", "step": 8, "accuracy": 0.75, "kl": 0.25}])
+        write(d, "eval_base.jsonl", [{"kind": "greedy", "logprob": -2.0, "logprob_base": -2.0},
+                                     {"kind": "sample", "logprob": -9.0, "logprob_base": -9.0}])
+        write(d, "eval_sharpened.jsonl", [{"kind": "greedy", "logprob": -0.5, "logprob_base": -3.0}])
+    write(tmp_path / "sft-logprob", "sft_data.jsonl", [{"correct": True}, {"correct": True}, {"correct": False},
+                                                        {"correct": True}])
+    # a tie, a pair with both sides wrong, two pairs with one correct side: preferred correct in one
+    write(tmp_path / "dpo-vote", "pairs.jsonl", [
+        {"reward_y": 1.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False},
+        {"reward_y": 2.0, "reward_y2": 1.0, "correct_y": False, "correct_y2": False},
+        {"reward_y": 2.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False},
+        {"reward_y": 0.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False}])
+    (tmp_path / "bon").mkdir()  # not a trained run: left out
+    (tmp_path / "bon" / "summary.json").write_text("{}")
+    md = diagnose.main(tmp_path)
+    assert "| sft-logprob | step 8 | 4 targets, 75.0% correct | s0 50.0 / s8 75.0 | 0.250 | -2.00 -> -0.50 | " \
+           "-2.00 -> -3.00 |" in md
+    assert "| dpo-vote | step 8 | 4 pairs, 1 without preference; preferred side correct in 50.0% of the 2 pairs " \
+           "with one correct side |" in md
+    assert "| bon |" not in md

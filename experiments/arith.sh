@@ -6,7 +6,8 @@
 # MODEL, LEVEL, TEMPERATURE and the format are the setting chosen on validation items by experiments/headroom.sh
 # (results/headroom.md says which). Runs, on 256 held-out test items: base greedy and best-of-N (N = 16), SFT,
 # DPO and XPO with the `logprob` and `vote` rewards, GRPO with `vote`, `logprob`, `self_certainty` and the
-# controls `gold` (upper bound) and `random` (must not help), power sampling at alpha 4; then writes
+# controls `gold` (upper bound) and `random` (must not help), SFT on a random sample per prompt (the control of
+# the SFT rows), power sampling at alpha 4; then writes
 # results/arith-heldout.md (through heldout.sh). Sizes as experiments/heldout.sh (TRAIN VAL EVAL N EVAL_SAMPLES JOBS).
 #
 # The trained runs keep their last adapter (KEEP=last, a fixed budget as in the paper), decided before any trained
@@ -18,7 +19,7 @@ if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2;
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
 export KEEP=${KEEP:-last} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
-export JOBLIST=${JOBLIST:-"pool bon sft-logprob grpo-logprob grpo-random sft-vote grpo-vote grpo-self_certainty grpo-gold dpo-logprob dpo-vote xpo-logprob xpo-vote power-a4"}
+export JOBLIST=${JOBLIST:-"pool bon sft-logprob grpo-logprob grpo-random sft-vote sft-random grpo-vote grpo-self_certainty grpo-gold dpo-logprob dpo-vote xpo-logprob xpo-vote power-a4"}
 export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
 export TITLE="Amortized sharpening on arith (level $LEVEL, T $T${*:+ $*}, $(basename "$MODEL")): held-out table"
 # The page shows this command, with the model file's name only (where it lies is this machine's business).

@@ -9,9 +9,10 @@
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
 # JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob dpo-vote dpo-logprob
-# xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the default is
-# the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound and grpo-random (a
-# coin flip) the control that must not help; power-a4 draws from pi^4 on the held-out items (compared with base
+# xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random sft-random power-a4 (the
+# default is the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound;
+# grpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
+# not help (the table compares every trained run with each that ran); power-a4 draws from pi^4 on the held-out items (compared with base
 # best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share
 # (--base-from; BASE_FROM=DIR: every trained run starts from DIR's instead, an sft/dpo/xpo/grpo run of the same
 # setting). KEEP=best (default) or last: the trained runs' --keep. GRPO_STEPS=16: grpo's --max-steps (each step
@@ -52,6 +53,7 @@ job() {
     bon) $SHARPEN bon "${B[@]}" --limit "$EVAL" --n "$N" --seeds 10 --temperature "$T" --out "$OUT/bon" ;;
     sft-vote) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --epochs 1 --eval-every 8 --out "$OUT/sft-vote" ;;
     sft-logprob) $SHARPEN sft "${C[@]}" "${P[@]}" --reward logprob --epochs 1 --eval-every 8 --out "$OUT/sft-logprob" ;;
+    sft-random) $SHARPEN sft "${C[@]}" "${P[@]}" --selector random --epochs 1 --eval-every 8 --out "$OUT/sft-random" ;;
     dpo-vote) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward vote --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-vote" ;;
     dpo-logprob) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward logprob --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-logprob" ;;
     grpo-vote) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward vote --out "$OUT/grpo-vote" ;;
@@ -121,8 +123,8 @@ if [ "${TABLE_ONLY:-0}" != 1 ]; then  # TABLE_ONLY=1: run nothing, write the tab
 fi
 finished=() missing=()
 for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) if done_ "$j"; then finished+=("$OUT/$j"); else missing+=("$j"); fi ;; esac; done
-CTL=()  # the trained runs against the random-reward control, when it ran
-for j in "${ALL[@]}"; do [ "$j" = grpo-random ] && done_ grpo-random && CTL=(--control "$OUT/grpo-random"); done
+CTL=()  # the trained runs against the controls that ran
+for j in "${ALL[@]}"; do case $j in grpo-random|sft-random) done_ "$j" && CTL+=(--control "$OUT/$j") ;; esac; done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
 [ $status = 0 ] && { "$PYTHON" "$HERE/diagnose.py" "$OUT" > "$OUT/diagnose.md" || status=$?; }
 if [ $status = 0 ]; then

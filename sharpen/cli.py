@@ -104,7 +104,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.control and not args.paired:
         raise SharpenError("--control compares trained runs item by item on a held-out table: add --paired BON_DIR")
     if args.paired:
-        path = write_paired(args.paired, args.run_dir, args.out, control=args.control)
+        path = write_paired(args.paired, args.run_dir, args.out, controls=args.control or ())
         print(path.read_text(encoding="utf-8"))
         print(f"md: {path}")
         return 0
@@ -162,9 +162,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "item with base greedy, the majority label and base majority@N; power runs also with base "
                         "best-of-k at the response tokens they spent; and OUT/paired.png, accuracy against "
                         "tokens spent beside the base best-of-k curve")
-    p.add_argument("--control", metavar="RUN_DIR", default=None,
-                   help="with --paired: a trained run (e.g. grpo --reward random) every trained run is also "
-                        "compared with, item by item: greedy and sample accuracy (a table after the main one)")
+    p.add_argument("--control", metavar="RUN_DIR", action="append", default=None,
+                   help="with --paired: a trained control run (e.g. grpo --reward random, sft --selector random) "
+                        "every other trained run is also compared with, item by item: greedy and sample accuracy "
+                        "(a table after the main one); repeat for several controls")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="a small best-of-N run on the embedded model (minutes on a CPU)")

@@ -170,3 +170,9 @@ def test_control_table_compares_each_trained_run_with_the_control(tmp_path: Path
     assert "add --paired" in capsys.readouterr().err and not (tmp_path / "u").exists()
     assert main(["compare", str(sft), "--paired", str(bon), "--control", str(bon), "--out", str(tmp_path / "v")]) == 2
     assert not (tmp_path / "v").exists()
+    # two controls, a table each; the other control is a row of each table
+    assert main(["compare", str(sft), str(ctl), "--paired", str(bon), "--control", str(ctl), "--control", str(sft),
+                 "--out", str(tmp_path / "w")]) == 0
+    md = (tmp_path / "w" / "paired.md").read_text()
+    assert "Against the control, grpo (random)" in md and "Against the control, sft (vote)" in md
+    assert "| grpo (random) | -50.0 [" in md

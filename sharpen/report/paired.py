@@ -397,16 +397,16 @@ def render_control(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str | Path = "compare",
-                 control: str | Path | None = None) -> Path:
+                 controls: Sequence[str | Path] = ()) -> Path:
     """Write OUT/paired.md and OUT/paired.png (accuracy vs tokens spent), OUT a new or empty folder or one compare
-    wrote; returns the Markdown's path. control: a trained run every trained row is also compared with (a table
-    after the main one). A refused OUT or run directory writes nothing."""
+    wrote; returns the Markdown's path. controls: trained runs every other trained row is also compared with (a
+    table each, after the main one). A refused OUT or run directory writes nothing."""
     check_run_dir(out, "compare")
     base = base_policies(Path(bon_dir))
     rows = _paired_rows(base, run_dirs, 2000)
-    ctl = render_control(control_rows(rows[0]["ids"], run_dirs, control)) if control is not None else ""
+    ctl = "\n".join(render_control(control_rows(rows[0]["ids"], run_dirs, c)) for c in controls)
     folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs],
-                                       **({"control": str(control)} if control is not None else {})},
+                                       **({"controls": [str(c) for c in controls]} if controls else {})},
                              command="compare")
     path, png = folder / "paired.md", folder / "paired.png"
     save_png(plot_paired(rows, base_curve(base, rows[0]["ids"] if rows else None)), png)

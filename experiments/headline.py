@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def first_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
     """(header, {first cell: cells}) of the first Markdown table of `text`."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
+    rows: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break  # the first table ends at its first other line
     return rows[0], {r[0]: r for r in rows[2:]}
 
 

@@ -138,8 +138,13 @@ def test_the_link_check_catches_a_broken_link(tmp_path):
 
 
 def _table(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """(header, {first cell: cells}) of the first Markdown table in `lines`."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    """(header, {first cell: cells}) of the first Markdown table in `lines` (it ends at its first other line)."""
+    rows: list[list[str]] = []
+    for line in lines:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
     return rows[0], {r[0]: r for r in rows[2:]}
 
 

@@ -358,11 +358,12 @@ def render_paired(rows: Sequence[Mapping[str, Any]], png_name: str | None = None
 
 
 
-def control_rows(ids: Sequence[str], run_dirs: Sequence[str | Path], control: str | Path,
+def control_rows(ids: Sequence[str], trained: Mapping[Path, dict], control: str | Path,
                  resamples: int = 2000) -> list[dict]:
-    """Every trained run of run_dirs against the control run (e.g. grpo with the `random` reward, which must not
-    help), item by item on the table's items `ids`: the paired difference of greedy accuracy and of temperature-1
-    sample accuracy (each model's own evaluation samples), with their 95% paired bootstrap intervals."""
+    """Every trained run of `trained` (run directory -> `trained_policy`) against the control run (e.g. grpo with
+    the `random` reward, which must not help), item by item on the table's items `ids`: the paired difference of
+    greedy accuracy and of temperature-1 sample accuracy (each model's own evaluation samples), with their 95%
+    paired bootstrap intervals."""
     ctl = trained_policy(Path(control))
     missing = [i for i in ids if i not in ctl["picks"]]
     if missing:
@@ -371,10 +372,9 @@ def control_rows(ids: Sequence[str], run_dirs: Sequence[str | Path], control: st
     c_greedy = [float(bool(ctl["picks"][i]["correct"])) for i in ids]
     c_samples = (ctl["item_samples"] or ({}, {}))[0]
     out = []
-    for d in run_dirs:
-        if Path(d).resolve() == Path(control).resolve() or _config(Path(d)).get("command") not in TRAINED:
+    for d, p in trained.items():
+        if d.resolve() == Path(control).resolve():
             continue
-        p = trained_policy(Path(d))
         mine = [float(bool(p["picks"][i]["correct"])) for i in ids]
         own = (p["item_samples"] or ({}, {}))[0]
         common = [i for i in ids if i in own and i in c_samples]
@@ -404,7 +404,9 @@ def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str |
     check_run_dir(out, "compare")
     base = base_policies(Path(bon_dir))
     rows = _paired_rows(base, run_dirs, 2000)
-    ctl = "\n".join(render_control(control_rows(rows[0]["ids"], run_dirs, c)) for c in controls)
+    trained = {Path(d): trained_policy(Path(d)) for d in run_dirs
+               if controls and _config(Path(d)).get("command") in TRAINED}  # read once for every control
+    ctl = "\n".join(render_control(control_rows(rows[0]["ids"], trained, c)) for c in controls)
     folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs],
                                        **({"controls": [str(c) for c in controls]} if controls else {})},
                              command="compare")

@@ -18,7 +18,7 @@
 # setting). KEEP=best (default) or last: the trained runs' --keep. GRPO_STEPS=16: grpo's --max-steps (each step
 # samples 4 groups of N; about 4 minutes a step for a 0.5B model on two CPU cores), evaluated twice.
 # Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command; the
-# page's note names the runs that did not finish. TABLE_ONLY=1 runs nothing and only writes the table and page.
+# page's note names the runs that did not finish. GRPO runs never run side by side (memory). TABLE_ONLY=1 runs nothing and only writes the table and page.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2
@@ -81,6 +81,13 @@ ready() {
   case $1 in grpo-*) base_ready ;; *) done_ pool && base_ready ;; esac
 }
 
+# A GRPO run holds a lock and has not failed: GRPO runs one at a time (two side by side ran out of 24 GiB).
+grpo_running() {
+  local l
+  for l in "$OUT/.locks"/grpo-*; do [ -d "$l" ] && [ ! -e "$l/failed" ] && return 0; done
+  return 1
+}
+
 worker() {
   while :; do
     local left=0 ran=0
@@ -88,6 +95,7 @@ worker() {
       done_ "$j" && continue
       left=1
       ready "$j" || continue
+      case $j in grpo-*) grpo_running && continue ;; esac  # one group of N with its gradients is ~11 GiB
       mkdir "$OUT/.locks/$j" 2>/dev/null || continue
       echo "$(date -u +%FT%TZ) start $j (worker $1)" >> "$OUT/logs/queue.log"
       if job "$j" > "$OUT/logs/$j.log" 2>&1; then

@@ -410,9 +410,23 @@ class SftConfig(SharpenConfig):
     adaptive: bool = opt(False, "App. D's adaptive SFT-sharpening: sample each training prompt in rounds of 4 and "
                                 "stop once k * max_j pi(y_j|x) >= ln(2/delta) (at most --n samples)")
     adaptive_delta: float = opt(0.1, "--adaptive: the failure probability delta of App. D")
+    per_prompt: int = opt(1, "targets per training prompt: the pick, then up to K - 1 more distinct samples with "
+                             "the pick's answer, each the selector's pick among those left (with --reward vote: K "
+                             "paths of the majority answer, as Huang et al. 2022)")
+    min_agreement: float = opt(0.0, "train only on prompts whose most common answer is given by at least this share "
+                                    "of the N samples (a label-free filter of unsure prompts; 0: all)")
 
-    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "reward", "temperature", "adaptive", "adaptive_delta")
-    POSITIVE = SharpenConfig.POSITIVE + ("n",)
+    IDENTITY = SharpenConfig.IDENTITY + ("n", "selector", "reward", "temperature", "adaptive", "adaptive_delta",
+                                         "per_prompt", "min_agreement")
+    POSITIVE = SharpenConfig.POSITIVE + ("n", "per_prompt")
+
+    def identity(self) -> dict[str, Any]:
+        ids = super().identity()
+        # At their defaults, the only behaviour before the options existed: such runs still resume.
+        for name, default in (("per_prompt", 1), ("min_agreement", 0.0)):
+            if getattr(self, name) == default:
+                del ids[name]
+        return ids
 
     @property
     def target_selector(self) -> str:
@@ -433,6 +447,8 @@ class SftConfig(SharpenConfig):
         _check_temperature(self.temperature, positive=True)
         if not 0 < self.adaptive_delta < 1:
             raise SharpenError(f"--adaptive-delta must lie in (0, 1) (got {self.adaptive_delta})")
+        if not 0 <= self.min_agreement <= 1:
+            raise SharpenError(f"--min-agreement must lie in [0, 1] (got {self.min_agreement})")
         if not self.adaptive:
             refuse_inert(self, "without --adaptive", "adaptive_delta")
         elif self.from_run:

@@ -17,7 +17,7 @@ from sharpen.generation import base_logprobs
 from sharpen.metrics import summarize_responses, table1
 from sharpen.rows import complete_pools
 from sharpen.stages.kit import accuracy_key as best_key
-from sharpen.stages.sft import best_responses
+from sharpen.stages.sft import agreement, best_responses
 from sharpen.train.lora import adapter_is_identity, attach_lora
 
 
@@ -51,6 +51,51 @@ def test_best_responses_length_normalized_selector_differs():
     samples = [_sample("a", 0, -4.0, n_tok=2), _sample("a", 1, -6.0, n_tok=6)]
     assert best_responses(prompts, complete_pools(samples, 2)[0], "logprob")[0]["index"] == 0
     assert best_responses(prompts, complete_pools(samples, 2)[0], "logprob_mean")[0]["index"] == 1
+
+
+def _answered(pid: str, index: int, logprob: float, answer: str | None, text: str | None = None) -> dict:
+    r = _sample(pid, index, logprob, correct=answer == "7")
+    r["answer"] = answer
+    if text is not None:  # same text, same tokens: a duplicate response
+        r["text"], r["token_ids"] = text, [ord(c) for c in text]
+    return r
+
+
+def test_best_responses_per_prompt_takes_distinct_paths_of_the_picks_answer():
+    prompts = [{"id": "a", "prompt_token_ids": [1]}]
+    samples = [_answered("a", 0, -1.0, "5"), _answered("a", 1, -4.0, "7", "x"), _answered("a", 2, -3.0, "7"),
+               _answered("a", 3, -2.0, "7", "x"), _answered("a", 4, -6.0, "7"), _answered("a", 5, -0.5, None)]
+    pools = complete_pools(samples, 6)[0]
+    # vote: the majority answer 7, its paths by the majority selector's order; index 1 duplicates index 3's text
+    data = best_responses(prompts, pools, "majority", per_prompt=3)
+    assert [d["index"] for d in data] == [3, 2, 4] and all(d["correct"] for d in data)
+    assert [d["index"] for d in best_responses(prompts, pools, "majority", per_prompt=9)] == [3, 2, 4]
+    # logprob among valid targets: the likeliest answered sample, and its answer has no other path
+    assert [d["index"] for d in best_responses(prompts, pools, "logprob", valid_only=True, per_prompt=2)] == [0]
+    # a pick without an answer gets no company (no answer is not an answer to share)
+    assert [d["index"] for d in best_responses(prompts, pools, "logprob", per_prompt=3)] == [5]
+    assert [d["index"] for d in best_responses(prompts, pools, "majority")] == [3]
+
+
+def test_best_responses_min_agreement_drops_unsure_prompts():
+    prompts = [{"id": "a", "prompt_token_ids": [1]}, {"id": "b", "prompt_token_ids": [2]}]
+    samples = [_answered("a", i, -1.0 - i, a) for i, a in enumerate(["7", "7", "7", "5"])]
+    samples += [_answered("b", i, -1.0 - i, a) for i, a in enumerate(["7", "3", None, None])]
+    pools = complete_pools(samples, 4)[0]
+    assert agreement(pools["a"]) == 0.75 and agreement(pools["b"]) == 0.25  # shares of all n samples
+    assert agreement([_answered("c", 0, -1.0, None)]) == 0.0
+    assert [d["prompt_id"] for d in best_responses(prompts, pools, "majority", min_agreement=0.5)] == ["a"]
+    assert [d["prompt_id"] for d in best_responses(prompts, pools, "majority", min_agreement=0.25)] == ["a", "b"]
+    assert best_responses(prompts, pools, "majority", min_agreement=0.8) == []
+
+
+def test_sft_per_prompt_options_checked_and_kept_out_of_old_identities():
+    with pytest.raises(SharpenError, match="--min-agreement"):
+        SftConfig(min_agreement=1.5).validate()
+    with pytest.raises(SharpenError, match="per.prompt"):
+        SftConfig(per_prompt=0).validate()
+    assert "per_prompt" not in SftConfig().identity() and "min_agreement" not in SftConfig().identity()
+    assert SftConfig(per_prompt=4, min_agreement=0.5).identity()["per_prompt"] == 4
 
 
 def test_base_logprobs_switch_the_adapter_off():
@@ -285,6 +330,18 @@ def test_base_from_reuses_another_runs_base_rows_and_refuses_another_setting(tmp
     assert main(["sft", *other, "--base-from", str(first), "--out", str(tmp_path / "third")]) == 2
     err = capsys.readouterr().err
     assert "eval_samples=2" in err and "eval_samples=3" in err and "drop --base-from" in err
+    # --min-agreement reaches the training set: no prompt of this random model has an answer both samples give.
+    assert main(["sft", *common, "--min-agreement", "1", "--out", str(tmp_path / "unsure")]) == 2
+    assert "no training prompt reaches --min-agreement 1.0" in capsys.readouterr().err
     assert not (tmp_path / "third" / "eval_base.jsonl").exists()
     assert main(["sft", *common, "--base-from", str(first / "bon"), "--out", str(tmp_path / "fourth")]) == 2
     assert "not an sft, dpo, xpo or grpo" in capsys.readouterr().err
+
+
+def test_report_names_the_target_options_only_when_set():
+    from sharpen.report.sft import _target_options
+
+    assert _target_options({"per_prompt": 1, "min_agreement": 0.0}) == "" and _target_options({}) == ""
+    line = _target_options({"per_prompt": 4, "examples": 230, "min_agreement": 0.5, "prompts_with_target": 63,
+                            "prompts_sampled": 128})
+    assert "up to 3 more" in line and "230 examples" in line and "63 of 128 prompts" in line and "50%" in line

@@ -48,6 +48,18 @@ def format_summary(s: Mapping[str, Any]) -> str:
 # ---- report ---------------------------------------------------------------------------------------------
 
 @reads_summary
+def _target_options(t: dict) -> str:
+    """The --per-prompt / --min-agreement clause of the training-targets line ('' at their defaults)."""
+    out = ""
+    if (t.get("per_prompt") or 1) > 1:
+        out += (f", with up to {t['per_prompt'] - 1} more distinct samples of the pick's answer "
+                f"({t.get('examples')} examples in all)")
+    if t.get("min_agreement"):
+        out += (f", on the {t.get('prompts_with_target')} of {t.get('prompts_sampled')} prompts whose most common "
+                f"answer is given by at least {t['min_agreement']:.0%} of the samples")
+    return out
+
+
 def write_sft_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
     run_dir = Path(run_dir)
@@ -105,7 +117,8 @@ def render(s: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         protocol_line(s),
         "",
         f"Training targets: for each training prompt, the `{s['selector']}` pick among {s['n']} base samples at "
-        "temperature 1; the loss is -log pi(y|x) summed over the response tokens (prompt masked).",
+        "temperature 1" + _target_options(s.get("targets") or {})
+        + "; the loss is -log pi(y|x) summed over the response tokens (prompt masked).",
         "",
         "## Before and after",
         "",

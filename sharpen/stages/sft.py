@@ -13,6 +13,7 @@ training on all (see sharpen.train.loop).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,22 +50,46 @@ def sft_batch_loss(model: Model, batch: list[dict[str, Any]]) -> tuple[torch.Ten
 
 # ---------------------------------------------------------------------------------------------- data
 
+def agreement(rows: Sequence[Mapping[str, Any]]) -> float:
+    """Share of a prompt's samples that give its most common answer (0 when none has an answer): the label-free
+    confidence of self-consistency (Wang et al. 2023) that `--min-agreement` filters prompts by."""
+    answers = Counter(r.get("answer") for r in rows if r.get("answer") is not None)
+    return max(answers.values()) / len(rows) if answers and rows else 0.0
+
+
 def best_responses(prompts: Sequence[dict], pools: Mapping[str, Sequence[dict]], selector: str,
-                   seed: int = 0, valid_only: bool = False) -> list[dict]:
-    """One SFT example per prompt that has a pool (its samples 0..n-1, `rows.complete_pools`): the sample the
+                   seed: int = 0, valid_only: bool = False, per_prompt: int = 1,
+                   min_agreement: float = 0.0) -> list[dict]:
+    """SFT examples from each prompt that has a pool (its samples 0..n-1, `rows.complete_pools`): the sample the
     selector picks, among the valid targets only (`rows.valid_target`) with `valid_only` (a prompt without one
-    gets no example). `prompts` rows are prompts.jsonl rows (id, prompt_token_ids)."""
+    gets no example). `prompts` rows are prompts.jsonl rows (id, prompt_token_ids).
+
+    `per_prompt` K > 1 adds up to K - 1 more distinct responses *with the pick's answer* (none if it has
+    none), each the selector's pick among those left: with the vote reward, K reasoning paths of the majority
+    answer (Huang et al. 2022's self-improvement). `min_agreement` keeps only prompts whose most common answer is
+    given by at least that share of all n samples (`agreement`): a label-free filter of unsure prompts."""
     rng = np.random.default_rng(seed)  # only the random selector draws
     out = []
     for p in prompts:
-        rows = [r for r in pools.get(str(p["id"]), ()) if valid_target(r) or not valid_only]
+        pool = pools.get(str(p["id"]), ())
+        if min_agreement > 0 and agreement(pool) < min_agreement:
+            continue
+        rows = [r for r in pool if valid_target(r) or not valid_only]
         if not rows:
             continue
-        best = rows[select(selector, rows, rng)]
-        out.append({"prompt_id": p["id"], "prompt_token_ids": p["prompt_token_ids"],
-                    "token_ids": best["token_ids"], "logprob": best["logprob"], "index": best["index"],
-                    "num_tokens": best["num_tokens"], "finish_reason": best["finish_reason"],
-                    "correct": best["correct"], "text": best["text"]})
+        picked = [rows[select(selector, rows, rng)]]
+        seen = {tuple(picked[0]["token_ids"])}
+        while len(picked) < per_prompt and picked[0].get("answer") is not None:
+            # The same answer as the first pick, a response not taken yet (duplicates would weigh a path twice).
+            left = [r for r in rows if r.get("answer") == picked[0].get("answer") and tuple(r["token_ids"]) not in seen]
+            if not left:
+                break
+            picked.append(left[select(selector, left, rng)])
+            seen.add(tuple(picked[-1]["token_ids"]))
+        out += [{"prompt_id": p["id"], "prompt_token_ids": p["prompt_token_ids"],
+                 "token_ids": best["token_ids"], "logprob": best["logprob"], "index": best["index"],
+                 "num_tokens": best["num_tokens"], "finish_reason": best["finish_reason"],
+                 "correct": best["correct"], "text": best["text"]} for best in picked]
     return out
 
 
@@ -81,10 +106,12 @@ def build_summary(out: Path, cfg: SftConfig, task: Task, base_rows: Sequence[dic
     return {
         "task": cfg.task, "model": cfg.model, "selector": cfg.target_selector, "reward": cfg.reward, "n": cfg.n,
         "protocol": cfg.protocol,
-        "num_train_prompts": len(data),
-        # Prompts of the base pool without a valid target (ended, with an answer) get no example (--valid-only).
+        "num_train_prompts": len({str(r["prompt_id"]) for r in data}),
+        # Prompts of the base pool without a valid target (ended, with an answer) get no example (--valid-only),
+        # nor do those below --min-agreement; --per-prompt gives a prompt up to K examples.
         "targets": {"valid_only": cfg.valid_only, "prompts_sampled": sampling.get("num_train_prompts"),
-                    "prompts_with_target": len(data)},
+                    "prompts_with_target": len({str(r["prompt_id"]) for r in data}), "examples": len(data),
+                    "per_prompt": cfg.per_prompt, "min_agreement": cfg.min_agreement},
         "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
         "train_eval_overlap": sampling.get("overlap"),
         # The training targets are the base model's best-of-N picks: their accuracy is base best-of-N at N = n
@@ -124,7 +151,11 @@ def run_sft(cfg: SftConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         if pool.sampled:
             write_report(pool.dir)
         # 3) The training set: each prompt's best response; the validation prompts that judge checkpoints.
-        data = best_responses(pool.prompts, pool.pools, cfg.target_selector, tcfg.seed, cfg.valid_only)
+        data = best_responses(pool.prompts, pool.pools, cfg.target_selector, tcfg.seed, cfg.valid_only,
+                              cfg.per_prompt, cfg.min_agreement)
+        if not data and cfg.min_agreement > 0:
+            raise SharpenError(f"no training prompt reaches --min-agreement {cfg.min_agreement}: no answer is given "
+                               f"by that share of its {cfg.n} samples; lower --min-agreement")
         if not data:
             raise SharpenError(f"no training prompt has a valid target: none of its {cfg.n} samples ended with an "
                                "answer the task can extract; raise --max-new-tokens, or pass --no-valid-only")

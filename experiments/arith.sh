@@ -7,7 +7,8 @@
 # (results/headroom.md says which). Runs, on 256 held-out test items: base greedy and best-of-N (N = 16), SFT,
 # DPO and XPO with the `logprob` and `vote` rewards, GRPO with `vote`, `logprob`, `self_certainty` and the
 # controls `gold` (upper bound) and `random` (must not help), SFT on a random sample per prompt (the control of
-# the SFT rows), power sampling at alpha 4; then writes
+# the SFT rows), SFT on self-consistent targets (sft-consistent: Huang et al. 2022's recipe, --per-prompt 4
+# --min-agreement 0.5, decided before it ran), power sampling at alpha 4; then writes
 # results/arith-heldout.md (through heldout.sh). Sizes as experiments/heldout.sh (TRAIN VAL EVAL N EVAL_SAMPLES JOBS).
 #
 # The trained runs keep their last adapter (KEEP=last, a fixed budget as in the paper), decided before any trained
@@ -20,7 +21,7 @@ OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
 # GRPO takes 8 steps (4 prompts x 16 samples each; about 4 minutes a step for this model on two CPU cores).
 export KEEP=${KEEP:-last} GRPO_STEPS=${GRPO_STEPS:-8} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
-export JOBLIST=${JOBLIST:-"pool bon sft-logprob sft-vote sft-random dpo-logprob dpo-vote xpo-logprob xpo-vote grpo-logprob grpo-vote grpo-self_certainty grpo-gold grpo-random power-a4"}
+export JOBLIST=${JOBLIST:-"pool bon sft-logprob sft-vote sft-consistent sft-random dpo-logprob dpo-vote xpo-logprob xpo-vote grpo-logprob grpo-vote grpo-self_certainty grpo-gold grpo-random power-a4"}
 export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
 export TITLE="Amortized sharpening on arith (level $LEVEL, T $T${*:+ $*}, $(basename "$MODEL")): held-out table"
 # The page shows this command, with the model file's name only (where it lies is this machine's business).

@@ -8,7 +8,7 @@
 # script resumes every unfinished run (each stage resumes on its own). The base model's evaluation rows are the
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
-# JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob dpo-vote dpo-logprob
+# JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob sft-consistent dpo-vote dpo-logprob
 # xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random sft-random power-a4 (the
 # default is the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound;
 # grpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
@@ -54,6 +54,9 @@ job() {
     sft-vote) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --epochs 1 --eval-every 8 --out "$OUT/sft-vote" ;;
     sft-logprob) $SHARPEN sft "${C[@]}" "${P[@]}" --reward logprob --epochs 1 --eval-every 8 --out "$OUT/sft-logprob" ;;
     sft-random) $SHARPEN sft "${C[@]}" "${P[@]}" --selector random --epochs 1 --eval-every 8 --out "$OUT/sft-random" ;;
+    # Huang et al. 2022's self-improvement: up to 4 paths of the majority answer, prompts with >= half the votes
+    sft-consistent) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --per-prompt 4 --min-agreement 0.5 --epochs 1 \
+                      --eval-every 16 --out "$OUT/sft-consistent" ;;
     dpo-vote) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward vote --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-vote" ;;
     dpo-logprob) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward logprob --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-logprob" ;;
     grpo-vote) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward vote --out "$OUT/grpo-vote" ;;

@@ -135,10 +135,10 @@ def violations(graph: dict[str, list[tuple[str, str]]]) -> list[str]:
 
 @functools.cache
 def stage_configs() -> frozenset[str]:
-    """The stages' config classes, read from config.py: RunConfig and every class derived from it."""
-    tree = ast.parse((PKG / "config.py").read_text())
+    """The stages' config classes, read from the config package: RunConfig and every class derived from it."""
+    classes = [c for p in sorted((PKG / "config").glob("*.py")) for c in ast.parse(p.read_text()).body
+               if isinstance(c, ast.ClassDef)]
     found = {"RunConfig"}
-    classes = [c for c in tree.body if isinstance(c, ast.ClassDef)]
     while new := {c.name for c in classes if c.name not in found and any(ast.unparse(b) in found for b in c.bases)}:
         found |= new
     return frozenset(found)
@@ -151,7 +151,7 @@ def config_names(mod: str, path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom):
             targets = _resolve(mod, node, path.name == "__init__.py")
-            if "sharpen.config" in targets:
+            if any(t == "sharpen.config" or t.startswith("sharpen.config.") for t in targets):
                 names |= set(stage_configs()) if node.module is None else {a.name for a in node.names}
         elif isinstance(node, ast.Import) and any(a.name == "sharpen.config" for a in node.names):
             names |= set(stage_configs())
@@ -162,7 +162,7 @@ def config_violations(names: dict[str, set[str]]) -> list[str]:
     """Core modules (module -> names imported from sharpen.config) that know a stage's config: what reads one
     belongs next to the stages (stages/kit.py)."""
     return [f"{m} -> sharpen.config.{n}: the core knows no stage config (move what reads it to stages/kit.py)"
-            for m, ns in sorted(names.items()) if layer(m) == "core" and m != "sharpen.config"
+            for m, ns in sorted(names.items()) if layer(m) == "core" and m.split(".")[:2] != ["sharpen", "config"]
             for n in sorted(ns & stage_configs())]
 
 

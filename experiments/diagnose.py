@@ -39,7 +39,9 @@ def training_data(command: str, d: Path) -> str:
     """What the run trained on, in one cell."""
     if command == "sft":
         rows = _jsonl(d / "sft_data.jsonl")
-        return f"{len(rows)} targets, {_pct(_mean([r.get('correct') for r in rows]))}% correct"
+        prompts = len({str(r.get("prompt_id")) for r in rows})
+        return (f"{len(rows)} targets" + (f" on {prompts} prompts" if prompts != len(rows) else "")
+                + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct")
     if command in ("dpo", "xpo"):
         pairs = _jsonl(d / "pairs.jsonl") + [p for r in sorted(d.glob("round_*/pairs.jsonl")) for p in _jsonl(r)]
         scored = [p for p in pairs if p.get("reward_y") is not None and p.get("reward_y2") is not None]

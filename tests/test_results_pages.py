@@ -159,8 +159,9 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
         write(d, "eval_base.jsonl", [{"kind": "greedy", "logprob": -2.0, "logprob_base": -2.0},
                                      {"kind": "sample", "logprob": -9.0, "logprob_base": -9.0}])
         write(d, "eval_sharpened.jsonl", [{"kind": "greedy", "logprob": -0.5, "logprob_base": -3.0}])
-    write(tmp_path / "sft-logprob", "sft_data.jsonl", [{"correct": True}, {"correct": True}, {"correct": False},
-                                                        {"correct": True}])
+    # four targets of three prompts (--per-prompt 2 gave prompt a two)
+    write(tmp_path / "sft-logprob", "sft_data.jsonl", [{"prompt_id": p, "correct": c} for p, c in
+                                                        [("a", True), ("a", True), ("b", False), ("c", True)]])
     # a tie, a pair with both sides wrong, two pairs with one correct side: preferred correct in one
     write(tmp_path / "dpo-vote", "pairs.jsonl", [
         {"reward_y": 1.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False},
@@ -170,8 +171,8 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
     (tmp_path / "bon").mkdir()  # not a trained run: left out
     (tmp_path / "bon" / "summary.json").write_text("{}")
     md = diagnose.main(tmp_path)
-    assert "| sft-logprob | step 8 | 4 targets, 75.0% correct | s0 50.0 / s8 75.0 | 0.250 | -2.00 -> -0.50 | " \
-           "-2.00 -> -3.00 |" in md
+    assert "| sft-logprob | step 8 | 4 targets on 3 prompts, 75.0% correct | s0 50.0 / s8 75.0 | 0.250 | " \
+           "-2.00 -> -0.50 | -2.00 -> -3.00 |" in md
     assert "| dpo-vote | step 8 | 4 pairs, 1 without preference; preferred side correct in 50.0% of the 2 pairs " \
            "with one correct side |" in md
     assert "| bon |" not in md

@@ -8,8 +8,9 @@
 # script resumes every unfinished run (each stage resumes on its own). The base model's evaluation rows are the
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
-# JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob sft-consistent dpo-vote dpo-logprob
-# xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random sft-random power-a4 (the
+# JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob sft-consistent
+# sft-random (any sft-KIND also as sft-KIND-lrX: with --lr X) dpo-vote dpo-logprob
+# xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the
 # default is the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound;
 # grpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
 # not help (the table compares every trained run with each that ran); power-a4 draws from pi^4 on the held-out items (compared with base
@@ -51,12 +52,17 @@ job() {
   case $1 in
     pool) $SHARPEN bon "${B[@]}" --split train --limit "$TRAIN" --n "$N" --seeds 1 --temperature "$T" --out "$OUT/pool" ;;
     bon) $SHARPEN bon "${B[@]}" --limit "$EVAL" --n "$N" --seeds 10 --temperature "$T" --out "$OUT/bon" ;;
-    sft-vote) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --epochs 1 --eval-every 8 --out "$OUT/sft-vote" ;;
-    sft-logprob) $SHARPEN sft "${C[@]}" "${P[@]}" --reward logprob --epochs 1 --eval-every 8 --out "$OUT/sft-logprob" ;;
-    sft-random) $SHARPEN sft "${C[@]}" "${P[@]}" --selector random --epochs 1 --eval-every 8 --out "$OUT/sft-random" ;;
-    # Huang et al. 2022's self-improvement: up to 4 paths of the majority answer, prompts with >= half the votes
-    sft-consistent) $SHARPEN sft "${C[@]}" "${P[@]}" --reward vote --per-prompt 4 --min-agreement 0.5 --epochs 1 \
-                      --eval-every 16 --out "$OUT/sft-consistent" ;;
+    sft-*)  # sft-KIND or sft-KIND-lrX (the same with --lr X)
+      local kind=${1#sft-} L=() R=()
+      case $kind in *-lr*) L=(--lr "${kind##*-lr}"); kind=${kind%-lr*} ;; esac
+      case $kind in
+        vote|logprob) R=(--reward "$kind" --eval-every 8) ;;
+        random) R=(--selector random --eval-every 8) ;;
+        # Huang et al. 2022's self-improvement: up to 4 paths of the majority answer, prompts with >= half the votes
+        consistent) R=(--reward vote --per-prompt 4 --min-agreement 0.5 --eval-every 16) ;;
+        *) echo "unknown job $1" >&2; return 2 ;;
+      esac
+      $SHARPEN sft "${C[@]}" "${P[@]}" "${R[@]}" --epochs 1 "${L[@]}" --out "$OUT/$1" ;;
     dpo-vote) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward vote --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-vote" ;;
     dpo-logprob) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward logprob --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-logprob" ;;
     grpo-vote) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward vote --out "$OUT/grpo-vote" ;;
@@ -127,7 +133,8 @@ worker() {
 
 status=0
 if [ "${TABLE_ONLY:-0}" != 1 ]; then  # TABLE_ONLY=1: run nothing, write the table and page of the finished runs
-  rm -rf "$OUT/.locks"/*  # locks of a killed earlier invocation: its runs resume
+  for j in "${ALL[@]}"; do rm -rf "$OUT/.locks/$j"; done  # a killed earlier invocation's: its runs resume (another
+  # invocation on the same OUT with other runs in its JOBLIST keeps its locks)
   pids=()
   for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p" || status=$?; done
@@ -135,7 +142,7 @@ fi
 finished=() missing=()
 for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) if done_ "$j"; then finished+=("$OUT/$j"); else missing+=("$j"); fi ;; esac; done
 CTL=()  # the trained runs against the controls that ran
-for j in "${ALL[@]}"; do case $j in grpo-random|sft-random) done_ "$j" && CTL+=(--control "$OUT/$j") ;; esac; done
+for j in "${ALL[@]}"; do case $j in grpo-random|sft-random*) done_ "$j" && CTL+=(--control "$OUT/$j") ;; esac; done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
 [ $status = 0 ] && { "$PYTHON" "$HERE/diagnose.py" "$OUT" > "$OUT/diagnose.md" || status=$?; }
 if [ $status = 0 ]; then

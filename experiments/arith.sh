@@ -17,9 +17,8 @@
 # validation accuracy does not see; with --keep best an untrained step 0 wins every tie on 32 validation items.
 #
 # sft-consistent-lr1e-4 and its control sft-random-lr1e-4 repeat the two at a third of the paper's learning rate:
-# decided after every SFT run at 3e-4 lost 9 to 31 points of validation greedy accuracy
-# (32 items) while the rate was high and
-# recovered part of it as the rate decayed, before any held-out number of sft-consistent was seen.
+# decided after every SFT run at 3e-4 lost 9 to 31 points of validation greedy accuracy (32 items) while the rate
+# was high and recovered part of it as the rate decayed, before any held-out number of sft-consistent was seen.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

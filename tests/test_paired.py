@@ -9,7 +9,7 @@ import pytest
 
 from sharpen.cli import main
 from sharpen.errors import SharpenError
-from sharpen.report.paired import paired_rows, render_paired
+from sharpen.report.paired import paired_rows, render_paired, write_paired
 
 GOLD = ["True", "True", "True", "False"]  # always "True": 3 of 4
 
@@ -45,10 +45,12 @@ def _bon(tmp: Path) -> Path:
 
 
 def _trained(tmp: Path, answers: list[str | None], name: str = "sft", reward: str = "vote",
-             samples: str | None = "True") -> Path:
+             samples: str | None = "True", **options: object) -> Path:
     d = tmp / name
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"command": name.split("-")[0], "options": {"reward": reward}}))
+    ident = {"reward": reward, **options}
+    (d / "config.json").write_text(json.dumps({"command": name.split("-")[0], "identity": ident,
+                                               "options": {"reward": reward, **options}}))
     (d / "summary.json").write_text(json.dumps({"training": {"best_step": 16}, "guards": {"stopped": False}}))
     rows = [{**_row(i, a, -9.0), "kind": "greedy", "logprob_base": -3.0} for i, a in enumerate(answers)]
     rows += [{**_row(i, samples, -9.0, index=0), "kind": "sample", "logprob_base": -4.0} for i in range(4)]
@@ -176,3 +178,20 @@ def test_control_table_compares_each_trained_run_with_the_control(tmp_path: Path
     md = (tmp_path / "w" / "paired.md").read_text()
     assert "Against the control, grpo (random)" in md and "Against the control, sft (vote)" in md
     assert "| grpo (random) | -50.0 [" in md
+
+
+def test_runs_of_the_same_method_get_the_options_they_differ_in(tmp_path: Path) -> None:
+    """Two sft (vote) runs at other learning rates, a third with self-consistency targets, and two grpo (random)
+    runs that differ in no option: every row keeps its own name, so no row's numbers stand for another's."""
+    bon = _bon(tmp_path)
+    a = _trained(tmp_path, ["True", "True", "False", "False"], name="sft-a", lr=3e-4)
+    b = _trained(tmp_path, ["True", None, None, None], name="sft-b", lr=1e-4)
+    c = _trained(tmp_path, ["True", "True", "True", "False"], name="sft-c", lr=3e-4, per_prompt=4, min_agreement=0.5)
+    d = _trained(tmp_path, ["True", None, None, None], name="grpo-x", reward="random")
+    e = _trained(tmp_path, ["True", "True", None, None], name="grpo-y", reward="random")
+    rows = {r["method"]: r for r in paired_rows(bon, [a, b, c, d, e], resamples=50)}
+    assert rows["sft (vote) [lr=0.0003]"]["accuracy"] == 0.75 and rows["sft (vote) [lr=0.0001]"]["accuracy"] == 0.25
+    assert rows["sft (vote, 4 paths, agreement >= 0.5)"]["accuracy"] == 1.0
+    assert rows["grpo (random) [grpo-x]"]["accuracy"] == 0.25 and rows["grpo (random) [grpo-y]"]["accuracy"] == 0.5
+    md = write_paired(bon, [a, b, d], tmp_path / "t", controls=[d]).read_text()
+    assert "Against the control, grpo (random)" in md and "| sft (vote) [lr=0.0001] | +0.0 [" in md

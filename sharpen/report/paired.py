@@ -12,6 +12,7 @@ sampling is compared with Best-of-N at equal tokens. Reads files only; never loa
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -164,6 +165,31 @@ def _policies(run_dir: Path, base: BaseRun) -> list[dict]:
             [trained_policy(run_dir)])
 
 
+def run_policies(run_dirs: Sequence[str | Path], base: BaseRun) -> dict[Path, list[dict]]:
+    """Each run directory's rows (`_policies`), named so that no two rows of the table share a name: rows whose
+    names coincide get the result-changing options in which their runs differ (config.json's identity, e.g.
+    `[lr=0.0001]`), or their run directory's name where none differs."""
+    by_dir = {Path(d): _policies(Path(d), base) for d in run_dirs}
+    groups: dict[str, list[tuple[Path, dict]]] = {}
+    for d, pols in by_dir.items():
+        for p in pols:
+            groups.setdefault(p["method"], []).append((d, p))
+    taken = {p["method"] for p in base.policies}
+    for name, members in groups.items():
+        if len(members) < 2 and name not in taken:
+            continue
+        ids = [_config(d).get("identity") or {} for d, _ in members]
+        keys = sorted(k for k in set().union(*ids)
+                      if len({json.dumps(i.get(k), sort_keys=True, default=str) for i in ids}) > 1)
+        for (d, p), i in zip(members, ids, strict=True):
+            p["method"] = f"{name} [{', '.join(f'{k}={_value(i.get(k))}' for k in keys) if keys else d.name}]"
+    return by_dir
+
+
+def _value(v: Any) -> str:
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
 @reads_summary
 def trained_policy(run_dir: Path) -> dict:
     """The greedy answers of a trained run's kept model on its held-out items, with its sample accuracy, wall
@@ -182,7 +208,10 @@ def trained_policy(run_dir: Path) -> dict:
     kept = (f"round {t['best_round']}" if "best_round" in t else
             f"step {t.get('best_step')}" if t.get("best_step") is not None else "")
     beta = s.get("beta") if isinstance(s.get("beta"), int | float) else None
-    name = f"{command} ({reward}" + (f", beta={beta:.3g}" if beta is not None and command != "sft" else "") + ")"
+    paths, agree = o.get("per_prompt") or 1, o.get("min_agreement") or 0  # sft's self-consistency targets
+    name = (f"{command} ({reward}" + (f", {paths} paths" if paths > 1 else "")
+            + (f", agreement >= {agree:g}" if agree else "")
+            + (f", beta={beta:.3g}" if beta is not None and command != "sft" else "") + ")")
     stopped = (s.get("guards") or {}).get("stopped")
     note = kept + (f"; guard stopped: {(s.get('guards') or {}).get('reason')}" if stopped else "")
     base_path = run_dir / "eval_base.jsonl"
@@ -196,12 +225,13 @@ def paired_rows(bon_dir: str | Path, run_dirs: Sequence[str | Path], resamples: 
     """One row per method (base greedy, base best-of-N, each trained run's greedy), over the items all of them
     answered: accuracy with a bootstrap interval, balanced accuracy and answer rate, mean tokens and mean
     log pi_base of the answers, and paired differences with base greedy, the majority label and majority@N."""
-    return _paired_rows(base_policies(Path(bon_dir)), run_dirs, resamples)
+    base = base_policies(Path(bon_dir))
+    return _paired_rows(base, run_policies(run_dirs, base), resamples)
 
 
-def _paired_rows(base: BaseRun, run_dirs: Sequence[str | Path], resamples: int) -> list[dict]:
+def _paired_rows(base: BaseRun, by_dir: Mapping[Path, Sequence[dict]], resamples: int) -> list[dict]:
     gold, labels, n = base.gold, base.labels, base.n
-    pols = base.policies + [p for d in run_dirs for p in _policies(Path(d), base)]
+    pols = base.policies + [p for ps in by_dir.values() for p in ps]
     ids = sorted(set(gold).intersection(*(p["picks"] for p in pols)))
     if not ids:
         raise SharpenError(f"the runs share no held-out item with {base.path}: give runs evaluated on its items")
@@ -364,7 +394,8 @@ def control_rows(ids: Sequence[str], trained: Mapping[Path, dict], control: str 
     the `random` reward, which must not help), item by item on the table's items `ids`: the paired difference of
     greedy accuracy and of temperature-1 sample accuracy (each model's own evaluation samples), with their 95%
     paired bootstrap intervals."""
-    ctl = trained_policy(Path(control))
+    known = {d.resolve(): p for d, p in trained.items()}  # the control's row as the table names it
+    ctl = known.get(Path(control).resolve()) or trained_policy(Path(control))
     missing = [i for i in ids if i not in ctl["picks"]]
     if missing:
         raise SharpenError(f"the control {control} did not answer {len(missing)} of the table's items (e.g. "
@@ -403,9 +434,9 @@ def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str |
     table each, after the main one). A refused OUT or run directory writes nothing."""
     check_run_dir(out, "compare")
     base = base_policies(Path(bon_dir))
-    rows = _paired_rows(base, run_dirs, 2000)
-    trained = {Path(d): trained_policy(Path(d)) for d in run_dirs
-               if controls and _config(Path(d)).get("command") in TRAINED}  # read once for every control
+    by_dir = run_policies(run_dirs, base)  # every run's files read once, for the table and every control
+    rows = _paired_rows(base, by_dir, 2000)
+    trained = {d: ps[0] for d, ps in by_dir.items() if _config(d).get("command") in TRAINED}
     ctl = "\n".join(render_control(control_rows(rows[0]["ids"], trained, c)) for c in controls)
     folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs],
                                        **({"controls": [str(c) for c in controls]} if controls else {})},

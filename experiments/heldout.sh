@@ -19,7 +19,8 @@
 # setting). KEEP=best (default) or last: the trained runs' --keep. GRPO_STEPS=16: grpo's --max-steps (each step
 # samples 4 groups of N; about 4 minutes a step for a 0.5B model on two CPU cores), evaluated twice.
 # Ends by writing results/heldout-TASK.md (PAGE=... for another path): the table, stamped with this command; the
-# page's note names the runs that did not finish. GRPO runs never run side by side (memory). TABLE_ONLY=1 runs nothing and only writes the table and page.
+# page's note names the runs that did not finish. GRPO runs never run side by side (memory). TABLE_ONLY=1 runs
+# nothing and only writes the table and page.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 TASK TEMPERATURE MAX_NEW_TOKENS OUT [sharpen options]" >&2

@@ -436,7 +436,7 @@ def write_paired(bon_dir: str | Path, run_dirs: Sequence[str | Path], out: str |
     base = base_policies(Path(bon_dir))
     by_dir = run_policies(run_dirs, base)  # every run's files read once, for the table and every control
     rows = _paired_rows(base, by_dir, 2000)
-    trained = {d: ps[0] for d, ps in by_dir.items() if _config(d).get("command") in TRAINED}
+    trained = {d: ps[0] for d, ps in by_dir.items() if ps[0]["kind"] == "trained"}
     ctl = "\n".join(render_control(control_rows(rows[0]["ids"], trained, c)) for c in controls)
     folder = prepare_run_dir(out, {}, {"paired": str(bon_dir), "run_dirs": [str(d) for d in run_dirs],
                                        **({"controls": [str(c) for c in controls]} if controls else {})},

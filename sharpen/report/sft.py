@@ -47,7 +47,6 @@ def format_summary(s: Mapping[str, Any]) -> str:
 
 # ---- report ---------------------------------------------------------------------------------------------
 
-@reads_summary
 def _target_options(t: dict) -> str:
     """The --per-prompt / --min-agreement clause of the training-targets line ('' at their defaults)."""
     out = ""
@@ -60,6 +59,7 @@ def _target_options(t: dict) -> str:
     return out
 
 
+@reads_summary
 def write_sft_report(run_dir: Path) -> Path:
     """Write `run_dir`/report.md and training_curves.png from summary.json, config.json and metrics.jsonl."""
     run_dir = Path(run_dir)

@@ -103,14 +103,15 @@ def build_summary(out: Path, cfg: SftConfig, task: Task, base_rows: Sequence[dic
     bon_greedy = None
     if (bon_dir / "summary.json").exists():
         bon_greedy = (runs.read_json(bon_dir / "summary.json").get("greedy") or {}).get("accuracy")
+    prompts = len({str(r["prompt_id"]) for r in data})  # --per-prompt gives a prompt up to K examples
     return {
         "task": cfg.task, "model": cfg.model, "selector": cfg.target_selector, "reward": cfg.reward, "n": cfg.n,
         "protocol": cfg.protocol,
-        "num_train_prompts": len({str(r["prompt_id"]) for r in data}),
+        "num_train_prompts": prompts,
         # Prompts of the base pool without a valid target (ended, with an answer) get no example (--valid-only),
-        # nor do those below --min-agreement; --per-prompt gives a prompt up to K examples.
+        # nor do those below --min-agreement.
         "targets": {"valid_only": cfg.valid_only, "prompts_sampled": sampling.get("num_train_prompts"),
-                    "prompts_with_target": len({str(r["prompt_id"]) for r in data}), "examples": len(data),
+                    "prompts_with_target": prompts, "examples": len(data),
                     "per_prompt": cfg.per_prompt, "min_agreement": cfg.min_agreement},
         "num_eval_prompts": len({r["prompt_id"] for r in base_rows}),
         "train_eval_overlap": sampling.get("overlap"),

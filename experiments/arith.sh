@@ -19,6 +19,16 @@
 # sft-consistent-lr1e-4 and its control sft-random-lr1e-4 repeat the two at a third of the paper's learning rate:
 # decided after every SFT run at 3e-4 lost 9 to 31 points of validation greedy accuracy (32 items) while the rate
 # was high and recovered part of it as the rate decayed, before any held-out number of sft-consistent was seen.
+#
+# Level 2 (a second setting, for the greedy target): at level 1 the base greedy answer already is the majority's
+# (validation: majority@16 at or below greedy), so no label-free target can lift greedy there. Chosen on the 32
+# validation items of results/headroom.md (runs/headroom/qwen05-completion-L2-T0.7), before any level-2 held-out
+# item was drawn: completion, level 2, T 0.7, where the majority answer of 16 samples is right on 13 items and
+# greedy on 8; AGREEMENT=0.25 keeps the 18 items whose majority has at least 4 of 16 votes (majority right on 8,
+# greedy on 5; at 0.5 only 5 items pass); the rate stays 1e-4 as decided at level 1. Its control is
+# sft-random-consistent at the same rate (the same prompts and number of paths, of a random sample's answer):
+#   AGREEMENT=0.25 JOBLIST="pool sft-consistent-lr1e-4 sft-random-consistent-lr1e-4 bon" \
+#     PAGE=results/arith-heldout-l2.md experiments/arith.sh runs/arith-l2 MODEL 2 0.7
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

@@ -9,7 +9,7 @@
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
 # JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob sft-consistent
-# sft-random (any sft-KIND also as sft-KIND-lrX: with --lr X) dpo-vote dpo-logprob
+# sft-random sft-random-consistent (any sft-KIND also as sft-KIND-lrX: with --lr X) dpo-vote dpo-logprob
 # xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the
 # default is the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound;
 # grpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
@@ -29,7 +29,7 @@ fi
 TASK=$1 T=$2 M=$3 OUT=$4 ARGS="$*"
 shift 4
 EXTRA=("$@")
-KEEP=${KEEP:-best} BASE_FROM=${BASE_FROM:-} GRPO_STEPS=${GRPO_STEPS:-16}
+KEEP=${KEEP:-best} BASE_FROM=${BASE_FROM:-} GRPO_STEPS=${GRPO_STEPS:-16} AGREEMENT=${AGREEMENT:-0.5}
 JOBS=${JOBS:-2} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-128} N=${N:-8} EVAL_SAMPLES=${EVAL_SAMPLES:-2}
 SHARPEN=${SHARPEN:-sharpen} PYTHON=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd) PAGE=${PAGE:-$(cd "$(dirname "$0")/.." && pwd)/results/heldout-$TASK.md}
@@ -59,8 +59,11 @@ job() {
       case $kind in
         vote|logprob) R=(--reward "$kind" --eval-every 8) ;;
         random) R=(--selector random --eval-every 8) ;;
-        # Huang et al. 2022's self-improvement: up to 4 paths of the majority answer, prompts with >= half the votes
-        consistent) R=(--reward vote --per-prompt 4 --min-agreement 0.5 --eval-every 16) ;;
+        # Huang et al. 2022's self-improvement: up to 4 paths of the majority answer, prompts where it has at least
+        # a share AGREEMENT (default 0.5) of the votes; random-consistent, its matched control: the same prompts and
+        # as many paths, of the answer of a random sample instead of the majority's
+        consistent) R=(--reward vote --per-prompt 4 --min-agreement "$AGREEMENT" --eval-every 16) ;;
+        random-consistent) R=(--selector random --per-prompt 4 --min-agreement "$AGREEMENT" --eval-every 16) ;;
         *) echo "unknown job $1" >&2; return 2 ;;
       esac
       $SHARPEN sft "${C[@]}" "${P[@]}" "${R[@]}" --epochs 1 "${L[@]}" --out "$OUT/$1" ;;

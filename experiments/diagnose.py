@@ -3,7 +3,8 @@ how training went, read from its run directory (nothing is recomputed).
 
     python experiments/diagnose.py runs/arith > runs/arith/table/diagnose.md
 
-One row per finished trained run: the kept checkpoint; the training data's accuracy (sft: the targets; dpo / xpo:
+One row per finished trained run: the kept checkpoint; the training data's accuracy (sft: the targets, and on their
+prompts the pick's accuracy beside the base greedy answer's, read from the pool; dpo / xpo:
 the share of pairs whose preferred side, by the reward, is the correct one among pairs with one correct side, and
 how many pairs carry no preference; grpo: reward and accuracy of the sampled groups, first and last quarter of
 the steps); the validation greedy accuracy at each evaluation; the last estimated KL(pi || pi_base); and the held-out
@@ -41,7 +42,7 @@ def training_data(command: str, d: Path) -> str:
         rows = _jsonl(d / "sft_data.jsonl")
         prompts = len({str(r.get("prompt_id")) for r in rows})
         return (f"{len(rows)} targets" + (f" on {prompts} prompts" if prompts != len(rows) else "")
-                + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct")
+                + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct" + _greedy_on(d, rows))
     if command in ("dpo", "xpo"):
         pairs = _jsonl(d / "pairs.jsonl") + [p for r in sorted(d.glob("round_*/pairs.jsonl")) for p in _jsonl(r)]
         scored = [p for p in pairs if p.get("reward_y") is not None and p.get("reward_y2") is not None]
@@ -61,6 +62,24 @@ def training_data(command: str, d: Path) -> str:
                 f"{_pct(_mean([r.get('sample_accuracy') for r in first]))} -> "
                 f"{_pct(_mean([r.get('sample_accuracy') for r in last]))}% (first -> last quarter)")
     return ""
+
+
+def _greedy_on(d: Path, rows: list[dict]) -> str:
+    """The base greedy answer's accuracy on the prompts the targets came from, beside the targets' own (a target
+    can lift greedy only where it is right more often than greedy is): read from the pool the run sampled."""
+    sampling = d / "sampling.json"
+    if not sampling.is_file():
+        return ""
+    pool = Path(json.loads(sampling.read_text(encoding="utf-8")).get("bon_dir") or "")
+    greedy = {str(r.get("prompt_id")): r.get("correct") for r in _jsonl(pool / "greedy.jsonl")}
+    first = {}  # prompt -> its first target (the pick; with --per-prompt the others share its answer)
+    for r in rows:
+        first.setdefault(str(r.get("prompt_id")), r.get("correct"))
+    both = [p for p in first if greedy.get(p) is not None]
+    if not both:
+        return ""
+    return (f"; on those prompts the pick is right on {_pct(_mean([first[p] for p in both]))}%, base greedy on "
+            f"{_pct(_mean([greedy[p] for p in both]))}%")
 
 
 def evaluations(command: str, d: Path) -> tuple[str, float | None]:

@@ -173,6 +173,14 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
     md = diagnose.main(tmp_path)
     assert "| sft-logprob | step 8 | 4 targets on 3 prompts, 75.0% correct | s0 50.0 / s8 75.0 | 0.250 | " \
            "-2.00 -> -0.50 | -2.00 -> -3.00 |" in md
+    # With the pool the run sampled: the pick (a prompt's first target) against base greedy on the same prompts
+    # (prompt d has a greedy answer and no target: not counted).
+    (tmp_path / "pool").mkdir()
+    write(tmp_path / "pool", "greedy.jsonl", [{"prompt_id": p, "correct": c} for p, c in
+                                             [("a", False), ("b", False), ("c", True), ("d", True)]])
+    (tmp_path / "sft-logprob" / "sampling.json").write_text(json.dumps({"bon_dir": str(tmp_path / "pool")}))
+    assert ("| sft-logprob | step 8 | 4 targets on 3 prompts, 75.0% correct; on those prompts the pick is right on "
+            "66.7%, base greedy on 33.3% |") in diagnose.main(tmp_path)
     assert "| dpo-vote | step 8 | 4 pairs, 1 without preference; preferred side correct in 50.0% of the 2 pairs " \
            "with one correct side |" in md
     assert "| bon |" not in md

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from page import write
+from page import run_commits, write
 from stamp import stamp
 
 from sharpen.rows import complete_pools
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             "has at least the share `min agreement` of the samples (`sft --min-agreement`). Paired differences in "
             "points with 95% bootstrap intervals over prompts (`*`: excludes zero). SFT moves greedy toward its "
             "targets: where the pick is right no more often than greedy, it cannot lift greedy accuracy.")
-    write(args.page, "# Label-free SFT targets against base greedy, before training\n\n" + stamp(command)
-          + note + "\n\n" + "\n".join([*head, *body]) + "\n")
+    title = "# Label-free SFT targets against base greedy, before training\n\n"
+    write(args.page, title + stamp(command, run_commits(args.pools)) + note + "\n\n" + "\n".join([*head, *body]) + "\n")
     print(f"wrote {args.page}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,8 @@ RUN_DIR is a `sharpen bon` run directory (config.json, samples.jsonl, greedy.jso
 split, level, format and temperature; a pool stopped part way counts the prompts whose N samples are all there
 (the page says how many of those asked). SFT-sharpening moves greedy toward its targets: where the pick is right no
 more often than greedy, amortizing it cannot lift greedy accuracy (it can still lift the accuracy of samples).
-Picks go through sharpen's own selectors (`selection.select`) and prompt filter (`stages.sft.agreement`);
-differences are paired over prompts with 95% bootstrap intervals (`stats.paired_bootstrap`).
+Picks are the ones sft itself takes (`stages.sft.best_responses`, with its default --valid-only: a prompt without a
+valid sample gets none); differences are paired over prompts with 95% bootstrap intervals (`stats.paired_bootstrap`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from page import run_commits, write
 from stamp import stamp
 
 from sharpen.rows import complete_pools
-from sharpen.selection import select
-from sharpen.stages.sft import agreement
+from sharpen.stages.sft import best_responses
 from sharpen.stats import paired_bootstrap
 
-PICKS = ("majority", "logprob")
+PICKS = ("majority", "logprob")  # the target selectors of sft --reward vote / logprob
 THRESHOLDS = (0.0, 0.25, 0.5)
 
 
@@ -54,16 +53,21 @@ def rows_of(run: Path) -> list[str]:
         title += f" (stopped at {len(pools)} of {asked} prompts)"
     greedy = {str(r["prompt_id"]): float(bool(r.get("correct"))) for r in _jsonl(run / "greedy.jsonl")}
     out = []
+    prompts = [{"id": p, "prompt_token_ids": []} for p in pools if p in greedy]
     for th in THRESHOLDS:
-        ids = [p for p, pool in pools.items() if p in greedy and agreement(pool) >= th]
+        # The picks sft would train on (its own function, --valid-only as its default): prompts below the agreement
+        # threshold, or without a valid sample, get none.
+        picks = {name: {str(r["prompt_id"]): float(bool(r.get("correct")))
+                        for r in best_responses(prompts, pools, name, valid_only=True, min_agreement=th)}
+                 for name in PICKS}
+        ids = [p["id"] for p in prompts if all(p["id"] in picks[name] for name in PICKS)]
         if not ids:
             out.append(f"| {title} | {th:g} | 0 | n/a |" + " n/a |" * len(PICKS))
             continue
         g = np.array([greedy[p] for p in ids])
         cells = [f"{100 * g.mean():.1f}"]
         for name in PICKS:
-            rng = np.random.default_rng(0)
-            a = np.array([float(bool(pools[p][select(name, pools[p], rng)].get("correct"))) for p in ids])
+            a = np.array([picks[name][p] for p in ids])
             d = paired_bootstrap(a, g)
             lo, hi = d["diff_ci"]
             cells.append(f"{100 * a.mean():.1f} ({100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"

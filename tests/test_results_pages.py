@@ -195,13 +195,16 @@ def test_targets_sets_label_free_picks_beside_greedy_on_the_same_prompts(tmp_pat
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"num_prompts": 4, "options": {
         "n": 3, "split": "train", "level": "2", "chat": False, "temperature": 0.7}}))
-    # (answer, correct, logprob) per sample: a: majority right, likeliest wrong; b: majority wrong, likeliest right;
-    # c: three answers (agreement 1/3), likeliest right, the tie broken by log-prob (so the majority pick is too)
-    pools = {"a": [("5", True, -1.0), ("5", True, -2.0), ("7", False, -0.5)],
-             "b": [("1", False, -1.0), ("1", False, -2.0), ("3", True, -0.1)],
-             "c": [("9", True, -0.2), ("8", False, -1.0), ("6", False, -2.0)], "d": [("4", True, -1.0)]}
-    samples = [{"prompt_id": p, "index": i, "answer": a, "correct": c, "logprob": lp, "finish_reason": "eos",
-                "num_tokens": 3, "token_ids": [i]} for p, rows in pools.items() for i, (a, c, lp) in enumerate(rows)]
+    # (answer, correct, logprob, finish) per sample. a: majority right, its likeliest sample cut off (no target under
+    # sft's --valid-only), so the likeliest valid one is right too; b: majority wrong, likeliest right; c: three
+    # answers (agreement 1/3), likeliest right, the tie broken by log-prob (so the majority pick is right too)
+    pools = {"a": [("5", True, -1.0, "eos"), ("5", True, -2.0, "eos"), ("7", False, -0.5, "length")],
+             "b": [("1", False, -1.0, "eos"), ("1", False, -2.0, "eos"), ("3", True, -0.1, "eos")],
+             "c": [("9", True, -0.2, "eos"), ("8", False, -1.0, "eos"), ("6", False, -2.0, "eos")],
+             "d": [("4", True, -1.0, "eos")]}
+    samples = [{"prompt_id": p, "index": i, "answer": a, "correct": c, "logprob": lp, "finish_reason": f,
+                "num_tokens": 3, "token_ids": [i], "text": a}
+               for p, rows in pools.items() for i, (a, c, lp, f) in enumerate(rows)]
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     greedy = {"a": False, "b": True, "c": False, "d": True}
     (run / "greedy.jsonl").write_text("".join(json.dumps({"prompt_id": p, "correct": c}) + "\n"
@@ -210,10 +213,11 @@ def test_targets_sets_label_free_picks_beside_greedy_on_the_same_prompts(tmp_pat
     assert targets.main([str(page), str(run)]) == 0
     text = page.read_text()
     name = "train, level 2, completion, T 0.7, N 3 (stopped at 3 of 4 prompts)"
-    # all three prompts: greedy right on b only; majority right on a and c; likeliest right on b and c
     rows = {x.split(" | ")[1]: x for x in text.splitlines() if x.startswith(f"| {name} |")}
-    assert rows["0"].startswith(f"| {name} | 0 | 3 of 3 | 33.3 | 66.7 (+33.3 [") and rows["0"].count("66.7") == 2
-    # at 0.5 prompt c (one vote in three) is dropped: greedy right on b; majority on a; likeliest on b
-    assert rows["0.5"].startswith(f"| {name} | 0.5 | 2 of 3 | 50.0 | 50.0 (+0.0 [") and rows["0.5"].count("50.0") == 3
+    # all three prompts: greedy right on b only; majority right on a and c; likeliest valid right on all three
+    assert rows["0"].startswith(f"| {name} | 0 | 3 of 3 | 33.3 | 66.7 (+33.3 [") and "| 100.0 (+66.7 [" in rows["0"]
+    # at 0.5 prompt c (one vote in three) is dropped: greedy right on b; majority on a; likeliest on a and b
+    assert rows["0.5"].startswith(f"| {name} | 0.5 | 2 of 3 | 50.0 | 50.0 (+0.0 [")
+    assert "| 100.0 (+50.0 [" in rows["0.5"]
     assert "- command: `python experiments/targets.py " in text and "- commit: " in text
     assert targets.main([str(tmp_path / "x.md"), str(tmp_path)]) == 2  # not a bon run: one line, exit 2

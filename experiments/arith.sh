@@ -30,8 +30,9 @@
 #   AGREEMENT=0.25 JOBLIST="pool sft-consistent-lr1e-4 sft-random-consistent-lr1e-4 bon" \
 #     PAGE=results/arith-heldout-l2.md experiments/arith.sh runs/arith-l2 MODEL 2 0.7
 # Stopped before training, on the training pool's first 64 prompts (results/arith-targets.md): there the majority
-# pick is right on 6 of the 34 prompts that pass AGREEMENT, base greedy on 13 (-20.6 [-38.2, -2.9] points), so the
-# targets would pull greedy down; the validation items' +2 had been noise.
+# pick sft would train on is right on 7 of the 34 prompts that pass AGREEMENT, base greedy on 13 (-17.6
+# [-32.4, +0.0] points), against +16.7 [-5.6, +38.9] on the 18 validation items: no evidence that the targets
+# beat greedy, some that they are worse.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

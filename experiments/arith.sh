@@ -33,6 +33,15 @@
 # pick sft would train on is right on 7 of the 34 prompts that pass AGREEMENT, base greedy on 13 (-17.6
 # [-32.4, +0.0] points), against +16.7 [-5.6, +38.9] on the 18 validation items: no evidence that the targets
 # beat greedy, some that they are worse.
+#
+# Level 1 at T 0.5 (a third setting, for the greedy target): the first pool of the widened sweep
+# (headroom.sh WIDE) where a label-free pick beats greedy on validation items: the likeliest of 16 samples is right
+# on 27 of 32, greedy on 25 (+6.2 [+0.0, +15.6]), the majority on 26. Decided on those validation items only,
+# before its training pool and any held-out row at T 0.5 was drawn: the paper's SFT-sharpening (sft-logprob) at the
+# rate decided at level 1 (1e-4) with its control sft-random at the same rate, the base rows shared with level 1's
+# runs (evaluation samples are drawn at T 1 whatever the pool's temperature):
+#   BASE_FROM=runs/arith/sft-logprob-keepbest JOBLIST="pool sft-logprob-lr1e-4 sft-random-lr1e-4 bon" \
+#     PAGE=results/arith-heldout-t05.md experiments/arith.sh runs/arith-t05 MODEL 1 0.5
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

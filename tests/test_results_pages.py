@@ -221,3 +221,36 @@ def test_targets_sets_label_free_picks_beside_greedy_on_the_same_prompts(tmp_pat
     assert "| 100.0 (+50.0 [" in rows["0.5"]
     assert "- command: `python experiments/targets.py " in text and "- commit: " in text
     assert targets.main([str(tmp_path / "x.md"), str(tmp_path)]) == 2  # not a bon run: one line, exit 2
+
+
+def test_headroom_table_chooses_the_largest_lower_bound_and_breaks_ties_by_gain(tmp_path, capsys):
+    """experiments/headroom_table.py on three hand-made validation runs: two tie on the lower bound of their best
+    label-free selector's gain (+0.0), the larger point gain wins and the other is named as tied; the model
+    without signal (gemma) is never chosen."""
+    table = _load(ROOT / "experiments" / "headroom_table.py", "headroom_table")
+
+    def run(name, lows_and_gains):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        iv = {"accuracy": 0.5, "accuracy_ci": [0.4, 0.6]}
+        sel = {k: {"16": {"accuracy_mean": 0.5, "vs_greedy": {"diff": g, "diff_ci": [lo, lo + 0.2],
+                                                             "excludes_zero": lo > 0}}}
+               for k, (lo, g) in zip(("logprob", "logprob_mean", "majority", "random", "oracle"),
+                                     [*lows_and_gains, (-0.1, 0.0), (0.1, 0.3)], strict=True)}
+        (d / "summary.json").write_text(json.dumps({
+            "n": 16, "num_prompts": 32, "greedy": {**iv, "mean_num_tokens": 30}, "sample_accuracy": 0.4,
+            "sample_accuracy_ci": [0.3, 0.5], "selectors": sel, "pass_at_k": {"16": 0.9},
+            "pass_at_k_ci": {"16": [0.8, 1.0]}}))
+
+    run("qwen05-completion-L1-T1.0", [(0.0, 0.031), (-0.05, 0.0), (-0.2, -0.09)])
+    run("qwen05-completion-L1-T0.5", [(0.0, 0.062), (0.0, 0.062), (-0.01, 0.031)])
+    run("gemma270m-completion-L1-T1.0", [(0.5, 0.6), (0.5, 0.6), (0.5, 0.6)])
+    assert table.main([str(tmp_path), "--expect", "qwen05-completion-L1-T1.0", "qwen05-completion-L1-T0.5"]) == 0
+    out = capsys.readouterr().out
+    assert ("**qwen05 completion, level 1, T = 0.5** (lower bound +0.0 points, gain +6.2); tied on the lower bound: "
+            "qwen05 completion, level 1, T = 1 (gain +3.1).") in out
+    # a partial sweep chooses nothing
+    assert table.main([str(tmp_path), "--expect", "qwen05-completion-L2-T1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "Sweep not finished" in out and "Chosen" not in out

@@ -45,6 +45,12 @@
 # Stopped once its training pool was drawn, before its runs had taken a step (results/arith-targets.md): on the 128
 # training prompts the likeliest of 16 is right exactly as often as greedy (82.8%, +0.0 [-3.1, +3.1]; the first 64
 # had read +3.1), the majority less (-2.3): the targets are greedy's own answers, nothing above it to amortize.
+#
+# Replication of the best label-free row, decided after the 256-item table, before any of these items was drawn:
+# dpo (logprob) read greedy +2.3 [-0.4, +5.5] over base greedy there (the best of the label-free rows, and picking
+# the best of many inflates it). Its adapter, unchanged, and the base model answer test items 256-511 greedily
+# (fresh: no run has seen them; experiments/replicate.py); point 4's greedy part holds for it only if the paired
+# interval on those fresh items lies above zero.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

@@ -254,3 +254,35 @@ def test_headroom_table_chooses_the_largest_lower_bound_and_breaks_ties_by_gain(
     assert table.main([str(tmp_path), "--expect", "qwen05-completion-L2-T1.0"]) == 0
     out = capsys.readouterr().out
     assert "Sweep not finished" in out and "Chosen" not in out
+
+
+def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
+    """experiments/replicate.py on hand-made evaluations of six test items: only positions >= --from count
+    (the trained model is right on 2 more and wrong on 1 more of them), and the agreement with the table's run is
+    read on the items they share."""
+    rep = _load(ROOT / "experiments" / "replicate.py", "replicate")
+
+    def write(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"kind": "greedy", **r}) + "\n" for r in rows))
+
+    base = [True, False, False, False, True, True]  # positions 0-5; 0 and 1 were the table's items
+    trained = [False, True, True, True, False, True]
+    write(tmp_path / "base" / "eval.jsonl",
+          [{"prompt_id": f"arith-test-{k}", "correct": c, "text": f"b{k}"} for k, c in enumerate(base)])
+    write(tmp_path / "dpo" / "eval.jsonl",
+          [{"prompt_id": f"arith-test-{k}", "correct": c, "text": f"t{k}"} for k, c in enumerate(trained)])
+    write(tmp_path / "run" / "eval_base.jsonl", [{"prompt_id": "arith-test-0", "text": "b0"},
+                                                 {"prompt_id": "arith-test-1", "text": "other"},
+                                                 {"prompt_id": "arith-test-0", "kind": "sample", "text": "x"}])
+    write(tmp_path / "run" / "eval_sharpened.jsonl", [{"prompt_id": "arith-test-0", "text": "t0"},
+                                                      {"prompt_id": "arith-test-1", "text": "t1"}])
+    page = tmp_path / "rep.md"
+    assert rep.main([str(page), "--base", str(tmp_path / "base"), "--trained", str(tmp_path / "dpo"), "--from", "2",
+                     "--name", "dpo (logprob)", "--table-run", str(tmp_path / "run")]) == 0
+    text = page.read_text()
+    # fresh items 2-5: base right on 4, 5 (50%); trained right on 2, 3, 5 (75%): +25 points, 2 better / 1 worse
+    assert "| test 2-5 (4) | 50.0 [" in text and "| 75.0 [" in text and "| +25.0 [" in text and "| 2 / 1 |" in text
+    assert "base: 1 of 2 greedy answers identical" in text and "trained: 2 of 2 greedy answers identical" in text
+    assert rep.main([str(page), "--base", str(tmp_path / "base"), "--trained", str(tmp_path / "dpo"), "--from", "6",
+                     "--name", "x"]) == 2  # no fresh item: one line, exit 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             f"difference with its 95% bootstrap interval over items (`*`: excludes zero): {verdict}.")
     if args.table_run is not None:
         note += " Same setting as the table's run: " + agreement_with(args.table_run, base, trained) + "."
-    command = "python experiments/replicate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python experiments/replicate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     title = f"# Replication on fresh held-out items: {args.name}\n\n"
     write(args.page, title + stamp(command, run_commits([args.base, args.trained])) + note + "\n\n"
           + "\n".join(lines) + "\n")

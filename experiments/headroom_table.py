@@ -117,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     signal = [r for r in rows if not r["model"].startswith("gemma")]
     if signal and not missing:
         best = max(signal, key=lambda r: (headroom(r), gain(r)))
-        ties = [r for r in signal if r is not best and headroom(r) == headroom(best)]
+        ties = "; ".join(f"{setting(r)} (gain {100 * gain(r):+.1f})" for r in signal
+                         if r is not best and headroom(r) == headroom(best))
         text += (f"\nChosen for the held-out table (largest lower bound of the best label-free selector's gain over "
                  f"greedy, on validation items; ties go to the larger gain): **{setting(best)}** (lower bound "
                  f"{100 * headroom(best):+.1f} points, gain {100 * gain(best):+.1f})"
-                 + (f"; tied on the lower bound: {'; '.join(f'{setting(r)} (gain {100 * gain(r):+.1f})' for r in ties)}"
-                    if ties else "")
+                 + (f"; tied on the lower bound: {ties}" if ties else "")
                  + ". 32 validation items are few: before a held-out table runs, `experiments/targets.py` checks the "
                  "setting's label-free picks against greedy on its training prompts (results/arith-targets.md).\n")
     sys.stdout.write(text)

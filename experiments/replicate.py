@@ -1,14 +1,19 @@
-"""A trained adapter against its base model on fresh held-out items: the confirmatory check of a row picked as the
-best of a held-out table (picking the best of many rows inflates it), written as a stamped results page.
+"""A trained adapter against its base model (and a control) on fresh held-out items: the confirmatory check of a row
+picked as the best of a held-out table (picking the best of many rows inflates it), written as a stamped results page.
 
-    python experiments/replicate.py results/arith-replication.md --base runs/arith-replicate/base \
-        --trained runs/arith-replicate/dpo-logprob --from 256 --name "dpo (logprob)" --table-run runs/arith/dpo-logprob
+    python experiments/replicate.py results/arith-replication.md --base runs/arith-replicate2/base \
+        --trained runs/arith-replicate2/dpo-logprob --name "dpo (logprob)" --table-run runs/arith/dpo-logprob \
+        --control runs/arith-replicate2/grpo-random --control-name "grpo (random)" \
+        --range 256-511 --range 512-2559 --range 256-2559 --level 0.975
 
---base and --trained are `sharpen eval` directories (greedy answers of the same test items, the base model's and
-the adapter's); items are read by their position in the test split (prompt id `TASK-test-K`), and only K >= --from
-count, so the items of the table the row was picked on stay out. --table-run (the trained run the row came from)
-checks that both evaluations reproduce that run's greedy answers on the items they share (a mismatch means another
-setting, and the page says so). Paired difference in points with a 95% bootstrap interval over items.
+--base, --trained and --control are `sharpen eval` directories (greedy answers of the same test items: the base
+model's, the adapter's, the control adapter's); items are read by their position in the test split (prompt id
+`TASK-test-K`), and only the positions of each --range (inclusive) count, so the items of the table the row was
+picked on stay out. Each range is a row with 95% paired bootstrap intervals over items; the verdict is read on the
+last range at --level (a second look at the same question calls for a stricter level: two looks at 97.5% keep the
+chance of a false "above zero" under 5%). --table-run (the trained run the row came from) checks that the base and
+trained evaluations reproduce that run's greedy answers on the items they share (a mismatch means another setting,
+and the page says so).
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ def greedy(d: Path) -> dict[int, dict]:
     return {position(r["prompt_id"]): r for r in _jsonl(d) if r.get("kind", "greedy") == "greedy"}
 
 
+def span(text: str) -> tuple[int, int]:
+    """'A-B' -> (A, B), inclusive test positions."""
+    try:
+        a, b = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"range {text!r} is not A-B (inclusive test positions: 256-511)") from None
+    if not 0 <= a <= b:
+        raise argparse.ArgumentTypeError(f"range {text!r} needs 0 <= A <= B")
+    return a, b
+
+
 def agreement_with(table_run: Path, base: dict[int, dict], trained: dict[int, dict]) -> str:
     """How many shared items give the same greedy text as the trained run's own evaluation files."""
     out = []
@@ -51,51 +67,86 @@ def agreement_with(table_run: Path, base: dict[int, dict], trained: dict[int, di
     return "; ".join(out)
 
 
+def compare(t: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[str, float, float]:
+    """'+d [lo, hi]* | better / worse' cells of t against b (0/1 per item), with the interval's bounds in points."""
+    d = paired_bootstrap(t, b, level=level)
+    lo, hi = (100 * x for x in d["diff_ci"])
+    cell = (f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}]{'*' if d['excludes_zero'] else ''} | "
+            f"{int(((t == 1) & (b == 0)).sum())} / {int(((t == 0) & (b == 1)).sum())}")
+    return cell, lo, hi
+
+
+def acc(x: np.ndarray) -> str:
+    ci = bootstrap_ci(x)
+    return f"{100 * x.mean():.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def verdict(lo: float, hi: float) -> str:
+    return ("above zero" if lo > 0 else "below zero" if hi < 0 else "contains zero")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("page", type=Path)
     ap.add_argument("--base", type=Path, required=True)
     ap.add_argument("--trained", type=Path, required=True)
-    ap.add_argument("--from", dest="start", type=int, required=True, help="first test position that counts")
     ap.add_argument("--name", required=True, help="the row's name on the table it was picked from")
+    ap.add_argument("--control", type=Path, default=None, help="a control adapter's `sharpen eval` directory")
+    ap.add_argument("--control-name", default="control")
+    ap.add_argument("--range", dest="ranges", type=span, action="append", required=True,
+                    help="A-B: inclusive test positions that count, one row each (repeatable; the last is the verdict)")
+    ap.add_argument("--level", type=float, default=0.95, help="interval level of the verdict (default: 0.95)")
     ap.add_argument("--table-run", type=Path, default=None)
     args = ap.parse_args(argv)
-    for d in (args.base, args.trained):
-        if not (d / "eval.jsonl").is_file():
-            print(f"replicate.py: {d} has no eval.jsonl: pass the --out of a finished `sharpen eval`", file=sys.stderr)
-            return 2
-    base, trained = greedy(args.base / "eval.jsonl"), greedy(args.trained / "eval.jsonl")
-    fresh = sorted(k for k in set(base) & set(trained) if k >= args.start)
-    if not fresh:
-        print(f"replicate.py: no item at position >= {args.start} in both evaluations: raise their --limit",
-              file=sys.stderr)
+    if not 0.5 <= args.level < 1:
+        print(f"replicate.py: --level {args.level} is not in [0.5, 1): use e.g. 0.95 or 0.975", file=sys.stderr)
         return 2
-    b = np.array([float(bool(base[k]["correct"])) for k in fresh])
-    t = np.array([float(bool(trained[k]["correct"])) for k in fresh])
-    d = paired_bootstrap(t, b)
-    lo, hi = d["diff_ci"]
+    dirs = [args.base, args.trained] + ([args.control] if args.control else [])
+    for d in dirs:
+        if not (d / "eval.jsonl").is_file():
+            print(f"replicate.py: {d} has no eval.jsonl: pass the --out of a `sharpen eval`", file=sys.stderr)
+            return 2
+    evals = [greedy(d / "eval.jsonl") for d in dirs]
+    shared = set.intersection(*(set(e) for e in evals))
 
-    def acc(x: np.ndarray) -> str:
-        ci = bootstrap_ci(x)
-        return f"{100 * x.mean():.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    def column(e: dict[int, dict], items: list[int]) -> np.ndarray:
+        return np.array([float(bool(e[k]["correct"])) for k in items])
 
-    verdict = ("above zero: the gain replicates" if lo > 0 else
-               "below zero: the row was worse than base on fresh items" if hi < 0 else
-               "contains zero: the gain does not replicate at this size")
-    lines = ["| items | base greedy % | " + args.name + " greedy % | difference, points | better / worse items |",
-             "|---|---|---|---|---|",
-             f"| test {fresh[0]}-{fresh[-1]} ({len(fresh)}) | {acc(b)} | {acc(t)} | "
-             f"{100 * d['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{'*' if d['excludes_zero'] else ''} | "
-             f"{int(((t == 1) & (b == 0)).sum())} / {int(((t == 0) & (b == 1)).sum())} |"]
-    note = (f"The adapter of {args.trained.name} ({args.name}), unchanged, and the base model answer fresh test items "
-            f"greedily (positions {args.start} and up: no run trained, validated or was picked on them). Paired "
-            f"difference with its 95% bootstrap interval over items (`*`: excludes zero): {verdict}.")
+    head = f"| items | base greedy % | {args.name} greedy % | vs base greedy, points | better / worse items |"
+    if args.control:
+        head += f" {args.control_name} greedy % | {args.name} vs {args.control_name}, points | better / worse items |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for a, b in args.ranges:
+        items = sorted(k for k in shared if a <= k <= b)
+        if not items:
+            print(f"replicate.py: no test item in {a}-{b} in every evaluation: raise their --limit", file=sys.stderr)
+            return 2
+        cols = [column(e, items) for e in evals]
+        size = f"{len(items)}" if len(items) == b - a + 1 else f"{len(items)} of {b - a + 1}: evaluation not finished"
+        row = f"| test {a}-{b} ({size}) | {acc(cols[0])} | {acc(cols[1])} | {compare(cols[1], cols[0])[0]} |"
+        if args.control:
+            row += f" {acc(cols[2])} | {compare(cols[1], cols[2])[0]} |"
+        lines.append(row)
+    # The verdict: the last range, at --level.
+    a, b = args.ranges[-1]
+    items = sorted(k for k in shared if a <= k <= b)
+    cols = [column(e, items) for e in evals]
+    pct = f"{100 * args.level:g}%"
+    _, lo, hi = compare(cols[1], cols[0], args.level)
+    said = [f"over base greedy [{lo:+.1f}, {hi:+.1f}]: {verdict(lo, hi)}"]
+    if args.control:
+        _, clo, chi = compare(cols[1], cols[2], args.level)
+        said.append(f"over {args.control_name} [{clo:+.1f}, {chi:+.1f}]: {verdict(clo, chi)}")
+    note = (f"The adapter of {args.trained.name} ({args.name}), unchanged, the base model"
+            + (f" and {args.control_name}'s adapter (the control)" if args.control else "")
+            + " answer fresh test items greedily (no run trained, validated or was picked on them). Paired differences "
+            f"with 95% bootstrap intervals over items (`*`: excludes zero). Verdict on test {a}-{b} ({len(items)} "
+            f"items) at {pct}: {args.name} " + "; ".join(said) + ".")
     if args.table_run is not None:
-        note += " Same setting as the table's run: " + agreement_with(args.table_run, base, trained) + "."
+        note += " Same setting as the table's run: " + agreement_with(args.table_run, evals[0], evals[1]) + "."
     command = "python experiments/replicate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     title = f"# Replication on fresh held-out items: {args.name}\n\n"
-    write(args.page, title + stamp(command, run_commits([args.base, args.trained])) + note + "\n\n"
-          + "\n".join(lines) + "\n")
+    write(args.page, title + stamp(command, run_commits(dirs)) + note + "\n\n" + "\n".join(lines) + "\n")
     print(f"wrote {args.page}", file=sys.stderr)
     return 0
 

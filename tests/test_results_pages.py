@@ -257,32 +257,50 @@ def test_headroom_table_chooses_the_largest_lower_bound_and_breaks_ties_by_gain(
 
 
 def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
-    """experiments/replicate.py on hand-made evaluations of six test items: only positions >= --from count
-    (the trained model is right on 2 more and wrong on 1 more of them), and the agreement with the table's run is
-    read on the items they share."""
+    """experiments/replicate.py on hand-made evaluations of eight test items: only the positions of each --range
+    count (the trained model is right on 2 more and wrong on 1 more of items 2-5), the control is compared the same
+    way, the verdict reads the last range at --level, and the agreement with the table's run is read on the items
+    they share."""
     rep = _load(ROOT / "experiments" / "replicate.py", "replicate")
 
     def write(path, rows):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps({"kind": "greedy", **r}) + "\n" for r in rows))
 
-    base = [True, False, False, False, True, True]  # positions 0-5; 0 and 1 were the table's items
-    trained = [False, True, True, True, False, True]
-    write(tmp_path / "base" / "eval.jsonl",
-          [{"prompt_id": f"arith-test-{k}", "correct": c, "text": f"b{k}"} for k, c in enumerate(base)])
-    write(tmp_path / "dpo" / "eval.jsonl",
-          [{"prompt_id": f"arith-test-{k}", "correct": c, "text": f"t{k}"} for k, c in enumerate(trained)])
+    def evaluation(name, correct):
+        write(tmp_path / name / "eval.jsonl",
+              [{"prompt_id": f"arith-test-{k}", "correct": c, "text": f"{name}{k}"} for k, c in enumerate(correct)])
+
+    evaluation("b", [True, False, False, False, True, True, False, True])  # 0 and 1 were the table's items
+    evaluation("t", [False, True, True, True, False, True, True, True])
+    evaluation("c", [True, True, False, False, False, True, True, False])
     write(tmp_path / "run" / "eval_base.jsonl", [{"prompt_id": "arith-test-0", "text": "b0"},
                                                  {"prompt_id": "arith-test-1", "text": "other"},
                                                  {"prompt_id": "arith-test-0", "kind": "sample", "text": "x"}])
     write(tmp_path / "run" / "eval_sharpened.jsonl", [{"prompt_id": "arith-test-0", "text": "t0"},
                                                       {"prompt_id": "arith-test-1", "text": "t1"}])
     page = tmp_path / "rep.md"
-    assert rep.main([str(page), "--base", str(tmp_path / "base"), "--trained", str(tmp_path / "dpo"), "--from", "2",
-                     "--name", "dpo (logprob)", "--table-run", str(tmp_path / "run")]) == 0
+    common = [str(page), "--base", str(tmp_path / "b"), "--trained", str(tmp_path / "t"), "--name", "dpo (logprob)"]
+    assert rep.main(common + ["--range", "2-5", "--table-run", str(tmp_path / "run")]) == 0
     text = page.read_text()
-    # fresh items 2-5: base right on 4, 5 (50%); trained right on 2, 3, 5 (75%): +25 points, 2 better / 1 worse
+    # items 2-5: base right on 4, 5 (50%); trained right on 2, 3, 5 (75%): +25 points, 2 better / 1 worse
     assert "| test 2-5 (4) | 50.0 [" in text and "| 75.0 [" in text and "| +25.0 [" in text and "| 2 / 1 |" in text
     assert "base: 1 of 2 greedy answers identical" in text and "trained: 2 of 2 greedy answers identical" in text
-    assert rep.main([str(page), "--base", str(tmp_path / "base"), "--trained", str(tmp_path / "dpo"), "--from", "6",
-                     "--name", "x"]) == 2  # no fresh item: one line, exit 2
+    assert "control" not in text and "at 95%: dpo (logprob) over base greedy [" in text
+
+    assert rep.main(common + ["--control", str(tmp_path / "c"), "--control-name", "grpo (random)", "--range", "2-5",
+                              "--range", "2-9", "--level", "0.975"]) == 0
+    text = page.read_text()
+    rows = [x for x in text.splitlines() if x.startswith("| test")]
+    # control on 2-5 right on 5 only (25%): trained +50, 2 better / 0 worse; items 2-7 of a 2-9 range are there
+    assert rows[0].endswith("| 25.0 [0.0, 75.0] | +50.0 [+0.0, +100.0] | 2 / 0 |"), rows[0]
+    assert rows[1].startswith("| test 2-9 (6 of 8: evaluation not finished) |")
+    # verdict on 2-9 (items 2-7): trained 5 of 6 vs base 3 of 6, vs control 3 of 6
+    assert "Verdict on test 2-9 (6 items) at 97.5%: dpo (logprob) over base greedy [" in text
+    assert "over grpo (random) [" in text and "grpo (random)'s adapter (the control)" in text
+
+    assert rep.main(common + ["--range", "8-9"]) == 2  # no item in the range: one line, exit 2
+    assert rep.main(common + ["--range", "2-5", "--level", "1.5"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        rep.main(common + ["--range", "5-2"])
+    assert stop.value.code == 2

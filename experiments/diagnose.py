@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
+from sharpen.errors import SharpenError
+from sharpen.runs import load_jsonl
 
 
 def _pct(x: float | None) -> str:
@@ -39,12 +38,13 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
 def training_data(command: str, d: Path) -> str:
     """What the run trained on, in one cell."""
     if command == "sft":
-        rows = _jsonl(d / "sft_data.jsonl")
+        rows = load_jsonl(d / "sft_data.jsonl")
         prompts = len({str(r.get("prompt_id")) for r in rows})
         return (f"{len(rows)} targets" + (f" on {prompts} prompts" if prompts != len(rows) else "")
                 + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct" + _greedy_on(d, rows))
     if command in ("dpo", "xpo"):
-        pairs = _jsonl(d / "pairs.jsonl") + [p for r in sorted(d.glob("round_*/pairs.jsonl")) for p in _jsonl(r)]
+        files = [d / "pairs.jsonl", *sorted(d.glob("round_*/pairs.jsonl"))]
+        pairs = [p for f in files for p in load_jsonl(f)]
         scored = [p for p in pairs if p.get("reward_y") is not None and p.get("reward_y2") is not None]
         ties = sum(p["reward_y"] == p["reward_y2"] for p in scored)
         split = [p for p in scored if p["reward_y"] != p["reward_y2"] and p["correct_y"] != p["correct_y2"]]
@@ -52,7 +52,7 @@ def training_data(command: str, d: Path) -> str:
         return (f"{len(scored)} pairs, {ties} without preference; preferred side correct in "
                 f"{_pct(_mean(right))}% of the {len(split)} pairs with one correct side")
     if command == "grpo":
-        steps = [r for r in _jsonl(d / "metrics.jsonl") if r.get("kind") == "train"]
+        steps = [r for r in load_jsonl(d / "metrics.jsonl") if r.get("kind") == "train"]
         if not steps:
             return "no step"
         q = max(1, len(steps) // 4)
@@ -71,7 +71,7 @@ def _greedy_on(d: Path, rows: list[dict]) -> str:
     if not sampling.is_file():
         return ""
     pool = Path(json.loads(sampling.read_text(encoding="utf-8")).get("bon_dir") or "")
-    greedy = {str(r.get("prompt_id")): r.get("correct") for r in _jsonl(pool / "greedy.jsonl")}
+    greedy = {str(r.get("prompt_id")): r.get("correct") for r in load_jsonl(pool / "greedy.jsonl")}
     first = {}  # prompt -> its first target (the pick; with --per-prompt the others share its answer)
     for r in rows:
         first.setdefault(str(r.get("prompt_id")), r.get("correct"))
@@ -85,11 +85,11 @@ def _greedy_on(d: Path, rows: list[dict]) -> str:
 def evaluations(command: str, d: Path) -> tuple[str, float | None]:
     """Validation greedy accuracy at each evaluation (xpo: each round), and the last KL estimate."""
     if command == "xpo":
-        rows = sorted(_jsonl(d / "rounds.jsonl"), key=lambda r: r["round"])
+        rows = sorted(load_jsonl(d / "rounds.jsonl"), key=lambda r: r["round"])
         return (" / ".join(f"r{r['round']} {_pct(r.get('accuracy'))}" for r in rows),
                 rows[-1].get("kl") if rows else None)
-    rows = [r for r in _jsonl(d / "metrics.jsonl") if r.get("kind") == "eval"]
-    kls = [r.get("kl") for r in _jsonl(d / "metrics.jsonl") if r.get("kl") is not None]
+    rows = [r for r in load_jsonl(d / "metrics.jsonl") if r.get("kind") == "eval"]
+    kls = [r.get("kl") for r in load_jsonl(d / "metrics.jsonl") if r.get("kl") is not None]
     return " / ".join(f"s{r['step']} {_pct(r.get('accuracy'))}" for r in rows), (kls[-1] if kls else None)
 
 
@@ -98,7 +98,7 @@ def held_out_shift(d: Path) -> str:
     def stats(rows: list[dict]) -> tuple[float | None, float | None]:
         g = [r for r in rows if r.get("kind") == "greedy"]
         return _mean([r.get("logprob") for r in g]), _mean([r.get("logprob_base") for r in g])
-    (b_own, b_base), (t_own, t_base) = stats(_jsonl(d / "eval_base.jsonl")), stats(_jsonl(d / "eval_sharpened.jsonl"))
+    (b_own, b_base), (t_own, t_base) = (stats(load_jsonl(d / f)) for f in ("eval_base.jsonl", "eval_sharpened.jsonl"))
     return f"{_num(b_own)} -> {_num(t_own)} | {_num(b_base)} -> {_num(t_base)}"
 
 
@@ -128,5 +128,10 @@ def main(out: Path) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python experiments/diagnose.py OUT (a held-out table's run directory)")
-    sys.stdout.write(main(Path(sys.argv[1])))
+        print("usage: python experiments/diagnose.py OUT (a held-out table's run directory)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.stdout.write(main(Path(sys.argv[1])))
+    except SharpenError as e:  # a damaged run file: its one-line error, nothing half-written
+        print(f"diagnose.py: {e}", file=sys.stderr)
+        sys.exit(2)

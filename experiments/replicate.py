@@ -19,7 +19,6 @@ and the page says so).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -28,11 +27,9 @@ import numpy as np
 from page import run_commits, write
 from stamp import stamp
 
+from sharpen.errors import SharpenError
+from sharpen.runs import load_jsonl
 from sharpen.stats import bootstrap_ci, paired_bootstrap
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def position(prompt_id: str) -> int:
@@ -42,7 +39,7 @@ def position(prompt_id: str) -> int:
 
 def greedy(d: Path) -> dict[int, dict]:
     """Position -> the greedy row of an eval directory (eval.jsonl) or a trained run's evaluation file."""
-    return {position(r["prompt_id"]): r for r in _jsonl(d) if r.get("kind", "greedy") == "greedy"}
+    return {position(r["prompt_id"]): r for r in load_jsonl(d) if r.get("kind", "greedy") == "greedy"}
 
 
 def span(text: str) -> tuple[int, int]:
@@ -106,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         if not (d / "eval.jsonl").is_file():
             print(f"replicate.py: {d} has no eval.jsonl: pass the --out of a `sharpen eval`", file=sys.stderr)
             return 2
-    evals = [greedy(d / "eval.jsonl") for d in dirs]
+    try:
+        evals = [greedy(d / "eval.jsonl") for d in dirs]
+        agreement = "" if args.table_run is None else agreement_with(args.table_run, evals[0], evals[1])
+    except SharpenError as e:  # a damaged evaluation file: its one-line error, the old page kept
+        print(f"replicate.py: {e}", file=sys.stderr)
+        return 2
     shared = set.intersection(*(set(e) for e in evals))
 
     def column(e: dict[int, dict], items: list[int]) -> np.ndarray:
@@ -137,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.control:
         _, clo, chi = compare(cols[1], cols[2], args.level)
         said.append(f"over {args.control_name} [{clo:+.1f}, {chi:+.1f}]: {verdict(clo, chi)}")
-    note = (f"The adapter of {args.trained.name} ({args.name}), unchanged, the base model"
-            + (f" and {args.control_name}'s adapter (the control)" if args.control else "")
+    models = (f"the base model and {args.control_name}'s adapter (the control)" if args.control
+              else "and the base model")
+    note = (f"The adapter of {args.trained.name} ({args.name}), unchanged, " + models
             + " answer fresh test items greedily (no run trained, validated or was picked on them). Paired differences "
             f"with 95% bootstrap intervals over items (`*`: excludes zero). Verdict on test {a}-{b} ({len(items)} "
             f"items) at {pct}: {args.name} " + "; ".join(said) + ".")
-    if args.table_run is not None:
-        note += " Same setting as the table's run: " + agreement_with(args.table_run, evals[0], evals[1]) + "."
+    if agreement:
+        note += " Same setting as the table's run: " + agreement + "."
     command = "python experiments/replicate.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     title = f"# Replication on fresh held-out items: {args.name}\n\n"
     write(args.page, title + stamp(command, run_commits(dirs)) + note + "\n\n" + "\n".join(lines) + "\n")

@@ -23,16 +23,15 @@ import numpy as np
 from page import run_commits, write
 from stamp import stamp
 
+from sharpen.errors import SharpenError
 from sharpen.rows import complete_pools
+from sharpen.runs import load_jsonl
 from sharpen.stages.sft import best_responses
 from sharpen.stats import paired_bootstrap
 
 PICKS = ("majority", "logprob")  # the target selectors of sft --reward vote / logprob
 THRESHOLDS = (0.0, 0.25, 0.5)
 
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def label(options: dict) -> str:
@@ -46,12 +45,12 @@ def rows_of(run: Path) -> list[str]:
     """Table rows of one pool: per agreement threshold, prompts kept, greedy and each pick's accuracy on them."""
     conf = json.loads((run / "config.json").read_text(encoding="utf-8"))
     options = conf["options"]
-    pools, _ = complete_pools(_jsonl(run / "samples.jsonl"), int(options["n"]))
+    pools, _ = complete_pools(load_jsonl(run / "samples.jsonl"), int(options["n"]))
     title = label(options)
     asked = conf.get("num_prompts")
     if asked and len(pools) < asked:
         title += f" (stopped at {len(pools)} of {asked} prompts)"
-    greedy = {str(r["prompt_id"]): float(bool(r.get("correct"))) for r in _jsonl(run / "greedy.jsonl")}
+    greedy = {str(r["prompt_id"]): float(bool(r.get("correct"))) for r in load_jsonl(run / "greedy.jsonl")}
     out = []
     prompts = [{"id": p, "prompt_token_ids": []} for p in pools if p in greedy]
     for th in THRESHOLDS:
@@ -88,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     head = ["| pool | min agreement | prompts kept | base greedy % | " + " | ".join(
         f"{name} pick % (vs greedy)" for name in PICKS) + " |", "|---|---|---|---|" + "---|" * len(PICKS)]
-    body = [row for run in args.pools for row in rows_of(run)]
+    try:
+        body = [row for run in args.pools for row in rows_of(run)]
+    except SharpenError as e:  # a damaged run file: its one-line error, the old page kept
+        print(f"targets.py: {e}", file=sys.stderr)
+        return 2
     command = "python experiments/targets.py " + " ".join(sys.argv[1:] if argv is None else argv)
     note = ("On each pool's prompts (train or validation items, never the held-out ones), the accuracy of the pick an "
             "SFT run would train on (`--reward vote`: the majority pick; `--reward logprob`: the likeliest sample) "

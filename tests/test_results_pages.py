@@ -24,6 +24,26 @@ def _load(path: Path, name: str):
         sys.path.remove(str(ROOT / "experiments"))
 
 
+def response(prompt_id: str, correct: bool = False, **fields) -> dict:
+    """A response row with every field the run files' schema asks (sharpen.schema.RESPONSE), then `fields`."""
+    return {"prompt_id": prompt_id, "index": 0, "text": "", "token_ids": [1], "logprob": None, "num_tokens": 1,
+            "finish_reason": "eos", "answer": None, "correct": correct, **fields}
+
+
+def evaluated(prompt_id: str, correct: bool = False, kind: str = "greedy", **fields) -> dict:
+    """A row of an evaluation file (sharpen.schema.EVAL_RESPONSE)."""
+    return response(prompt_id, correct, **{"kind": kind, "logprob_base": None, **fields})
+
+
+def pair(**fields) -> dict:
+    """A preference pair as pairs.jsonl holds it (sharpen.schema.PAIR), then `fields`."""
+    row = {"round": 0, "prompt_id": "p", "prompt_token_ids": [1], "y": [2], "y2": [3], "text_y": "", "text_y2": "",
+           "correct_y": False, "correct_y2": False, "finish_y": "eos", "finish_y2": "eos", "answer_y": None,
+           "answer_y2": None, "valid_y": True, "valid_y2": True, "self_certainty_y": None, "self_certainty_y2": None,
+           "logprob_y": None, "base_y": None, "base_y2": None}
+    return {**row, **fields}
+
+
 page = _load(ROOT / "experiments" / "page.py", "results_page")
 record = _load(ROOT / "bench" / "record.py", "bench_record")
 
@@ -156,18 +176,18 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
         write(d, "metrics.jsonl", [{"kind": "eval", "step": 0, "accuracy": 0.5},
                                    {"kind": "train", "step": 1, "loss": 1.0},
                                    {"kind": "eval", "step": 8, "accuracy": 0.75, "kl": 0.25}])
-        write(d, "eval_base.jsonl", [{"kind": "greedy", "logprob": -2.0, "logprob_base": -2.0},
-                                     {"kind": "sample", "logprob": -9.0, "logprob_base": -9.0}])
-        write(d, "eval_sharpened.jsonl", [{"kind": "greedy", "logprob": -0.5, "logprob_base": -3.0}])
+        write(d, "eval_base.jsonl", [evaluated("a", logprob=-2.0, logprob_base=-2.0),
+                                     evaluated("a", kind="sample", logprob=-9.0, logprob_base=-9.0)])
+        write(d, "eval_sharpened.jsonl", [evaluated("a", logprob=-0.5, logprob_base=-3.0)])
     # four targets of three prompts (--per-prompt 2 gave prompt a two)
-    write(tmp_path / "sft-logprob", "sft_data.jsonl", [{"prompt_id": p, "correct": c} for p, c in
-                                                        [("a", True), ("a", True), ("b", False), ("c", True)]])
+    write(tmp_path / "sft-logprob", "sft_data.jsonl", [
+        {**response(p, c), "prompt_token_ids": [1]} for p, c in [("a", True), ("a", True), ("b", False), ("c", True)]])
     # a tie, a pair with both sides wrong, two pairs with one correct side: preferred correct in one
     write(tmp_path / "dpo-vote", "pairs.jsonl", [
-        {"reward_y": 1.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False},
-        {"reward_y": 2.0, "reward_y2": 1.0, "correct_y": False, "correct_y2": False},
-        {"reward_y": 2.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False},
-        {"reward_y": 0.0, "reward_y2": 1.0, "correct_y": True, "correct_y2": False}])
+        pair(reward_y=1.0, reward_y2=1.0, correct_y=True, correct_y2=False),
+        pair(reward_y=2.0, reward_y2=1.0, correct_y=False, correct_y2=False),
+        pair(reward_y=2.0, reward_y2=1.0, correct_y=True, correct_y2=False),
+        pair(reward_y=0.0, reward_y2=1.0, correct_y=True, correct_y2=False)])
     (tmp_path / "bon").mkdir()  # not a trained run: left out
     (tmp_path / "bon" / "summary.json").write_text("{}")
     md = diagnose.main(tmp_path)
@@ -176,7 +196,7 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
     # With the pool the run sampled: the pick (a prompt's first target) against base greedy on the same prompts
     # (prompt d has a greedy answer and no target: not counted).
     (tmp_path / "pool").mkdir()
-    write(tmp_path / "pool", "greedy.jsonl", [{"prompt_id": p, "correct": c} for p, c in
+    write(tmp_path / "pool", "greedy.jsonl", [response(p, c) for p, c in
                                              [("a", False), ("b", False), ("c", True), ("d", True)]])
     (tmp_path / "sft-logprob" / "sampling.json").write_text(json.dumps({"bon_dir": str(tmp_path / "pool")}))
     assert ("| sft-logprob | step 8 | 4 targets on 3 prompts, 75.0% correct; on those prompts the pick is right on "
@@ -207,8 +227,7 @@ def test_targets_sets_label_free_picks_beside_greedy_on_the_same_prompts(tmp_pat
                for p, rows in pools.items() for i, (a, c, lp, f) in enumerate(rows)]
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
     greedy = {"a": False, "b": True, "c": False, "d": True}
-    (run / "greedy.jsonl").write_text("".join(json.dumps({"prompt_id": p, "correct": c}) + "\n"
-                                              for p, c in greedy.items()))
+    (run / "greedy.jsonl").write_text("".join(json.dumps(response(p, c)) + "\n" for p, c in greedy.items()))
     page = tmp_path / "targets.md"
     assert targets.main([str(page), str(run)]) == 0
     text = page.read_text()
@@ -265,7 +284,7 @@ def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
 
     def write(path, rows):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"kind": "greedy", **r}) + "\n" for r in rows))
+        path.write_text("".join(json.dumps(evaluated(**r)) + "\n" for r in rows))
 
     def evaluation(name, correct):
         write(tmp_path / name / "eval.jsonl",
@@ -304,3 +323,7 @@ def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
     with pytest.raises(SystemExit) as stop:
         rep.main(common + ["--range", "5-2"])
     assert stop.value.code == 2
+    with (tmp_path / "t" / "eval.jsonl").open("a") as f:
+        f.write("{not json\n")  # a damaged evaluation file: one line, exit 2, the page kept
+    before = page.read_text()
+    assert rep.main(common + ["--range", "2-5"]) == 2 and page.read_text() == before

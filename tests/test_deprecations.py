@@ -63,3 +63,15 @@ def test_checkpointing_switches_through_a_lora_model_without_a_deprecated_name()
     assert all(m.gradient_checkpointing for m in layers)
     set_checkpointing(model.module, False)
     assert not any(m.gradient_checkpointing for m in layers)
+
+
+def test_wrapping_a_model_in_lora_logs_no_deprecation_of_peft_s_own(recwarn, tmp_path):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; that warning (peft's,
+    not the user's to fix) stays out of the run's log, for a new adapter and a loaded one."""
+    from sharpen.config import TrainConfig
+    from sharpen.train.lora import attach_lora, load_adapter, save_adapter
+
+    model = attach_lora(tiny_model(), TrainConfig(lora_rank=2))
+    save_adapter(model.module, tmp_path / "adapter")
+    load_adapter(tiny_model(), tmp_path / "adapter")
+    assert not [w for w in recwarn if "is_gradient_checkpointing" in str(w.message)]

@@ -6,9 +6,12 @@ disabled (`module.disable_adapter()`) the model *is* pi_base: the frozen referen
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,15 @@ from ..errors import SharpenError
 
 if TYPE_CHECKING:  # annotation only: the training layer's imports stay shallow
     from ..config import TrainConfig
+
+
+@contextlib.contextmanager
+def _peft_quiet() -> Iterator[None]:
+    """peft wraps a model by reading transformers' deprecated `is_gradient_checkpointing` (peft_model.py): a
+    FutureWarning in every training run's log that is peft's to fix, not the user's. Only that warning is hidden."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def attach_lora(model: Model, cfg: TrainConfig) -> Model:
@@ -36,7 +48,8 @@ def attach_lora(model: Model, cfg: TrainConfig) -> Model:
                       lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)  # the A matrices are random: make them a function of the seed
     try:
-        module = get_peft_model(model.module, lora)
+        with _peft_quiet():
+            module = get_peft_model(model.module, lora)
     except ValueError as e:
         raise SharpenError(f"cannot attach LoRA adapters ({str(e).splitlines()[0][:160]}): "
                            "check --lora-targets names modules of this model") from e
@@ -52,7 +65,8 @@ def load_adapter(model: Model, adapter_dir: str | Path, trainable: bool = False)
         raise SharpenError(f"{path} holds no PEFT adapter (no adapter_config.json): give the adapter "
                            "directory a training run wrote (its adapter/ folder)")
     try:
-        module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
+        with _peft_quiet():
+            module = PeftModel.from_pretrained(model.module, str(path), is_trainable=trainable)
     except Exception as e:  # a torn weights file, a config that is not JSON, another model's adapter: many kinds
         raise SharpenError(f"cannot load the adapter in {path} ({_why(e)}): its files are damaged or it was "
                            "trained on another model; give the adapter/ folder of a finished run on this model") from e

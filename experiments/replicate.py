@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="A-B: inclusive test positions that count, one row each (repeatable; the last is the verdict)")
     ap.add_argument("--level", type=float, default=0.95, help="interval level of the verdict (default: 0.95)")
     ap.add_argument("--table-run", type=Path, default=None)
+    ap.add_argument("--picked-on", type=span, default=None,
+                    help="A-B: the held-out table's items, where the row was picked: a first row for reference only")
     args = ap.parse_args(argv)
     if not 0.5 <= args.level < 1:
         print(f"replicate.py: --level {args.level} is not in [0.5, 1): use e.g. 0.95 or 0.975", file=sys.stderr)
@@ -118,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.control:
         head += f" {args.control_name} greedy % | {args.name} vs {args.control_name}, points | better / worse items |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for a, b in args.ranges:
+    for a, b in ([args.picked_on] if args.picked_on else []) + args.ranges:
         items = sorted(k for k in shared if a <= k <= b)
         if not items:
             print(f"replicate.py: no test item in {a}-{b} in every evaluation: raise their --limit", file=sys.stderr)
             return 2
         cols = [column(e, items) for e in evals]
         size = f"{len(items)}" if len(items) == b - a + 1 else f"{len(items)} of {b - a + 1}: evaluation not finished"
+        if (a, b) == args.picked_on:
+            size += "; the table's items, where the row was picked: for reference"
         row = f"| test {a}-{b} ({size}) | {acc(cols[0])} | {acc(cols[1])} | {compare(cols[1], cols[0])[0]} |"
         if args.control:
             row += f" {acc(cols[2])} | {compare(cols[1], cols[2])[0]} |"
@@ -142,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     models = (f"the base model and {args.control_name}'s adapter (the control)" if args.control
               else "and the base model")
     note = (f"The adapter of {args.trained.name} ({args.name}), unchanged, " + models
-            + " answer fresh test items greedily (no run trained, validated or was picked on them). Paired differences "
+            + " answer test items greedily. A row marked for reference holds the held-out table's items, where this "
+            "row was picked; every other row's items are fresh (no run trained, validated or was picked on them). "
+            "Paired differences "
             f"with 95% bootstrap intervals over items (`*`: excludes zero). Verdict on test {a}-{b} ({len(items)} "
             f"items) at {pct}: {args.name} " + "; ".join(said) + ".")
     if agreement:

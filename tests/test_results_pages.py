@@ -308,9 +308,11 @@ def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
     assert "control" not in text and "at 95%: dpo (logprob) over base greedy [" in text
 
     assert rep.main(common + ["--control", str(tmp_path / "c"), "--control-name", "grpo (random)", "--range", "2-5",
-                              "--range", "2-9", "--level", "0.975"]) == 0
+                              "--range", "2-9", "--level", "0.975", "--picked-on", "0-1"]) == 0
     text = page.read_text()
     rows = [x for x in text.splitlines() if x.startswith("| test")]
+    reference = rows.pop(0)  # the table's items come first, marked, and count in no verdict
+    assert reference.startswith("| test 0-1 (2; the table's items, where the row was picked: for reference) | 50.0 [")
     # control on 2-5 right on 5 only (25%): trained +50, 2 better / 0 worse; items 2-7 of a 2-9 range are there
     assert rows[0].endswith("| 25.0 [0.0, 75.0] | +50.0 [+0.0, +100.0] | 2 / 0 |"), rows[0]
     assert rows[1].startswith("| test 2-9 (6 of 8: evaluation not finished) |")

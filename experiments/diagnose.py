@@ -43,7 +43,8 @@ def training_data(command: str, d: Path) -> str:
         return (f"{len(rows)} targets" + (f" on {prompts} prompts" if prompts != len(rows) else "")
                 + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct" + _greedy_on(d, rows))
     if command in ("dpo", "xpo"):
-        files = [d / "pairs.jsonl", *sorted(d.glob("round_*/pairs.jsonl"))]
+        # dpo: pairs.jsonl; xpo: xpo_data.jsonl (D_t of every round, each pair with its round)
+        files = [d / "pairs.jsonl", d / "xpo_data.jsonl", *sorted(d.glob("round_*/pairs.jsonl"))]
         pairs = [p for f in files for p in load_jsonl(f)]
         scored = [p for p in pairs if p.get("reward_y") is not None and p.get("reward_y2") is not None]
         ties = sum(p["reward_y"] == p["reward_y2"] for p in scored)

@@ -204,6 +204,14 @@ def test_diagnose_reads_what_each_trained_run_trained_on(tmp_path):
     assert "| dpo-vote | step 8 | 4 pairs, 1 without preference; preferred side correct in 50.0% of the 2 pairs " \
            "with one correct side |" in md
     assert "| bon |" not in md
+    # xpo keeps its pairs (y ~ pi_t against a base sample, every round) in xpo_data.jsonl
+    (tmp_path / "xpo-vote").mkdir()
+    (tmp_path / "xpo-vote" / "config.json").write_text(json.dumps({"command": "xpo"}))
+    (tmp_path / "xpo-vote" / "summary.json").write_text(json.dumps({"training": {"best_round": 2}}))
+    write(tmp_path / "xpo-vote", "xpo_data.jsonl", [pair(round=1, reward_y=1.0, reward_y2=0.0, correct_y=True),
+                                                    pair(round=2, reward_y=0.0, reward_y2=0.0)])
+    assert ("| xpo-vote | round 2 | 2 pairs, 1 without preference; preferred side correct in 100.0% of the 1 pairs "
+            "with one correct side |") in diagnose.main(tmp_path)
 
 
 def test_targets_sets_label_free_picks_beside_greedy_on_the_same_prompts(tmp_path):

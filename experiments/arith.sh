@@ -68,6 +68,13 @@
 # gain replicates, but these items do not show it comes from the label-free reward rather than from training as
 # such: point 4 stays unmet by this rule. A control matched to dpo (the same pairs, a random preference) would
 # settle that, as a third look with its own rule.
+#
+# That third look, decided after the second and before its control exists: `dpo --reward random` (to be built; the
+# same pool, pairs, steps and --beta auto as dpo-logprob, each pair's preference a fair coin seeded by the pair so a
+# resume replays it, and the adapter of the step dpo-logprob kept, 16, whatever J_beta says) answers test items
+# 256-2559 greedily, with nothing else changed. Point 4's control part holds for dpo (logprob) only if its paired
+# interval over that control on those 2304 items lies above zero at 98.3% (three looks at the same question, 5%
+# shared among them); the greedy part stands as the second replication read it.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

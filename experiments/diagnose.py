@@ -44,8 +44,7 @@ def training_data(command: str, d: Path) -> str:
                 + f", {_pct(_mean([r.get('correct') for r in rows]))}% correct" + _greedy_on(d, rows))
     if command in ("dpo", "xpo"):
         # dpo: pairs.jsonl; xpo: xpo_data.jsonl (D_t of every round, each pair with its round)
-        files = [d / "pairs.jsonl", d / "xpo_data.jsonl", *sorted(d.glob("round_*/pairs.jsonl"))]
-        pairs = [p for f in files for p in load_jsonl(f)]
+        pairs = load_jsonl(d / ("pairs.jsonl" if command == "dpo" else "xpo_data.jsonl"))
         scored = [p for p in pairs if p.get("reward_y") is not None and p.get("reward_y2") is not None]
         ties = sum(p["reward_y"] == p["reward_y2"] for p in scored)
         split = [p for p in scored if p["reward_y"] != p["reward_y2"] and p["correct_y"] != p["correct_y2"]]
@@ -89,8 +88,9 @@ def evaluations(command: str, d: Path) -> tuple[str, float | None]:
         rows = sorted(load_jsonl(d / "rounds.jsonl"), key=lambda r: r["round"])
         return (" / ".join(f"r{r['round']} {_pct(r.get('accuracy'))}" for r in rows),
                 rows[-1].get("kl") if rows else None)
-    rows = [r for r in load_jsonl(d / "metrics.jsonl") if r.get("kind") == "eval"]
-    kls = [r.get("kl") for r in load_jsonl(d / "metrics.jsonl") if r.get("kl") is not None]
+    metrics = load_jsonl(d / "metrics.jsonl")
+    rows = [r for r in metrics if r.get("kind") == "eval"]
+    kls = [r.get("kl") for r in metrics if r.get("kl") is not None]
     return " / ".join(f"s{r['step']} {_pct(r.get('accuracy'))}" for r in rows), (kls[-1] if kls else None)
 
 

@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.control:
             row += f" {acc(cols[2])} | {compare(cols[1], cols[2])[0]} |"
         lines.append(row)
-    # The verdict: the last range, at --level.
-    a, b = args.ranges[-1]
-    items = sorted(k for k in shared if a <= k <= b)
-    cols = [column(e, items) for e in evals]
+    # The verdict: the last range (the loop's last: a, b, items, cols are its), at --level.
     pct = f"{100 * args.level:g}%"
     _, lo, hi = compare(cols[1], cols[0], args.level)
     said = [f"over base greedy [{lo:+.1f}, {hi:+.1f}]: {verdict(lo, hi)}"]

@@ -33,7 +33,6 @@ PICKS = ("majority", "logprob")  # the target selectors of sft --reward vote / l
 THRESHOLDS = (0.0, 0.25, 0.5)
 
 
-
 def label(options: dict) -> str:
     """How the page names a pool: split, level (arith), format, temperature, N."""
     level = f"level {options['level']}, " if options.get("level") else ""

@@ -36,12 +36,12 @@ def evaluated(prompt_id: str, correct: bool = False, kind: str = "greedy", **fie
 
 
 def pair(**fields) -> dict:
-    """A preference pair as pairs.jsonl holds it (sharpen.schema.PAIR), then `fields`."""
-    row = {"round": 0, "prompt_id": "p", "prompt_token_ids": [1], "y": [2], "y2": [3], "text_y": "", "text_y2": "",
-           "correct_y": False, "correct_y2": False, "finish_y": "eos", "finish_y2": "eos", "answer_y": None,
-           "answer_y2": None, "valid_y": True, "valid_y2": True, "self_certainty_y": None, "self_certainty_y2": None,
-           "logprob_y": None, "base_y": None, "base_y2": None}
-    return {**row, **fields}
+    """A preference pair as the dpo / xpo stages build it (`stages.rlhf.make_pair`, with its base log-probs), then
+    `fields`."""
+    from sharpen.stages.rlhf import make_pair
+
+    p = make_pair({"id": "p", "prompt_token_ids": [1]}, response("p"), response("p"), 0)
+    return {**p, "base_y": None, "base_y2": None, **fields}
 
 
 page = _load(ROOT / "experiments" / "page.py", "results_page")

@@ -9,10 +9,10 @@
 # same in every trained run (same model, items, seed and options), so the first trained run computes them and
 # the others start from a copy. Sizes: TRAIN=128 VAL=32 EVAL=128 N=8 (environment variables).
 # JOBLIST (environment) chooses the runs and their order, from: pool bon sft-vote sft-logprob sft-consistent
-# sft-random sft-random-consistent (any sft-KIND also as sft-KIND-lrX: with --lr X) dpo-vote dpo-logprob
+# sft-random sft-random-consistent (any sft-KIND also as sft-KIND-lrX: with --lr X) dpo-vote dpo-logprob dpo-random
 # xpo-vote xpo-logprob grpo-vote grpo-logprob grpo-self_certainty grpo-gold grpo-random power-a4 (the
 # default is the README's table: the first ten). grpo-gold (the gold answer as reward) is the upper bound;
-# grpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
+# grpo-random and dpo-random (a coin flip) and sft-random (one random sample per prompt as the target) are the controls that must
 # not help (the table compares every trained run with each that ran); power-a4 draws from pi^4 on the held-out items (compared with base
 # best-of-N at equal tokens). The first trained run of the list computes the base evaluation the others share
 # (--base-from; BASE_FROM=DIR: every trained run starts from DIR's instead, an sft/dpo/xpo/grpo run of the same
@@ -67,8 +67,8 @@ job() {
         *) echo "unknown job $1" >&2; return 2 ;;
       esac
       $SHARPEN sft "${C[@]}" "${P[@]}" "${R[@]}" --epochs 1 "${L[@]}" --out "$OUT/$1" ;;
-    dpo-vote) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward vote --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-vote" ;;
-    dpo-logprob) $SHARPEN dpo "${C[@]}" "${P[@]}" --reward logprob --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/dpo-logprob" ;;
+    dpo-vote|dpo-logprob|dpo-random)
+      $SHARPEN dpo "${C[@]}" "${P[@]}" --reward "${1#dpo-}" --beta auto --batch-size 4 --max-steps 16 --eval-every 8 --out "$OUT/$1" ;;
     grpo-vote) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward vote --out "$OUT/grpo-vote" ;;
     grpo-logprob) $SHARPEN grpo "${C[@]}" "${G[@]}" --reward logprob --out "$OUT/grpo-logprob" ;;
     xpo-vote) $SHARPEN xpo "${C[@]}" "${X[@]}" --reward vote --out "$OUT/xpo-vote" ;;

@@ -171,3 +171,42 @@ def test_held_out_j_beta_uses_the_runs_reward():
     assert vote["j_beta"] == pytest.approx(sum(shares) / 3 - 0.5 * kl)
     mean = held_out_metrics(pol, beta=0.5, reward="logprob_mean")
     assert mean["j_beta"] == pytest.approx((-1.0 - 1.75 - 1.0) / 3 - 0.5 * kl)
+
+
+def test_the_random_control_prefers_one_side_of_each_pair_by_a_replayable_fair_coin():
+    """`--reward random` (dpo / xpo): every pair gets rewards [1, 0] or [0, 1], the same on a re-run (keyed by the
+    seed and the pair, not by the order pairs come in), independent of log pi_base; its J_beta reads the coin's
+    expectation and --beta auto gives 1, the gap of every pair."""
+    import numpy as np
+
+    from sharpen.stages.kit import BasePool
+    from sharpen.stages.rlhf import auto_beta, coin_rewards, sample_rewards
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(400):
+        y = {"index": 0, "logprob": float(rng.normal(-5, 2)), "num_tokens": int(rng.integers(1, 9)), "answer": "x",
+             "finish_reason": "eos"}
+        y2 = {**y, "logprob": float(rng.normal(-5, 2)), "num_tokens": int(rng.integers(1, 9))}
+        pairs.append({**_pair(y, y2), "prompt_id": f"p{i % 40}"})
+    pools = {f"p{i}": _rows() for i in range(40)}
+    cfg = DpoConfig(reward="random")
+    scored = add_rewards(pairs, pools, cfg, seed=3)
+    assert all(sorted((p["reward_y"], p["reward_y2"])) == [0.0, 1.0] and usable(p) for p in scored)
+    heads = np.array([p["reward_y"] for p in scored])
+    assert 0.4 < heads.mean() < 0.6  # a fair coin (400 pairs: 0.5 +- 0.05 is 2 standard deviations)
+    agrees = np.array([(p["base_y"] > p["base_y2"]) == (p["reward_y"] > p["reward_y2"]) for p in scored])
+    assert 0.4 < agrees.mean() < 0.6  # the coin does not follow the self-reward
+    again = add_rewards(pairs[::-1], pools, cfg, seed=3)[::-1]  # another order: the same coins
+    assert [p["reward_y"] for p in again] == heads.tolist()
+    other = np.array([p["reward_y"] for p in add_rewards(pairs, pools, cfg, seed=4)])
+    assert 0.3 < (other != heads).mean() < 0.7  # another seed, other coins
+    assert coin_rewards(pairs[0], 3) == [scored[0]["reward_y"], scored[0]["reward_y2"]]
+    # J_beta under the coin: E_pi[r] = 1/2 whatever pi is
+    rows = [{"prompt_id": "p", "logprob": -1.0, "logprob_base": -3.0, "answer": "x"}] * 3
+    assert sample_rewards(rows, "random").tolist() == [0.5] * 3
+    pool = BasePool(dir=None, options={}, prompts=[{"id": "p"}], pools={"p": _rows()}, sampled=False)
+    assert auto_beta(pool, DpoConfig(beta="auto", reward="random")) == 1.0
+    assert XpoConfig(reward="random").validate() is None
+    with pytest.raises(SharpenError, match="unknown --reward 'gold'.*random"):
+        DpoConfig(reward="gold").validate()

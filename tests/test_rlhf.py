@@ -301,6 +301,16 @@ def test_dpo_end_to_end(tmp_path):
     assert (out / "eval_sharpened.jsonl").stat().st_mtime == mtime
     assert main([*argv[:-1], str(tmp_path / "x"), "--loss", "hinge"]) == 2
     assert main([*argv, "--loss", "logistic"]) == 2  # another loss: refuses to resume the same directory
+    # The random control: the same pairs from the same pool, a coin's preference, beta 1, the last step kept
+    coin = tmp_path / "coin"
+    assert main([*argv[:-1], str(coin), "--from-run", str(out / "bon"), "--reward", "random", "--beta", "auto",
+                 "--keep", "last"]) == 0
+    flipped = _lines(coin / "pairs.jsonl")
+    assert [(p["y"], p["y2"]) for p in flipped] == [(p["y"], p["y2"]) for p in pairs]
+    assert all(sorted((p["reward_y"], p["reward_y2"])) == [0.0, 1.0] for p in flipped)
+    s = json.loads((coin / "summary.json").read_text())
+    assert s["reward"] == "random" and s["beta"] == 1.0 and s["training"]["best_step"] == 4
+    assert all(h["j_beta"] == pytest.approx(0.5 - h["kl"]) for h in s["history"])  # E[coin] - beta KL
 
 
 def test_kept_round_best_or_last():

@@ -132,6 +132,11 @@ class SftConfig(SharpenConfig):
 LOSSES = ("square", "logistic")
 
 
+# The pair losses' rewards: the label-free ones, and `random`, the control that trains on the same pairs with a
+# coin's preference (stages.rlhf.coin_rewards).
+RLHF_REWARDS = (*REWARDS, "random")
+
+
 @dataclass
 class RlhfConfig(SharpenConfig):
     """Options shared by `sharpen dpo` and `sharpen xpo`."""
@@ -146,7 +151,8 @@ class RlhfConfig(SharpenConfig):
                                "estimate that picks the kept adapter")
     reward: str = opt("logprob", "the reward r(y) of the pair loss: logprob (the paper's r_self = log pi_base), "
                                  "logprob_mean (per token), vote (log share of y's answer among the prompt's base "
-                                 "samples: amortizes majority vote) or self_certainty (Kang et al. 2025)")
+                                 "samples: amortizes majority vote), self_certainty (Kang et al. 2025) or random "
+                                 "(a fair coin per pair picks the preferred side: the control that must not help)")
     invalid_penalty: float = opt(10.0, "xpo: nats taken off the reward of a response that did not end or has no "
                                        "answer (as TRL's missing_eos_penalty)")
     temperature: float = opt(1.0, "temperature of the base samples y' (the paper's: 1). The square loss is zero "
@@ -166,8 +172,8 @@ class RlhfConfig(SharpenConfig):
         if self.eval_samples < 1:
             raise SharpenError(f"--eval-samples must be at least 1: J_beta is estimated from samples of the "
                                f"policy (got {self.eval_samples})")
-        if self.reward not in REWARDS:
-            raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(REWARDS)}")
+        if self.reward not in RLHF_REWARDS:
+            raise SharpenError(f"unknown --reward {self.reward!r}: choose one of {', '.join(RLHF_REWARDS)}")
         if not (math.isfinite(self.invalid_penalty) and self.invalid_penalty >= 0):
             raise SharpenError(f"--invalid-penalty must be >= 0 (got {self.invalid_penalty})")
         check_temperature(self.temperature, positive=True)

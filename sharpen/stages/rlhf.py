@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import statistics
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import runs
@@ -85,20 +88,33 @@ def usable(pair: dict) -> bool:
     return all(pair.get(k) is not None and math.isfinite(pair[k]) for k in keys)
 
 
-def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig) -> list[dict]:
-    """reward_y, reward_y2 of each scored pair under cfg.reward (selection.REWARDS: the selectors' scores), minus
-    cfg.invalid_penalty for a response that did not end or has no answer (with --valid-only dpo pairs only valid
-    base samples, so this reaches xpo's pairs: y ~ pi_t, and the round's base sample y'). vote: the share of the
-    answer among the prompt's base samples."""
+def coin_rewards(pair: dict, seed: int) -> list[float]:
+    """The `random` control's rewards of a pair: [1, 0] or [0, 1] by a fair coin keyed by (seed, the prompt, both
+    responses' tokens), so a re-scored or resumed run replays it. Every pair gets a preference of gap 1, as every
+    pair of distinct log pi_base does under `logprob`: the control differs from the self-reward only in which side
+    it prefers."""
+    key = zlib.crc32(json.dumps([str(pair["prompt_id"]), pair["y"], pair["y2"]]).encode())
+    heads = int(np.random.default_rng([seed, key]).integers(0, 2))
+    return [float(heads), float(1 - heads)]
+
+
+def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig, seed: int = 0) -> list[dict]:
+    """reward_y, reward_y2 of each scored pair under cfg.reward (selection.REWARDS: the selectors' scores; random:
+    `coin_rewards` with `seed`), minus cfg.invalid_penalty for a response that did not end or has no answer (with
+    --valid-only dpo pairs only valid base samples, so this reaches xpo's pairs: y ~ pi_t, and the round's base
+    sample y'). vote: the share of the answer among the prompt's base samples."""
     out = []
     for p in pairs:
         sides = [{"index": i, "logprob": as_float(p[f"base_{side}"]), "num_tokens": max(1, len(p[side])),
                   "answer": p[f"answer_{side}"], "correct": p[f"correct_{side}"],
                   "finish_reason": p[f"finish_{side}"], "self_certainty": p.get(f"self_certainty_{side}")}
                  for i, side in enumerate(("y", "y2"))]
-        values = rewards_of(cfg.reward, sides, voters=[s.get("answer") for s in pools[p["prompt_id"]]])
+        if cfg.reward == "random":
+            values = coin_rewards(p, seed)
+        else:
+            values = rewards_of(cfg.reward, sides, voters=[s.get("answer") for s in pools[p["prompt_id"]]]).tolist()
         r = dict(p)
-        for side, v in zip(("y", "y2"), values.tolist(), strict=True):
+        for side, v in zip(("y", "y2"), values, strict=True):
             v = v if math.isfinite(v) else None  # an unusable pair (see `usable`)
             if v is not None and cfg.valid_only and not p[f"valid_{side}"]:
                 v -= cfg.invalid_penalty
@@ -175,7 +191,10 @@ def held_out_metrics(rows: Sequence[dict], beta: float, reward: str = "logprob",
 
 def sample_rewards(rows: Sequence[dict], reward: str, voters: Sequence[dict] | None = None) -> torch.Tensor:
     """(K,) r(y) of each policy sample row under `reward`, with log pi_base(y) as the log-prob the rewards read
-    (a row's own `logprob` is the policy's); `vote`: the share among `voters`' samples of the row's prompt."""
+    (a row's own `logprob` is the policy's); `vote`: the share among `voters`' samples of the row's prompt;
+    `random`: the coin's expectation 1/2, the same under every policy (so J_beta = 1/2 - beta KL)."""
+    if reward == "random":
+        return torch.full((len(rows),), 0.5, dtype=torch.float64)
     by_voter: dict[str, list] = {}
     for v in voters or []:
         if v.get("kind", "sample") == "sample":
@@ -287,7 +306,9 @@ def auto_beta(pool: BasePool, cfg: RlhfConfig) -> float:
     (r(y) - r(y'))/beta, so this makes that gap 1 nat at the median informative pair instead of tens of nats (a
     small beta on raw sequence log-probs, whose gaps are mostly length, drove the policy to the empty response).
     Tied pairs carry no preference and are left out: under `vote` most pairs of a prompt share their answer, and
-    counting them put the median at 0."""
+    counting them put the median at 0. random: 1, the gap of every coin-scored pair."""
+    if cfg.reward == "random":
+        return 1.0
     gaps = []
     for p in pool.prompts:
         rows = [r for r in pool.pools[p["id"]] if valid_target(r) or not cfg.valid_only]
@@ -329,7 +350,7 @@ def run_dpo(cfg: DpoConfig, tcfg: TrainConfig, progress: bool = True) -> dict:
         rows = [r for r in pools[p["id"]] if valid_target(r) or not cfg.valid_only]
         made += [make_pair(p, rows[2 * j], rows[2 * j + 1], 0) for j in range(len(rows) // 2)]
     if len(runs.load_jsonl(pairs_path)) != len(made):  # not scored yet, or lines lost
-        runs.write_jsonl(pairs_path, add_rewards(score_pairs(model, made, progress), pools, cfg))
+        runs.write_jsonl(pairs_path, add_rewards(score_pairs(model, made, progress), pools, cfg, tcfg.seed))
     pairs = runs.load_jsonl(pairs_path)
     data = [p for p in pairs if usable(p)]
     if not data:
@@ -382,7 +403,7 @@ def collect_round(path: Path, model: Model, task: Task, pool: BasePool, cfg: Xpo
         pairs = [make_pair(p, y, pool.pools[p["id"]][(t - 1) * k + j], t)
                  for p, ss in zip(chunk, drawn, strict=True)
                  for j, y in enumerate(sample_rows(task, by_id[p["id"]], ss))]
-        return add_rewards(score_pairs(model, pairs), pool.pools, cfg)  # the whole chunk in one call
+        return add_rewards(score_pairs(model, pairs), pool.pools, cfg, seed)  # the whole chunk in one call
 
     # Round t's rows are this call's; earlier rounds' stay; anything of a later round (a crash) is dropped.
     return run_chunked(path, pool.prompts, k, draw, chunk=cfg.chunk, label=f"round {t}: y ~ pi_{t}",

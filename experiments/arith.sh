@@ -81,7 +81,7 @@ OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4
 HERE=$(cd "$(dirname "$0")" && pwd)
 # GRPO takes 8 steps (4 prompts x 16 samples each; about 4 minutes a step for this model on two CPU cores).
 export KEEP=${KEEP:-last} GRPO_STEPS=${GRPO_STEPS:-8} TRAIN=${TRAIN:-128} VAL=${VAL:-32} EVAL=${EVAL:-256} N=${N:-16} EVAL_SAMPLES=${EVAL_SAMPLES:-4}
-export JOBLIST=${JOBLIST:-"pool bon sft-logprob sft-vote sft-consistent sft-random sft-consistent-lr1e-4 sft-random-lr1e-4 dpo-logprob dpo-vote xpo-logprob xpo-vote grpo-logprob grpo-vote grpo-self_certainty grpo-gold grpo-random power-a4"}
+export JOBLIST=${JOBLIST:-"pool bon sft-logprob sft-vote sft-consistent sft-random sft-consistent-lr1e-4 sft-random-lr1e-4 dpo-logprob dpo-vote dpo-random xpo-logprob xpo-vote grpo-logprob grpo-vote grpo-self_certainty grpo-gold grpo-random power-a4"}
 export PAGE=${PAGE:-$HERE/../results/arith-heldout.md}
 export TITLE="Amortized sharpening on arith (level $LEVEL, T $T${*:+ $*}, $(basename "$MODEL")): held-out table"
 # The page shows this command, with the model file's name only (where it lies is this machine's business).

@@ -146,7 +146,7 @@ fi
 finished=() missing=()
 for j in "${ALL[@]}"; do case $j in pool|bon) ;; *) if done_ "$j"; then finished+=("$OUT/$j"); else missing+=("$j"); fi ;; esac; done
 CTL=()  # the trained runs against the controls that ran
-for j in "${ALL[@]}"; do case $j in grpo-random|sft-random*) done_ "$j" && CTL+=(--control "$OUT/$j") ;; esac; done
+for j in "${ALL[@]}"; do case $j in grpo-random|dpo-random|sft-random*) done_ "$j" && CTL+=(--control "$OUT/$j") ;; esac; done
 $SHARPEN compare "${finished[@]}" --paired "$OUT/bon" "${CTL[@]}" --out "$OUT/table" || status=$?
 [ $status = 0 ] && { "$PYTHON" "$HERE/diagnose.py" "$OUT" > "$OUT/diagnose.md" || status=$?; }
 if [ $status = 0 ]; then

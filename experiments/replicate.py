@@ -13,7 +13,7 @@ picked on stay out. Each range is a row with 95% paired bootstrap intervals over
 last range at --level (a second look at the same question calls for a stricter level: two looks at 97.5% keep the
 chance of a false "above zero" under 5%). --table-run (the trained run the row came from) checks that the base and
 trained evaluations reproduce that run's greedy answers on the items they share (a mismatch means another setting,
-and the page says so).
+and the page says so); --control-run checks the control's evaluation against its trained run the same way.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def span(text: str) -> tuple[int, int]:
     return a, b
 
 
-def agreement_with(table_run: Path, base: dict[int, dict], trained: dict[int, dict]) -> str:
-    """How many shared items give the same greedy text as the trained run's own evaluation files."""
+def agreement_with(checks: list[tuple[str, dict[int, dict], Path]]) -> str:
+    """How many shared items give the same greedy text as the evaluation file each (name, answers, file) names."""
     out = []
-    for name, mine, file in (("base", base, "eval_base.jsonl"), ("trained", trained, "eval_sharpened.jsonl")):
-        theirs = greedy(table_run / file)
+    for name, mine, file in checks:
+        theirs = greedy(file)
         shared = sorted(set(mine) & set(theirs))
         same = sum(mine[k]["text"] == theirs[k]["text"] for k in shared)
-        out.append(f"{name}: {same} of {len(shared)} greedy answers identical to {table_run}/{file}")
+        out.append(f"{name}: {same} of {len(shared)} greedy answers identical to {file}")
     return "; ".join(out)
 
 
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="A-B: inclusive test positions that count, one row each (repeatable; the last is the verdict)")
     ap.add_argument("--level", type=float, default=0.95, help="interval level of the verdict (default: 0.95)")
     ap.add_argument("--table-run", type=Path, default=None)
+    ap.add_argument("--control-run", type=Path, default=None,
+                    help="the control's trained run: its held-out greedy answers are checked as --table-run's")
     ap.add_argument("--picked-on", type=span, default=None,
                     help="A-B: the held-out table's items, where the row was picked: a first row for reference only")
     args = ap.parse_args(argv)
@@ -107,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         evals = [greedy(d / "eval.jsonl") for d in dirs]
-        agreement = "" if args.table_run is None else agreement_with(args.table_run, evals[0], evals[1])
+        checks = [] if args.table_run is None else [("base", evals[0], args.table_run / "eval_base.jsonl"),
+                                                    ("trained", evals[1], args.table_run / "eval_sharpened.jsonl")]
+        if args.control and args.control_run is not None:
+            checks.append(("control", evals[2], args.control_run / "eval_sharpened.jsonl"))
+        agreement = agreement_with(checks) if checks else ""
     except SharpenError as e:  # a damaged evaluation file: its one-line error, the old page kept
         print(f"replicate.py: {e}", file=sys.stderr)
         return 2

@@ -316,8 +316,10 @@ def test_replicate_counts_only_fresh_items_and_checks_the_table_run(tmp_path):
     assert "control" not in text and "at 95%: dpo (logprob) over base greedy [" in text
 
     assert rep.main(common + ["--control", str(tmp_path / "c"), "--control-name", "grpo (random)", "--range", "2-5",
-                              "--range", "2-9", "--level", "0.975", "--picked-on", "0-1"]) == 0
+                              "--range", "2-9", "--level", "0.975", "--picked-on", "0-1",
+                              "--control-run", str(tmp_path / "run")]) == 0
     text = page.read_text()
+    assert "control: 0 of 2 greedy answers identical" in text  # the control's answers are not the run's: said
     rows = [x for x in text.splitlines() if x.startswith("| test")]
     reference = rows.pop(0)  # the table's items come first, marked, and count in no verdict
     assert reference.startswith("| test 0-1 (2; the table's items, where the row was picked: for reference) | 50.0 [")

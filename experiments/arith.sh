@@ -75,6 +75,14 @@
 # 256-2559 greedily, with nothing else changed. Point 4's control part holds for dpo (logprob) only if its paired
 # interval over that control on those 2304 items lies above zero at 98.3% (three looks at the same question, 5%
 # shared among them); the greedy part stands as the second replication read it.
+# Result (results/arith-matched-control.md): `dpo --reward random` was built (0e8b4e8; the run started from that
+# change minutes before it was committed, hence its +dirty stamp) and run as recorded (job dpo-random: 980 pairs, 0
+# without preference, the preferred side correct in 48.2% of the 392 with one correct side; beta 1; KL 0.18 at step
+# 16, dpo (logprob)'s 0.22). On test 256-2559 it answers 76.3% greedily (base 76.5); dpo (logprob) over it
+# +1.8 [+0.6, +3.0] at 95%, [+0.4, +3.3] at 98.3% (121 items better, 79 worse): above zero, so the control part
+# holds by this rule. Its adapter's answers on the table's 256 items match its run's (256 of 256). On the table it
+# reads greedy -2.3 [-5.1, +0.0] and samples -2.7 [-4.6, -0.9] against base: training on these pairs with a coin's
+# preference does not help; with log pi_base's, it does.
 set -euo pipefail
 if [ $# -lt 4 ]; then echo "usage: $0 OUT MODEL LEVEL TEMPERATURE [--chat]" >&2; exit 2; fi
 OUT=$1 MODEL=$2 LEVEL=$3 T=$4; shift 4

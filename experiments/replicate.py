@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     ("trained", evals[1], args.table_run / "eval_sharpened.jsonl")]
         if args.control and args.control_run is not None:
             checks.append(("control", evals[2], args.control_run / "eval_sharpened.jsonl"))
-        agreement = agreement_with(checks) if checks else ""
+        agreement = agreement_with(checks)  # "" without checks
     except SharpenError as e:  # a damaged evaluation file: its one-line error, the old page kept
         print(f"replicate.py: {e}", file=sys.stderr)
         return 2

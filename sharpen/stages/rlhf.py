@@ -103,18 +103,19 @@ def add_rewards(pairs: list[dict], pools: dict[str, list[dict]], cfg: RlhfConfig
     `coin_rewards` with `seed`), minus cfg.invalid_penalty for a response that did not end or has no answer (with
     --valid-only dpo pairs only valid base samples, so this reaches xpo's pairs: y ~ pi_t, and the round's base
     sample y'). vote: the share of the answer among the prompt's base samples."""
-    out = []
-    for p in pairs:
+    def scores(p: dict) -> list[float]:
+        if cfg.reward == "random":
+            return coin_rewards(p, seed)
         sides = [{"index": i, "logprob": as_float(p[f"base_{side}"]), "num_tokens": max(1, len(p[side])),
                   "answer": p[f"answer_{side}"], "correct": p[f"correct_{side}"],
                   "finish_reason": p[f"finish_{side}"], "self_certainty": p.get(f"self_certainty_{side}")}
                  for i, side in enumerate(("y", "y2"))]
-        if cfg.reward == "random":
-            values = coin_rewards(p, seed)
-        else:
-            values = rewards_of(cfg.reward, sides, voters=[s.get("answer") for s in pools[p["prompt_id"]]]).tolist()
+        return rewards_of(cfg.reward, sides, voters=[s.get("answer") for s in pools[p["prompt_id"]]]).tolist()
+
+    out = []
+    for p in pairs:
         r = dict(p)
-        for side, v in zip(("y", "y2"), values, strict=True):
+        for side, v in zip(("y", "y2"), scores(p), strict=True):
             v = v if math.isfinite(v) else None  # an unusable pair (see `usable`)
             if v is not None and cfg.valid_only and not p[f"valid_{side}"]:
                 v -= cfg.invalid_penalty
